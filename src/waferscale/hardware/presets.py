@@ -24,7 +24,7 @@ WSE2 = WaferSpec(
     clock_hz=0.85e9, max_clock_hz=1.1e9,
     simd=SimdWidths(fp16_fmac=4, fp16_mul=4, fp16_add=4, mixed_fmac=2,
                     fp32_fmac=1, fp32_mul=1, fp32_add=2),
-    mem_reads_per_cycle=2, mem_writes_per_cycle=1, mem_word_bits=32,
+    mem_reads_per_cycle=2, mem_writes_per_cycle=1, mem_word_bits=64,
     wavelet_bits=32, color_bits=5, hop_cycles=1, ramp_cycles=2, ramp_wavelets_per_cycle=1,
     colors=24, reserved_colors=6, links_per_pe=4, redundant_links_per_pe=4,
     io_bits_per_s=1.2e12, power_w=15_000.0,

@@ -79,7 +79,7 @@ class WaferSpec:
     simd: SimdWidths = field(default_factory=SimdWidths)
     mem_reads_per_cycle: int = 2
     mem_writes_per_cycle: int = 1
-    mem_word_bits: int = 32
+    mem_word_bits: int = 64
     # -- fabric
     wavelet_bits: int = 32
     color_bits: int = 5
@@ -179,7 +179,7 @@ class WaferSpec:
 
     @property
     def memory_bandwidth_bytes_per_s(self) -> float:
-        """Aggregate SRAM bandwidth of the program rectangle: (reads + writes) x word x PEs x clock."""
+        """SRAM bandwidth of the program rectangle: (reads + writes) x word x PEs x clock."""
         per_cycle = (self.mem_reads_per_cycle + self.mem_writes_per_cycle) * self.mem_word_bits / 8
         return per_cycle * self.pes * self.clock_hz
 

@@ -1,0 +1,56 @@
+"""Storage dtypes of the fabric and the hardware's accumulate rules.
+
+NumPy has no bfloat16, so bf16 values are held in float32 arrays rounded to bf16 after every
+operation that writes them (round to nearest even, as the hardware's converters do). fp16 is
+NumPy's float16. Accumulation: fp32 FMACs accumulate in fp32; 16-bit FMACs either accumulate
+in their own dtype (the SIMD-4 datapath) or in fp32 (the SIMD-2 "mixed" datapath).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waferscale.errors import DtypeError
+
+STORAGE = {"fp32": np.float32, "fp16": np.float16, "bf16": np.float32}
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+ACCUMULATORS = ("fp32", "fp16", "bf16")
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in STORAGE:
+        raise DtypeError(f"dtype {dtype!r} is not a fabric storage dtype; use one of "
+                         f"{', '.join(STORAGE)}")
+    return dtype
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to the nearest bfloat16 (ties to even), kept as float32."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((bits + rounding) & np.uint32(0xFFFF0000)).view(np.float32)
+    # NaNs keep their payload high bits instead of rounding into infinity.
+    return np.where(np.isnan(x), np.float32(np.nan), out).astype(np.float32)
+
+
+def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast values to how the fabric stores ``dtype``."""
+    check_dtype(dtype)
+    if dtype == "bf16":
+        return round_bf16(np.asarray(x, dtype=np.float32))
+    return np.asarray(x, dtype=STORAGE[dtype])
+
+
+def compute_dtype(dtype: str, accumulate: str | None = None) -> type:
+    """NumPy dtype arithmetic is done in: the accumulator's storage, else the operand's."""
+    return STORAGE[accumulate or dtype]
+
+
+def elements_per_wavelet(dtype: str) -> int:
+    """One element per 32-bit wavelet for every dtype (16-bit data uses the low half).
+
+    An assumption: the SDK's fabric DSDs move one element per wavelet; packing two fp16
+    values per wavelet would halve 16-bit traffic (see docs/fabric.md).
+    """
+    check_dtype(dtype)
+    return 1

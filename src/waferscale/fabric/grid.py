@@ -1,0 +1,197 @@
+"""The machine's state over a rectangle of PEs: clocks, link occupancy, counters, SRAM.
+
+Time is kept per PE and per port, never globally, because the hardware has no global
+barrier: each compute engine (CE) runs when its data has arrived, and data movement runs on
+asynchronous microthreads and the routers while the CE computes. So:
+
+* ``ce_clock[r, c]`` is when PE (r, c)'s compute engine is next free;
+* ``port_clock[p, r, c]`` is when its outgoing port ``p`` (a link E/W/S/N, or the ramp
+  between router and CE in either direction) is next free;
+* every tensor carries ``ready[r, c]``: when its tile is complete on that PE.
+
+An operation starts on a PE at ``max(ce_clock, ready of its inputs)``; the gap it waits for
+data is counted as *stalled*, the cycles it computes as *busy*. Everything is a NumPy array
+shaped like the fabric, so no Python loop runs over PEs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from waferscale.errors import GridError
+from waferscale.fabric.sram import SramAllocator
+from waferscale.hardware.spec import WaferSpec, get_spec
+
+#: Port indices of ``port_clock``/``port_wavelets``: the four links by the direction they
+#: send to, then the ramp from router to CE (in) and CE to router (out).
+EAST, WEST, SOUTH, NORTH, RAMP_IN, RAMP_OUT = range(6)
+PORT_NAMES = ("east", "west", "south", "north", "ramp_in", "ramp_out")
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A rectangle of PEs: top-left corner (``row``, ``col``) and its size."""
+
+    row: int
+    col: int
+    rows: int
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return (slice(self.row, self.row + self.rows), slice(self.col, self.col + self.cols))
+
+    @property
+    def pes(self) -> int:
+        return self.rows * self.cols
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.cols}@({self.row},{self.col})"
+
+
+class Fabric:
+    """State of a ``rows`` x ``cols`` rectangle of PEs of a wafer described by ``spec``.
+
+    ``timing_only``: tensors carry shapes and clocks but no values, so wafer-sized programs
+    can be timed on a laptop; every clock advances exactly as in a full run.
+    ``link_extra``: optional [4, rows, cols] extra cycles per outgoing link (E, W, S, N), the
+    detours of a defect remap (see ``waferscale.hardware.defects``).
+    """
+
+    def __init__(self, spec: WaferSpec | str | None = None, rows: int | None = None,
+                 cols: int | None = None, *, timing_only: bool = False,
+                 link_extra: np.ndarray | None = None) -> None:
+        self.spec = get_spec(spec)
+        self.rows = self.spec.rows if rows is None else rows
+        self.cols = self.spec.cols if cols is None else cols
+        for name, value, limit in (("rows", self.rows, self.spec.rows),
+                                   ("cols", self.cols, self.spec.cols)):
+            if not isinstance(value, int) or value < 1:
+                raise GridError(f"fabric {name} must be a positive integer, got {value!r}")
+            if value > limit:
+                raise GridError(
+                    f"fabric of {self.rows}x{self.cols} PEs does not fit {self.spec.name}'s "
+                    f"program rectangle of {self.spec.rows}x{self.spec.cols}; use at most "
+                    f"{limit} {name} or a larger spec")
+        self.timing_only = timing_only
+        shape = (self.rows, self.cols)
+        self.ce_clock = np.zeros(shape)
+        self.busy = np.zeros(shape)
+        self.stalled = np.zeros(shape)
+        self.port_clock = np.zeros((6, *shape))
+        self.port_wavelets = np.zeros((6, *shape))
+        self.flops = np.zeros(shape)
+        self.mem_bytes = np.zeros(shape)
+        self.wavelet_hops = 0.0
+        if link_extra is None:
+            self.link_extra = np.zeros((4, *shape))
+        else:
+            link_extra = np.asarray(link_extra, dtype=float)
+            if link_extra.shape != (4, *shape):
+                raise GridError(f"link_extra must have shape (4, {self.rows}, {self.cols}), "
+                                f"got {link_extra.shape}")
+            self.link_extra = link_extra
+        self.sram = SramAllocator(self.rows, self.cols, self.spec.sram_bytes)
+        self._names = 0
+
+    # -- geometry ------------------------------------------------------------------------
+    def rect(self, row: int = 0, col: int = 0, rows: int | None = None,
+             cols: int | None = None) -> Rect:
+        """A validated rectangle; defaults to the rest of the fabric from (row, col)."""
+        rows = self.rows - row if rows is None else rows
+        cols = self.cols - col if cols is None else cols
+        if rows < 1 or cols < 1 or row < 0 or col < 0 or row + rows > self.rows \
+                or col + cols > self.cols:
+            raise GridError(f"rectangle {rows}x{cols} at ({row},{col}) does not fit the "
+                            f"{self.rows}x{self.cols} fabric; move or shrink it")
+        return Rect(row, col, rows, cols)
+
+    @property
+    def full(self) -> Rect:
+        return Rect(0, 0, self.rows, self.cols)
+
+    def fresh_name(self, stem: str) -> str:
+        self._names += 1
+        return f"{stem}#{self._names}"
+
+    # -- compute engine ------------------------------------------------------------------
+    def execute(self, rect: Rect, cycles: np.ndarray | float, ready: np.ndarray | float,
+                flops: np.ndarray | float = 0.0, mem_bytes: np.ndarray | float = 0.0
+                ) -> np.ndarray:
+        """Run ``cycles`` of CE work on every PE of ``rect`` once its inputs are ``ready``.
+
+        Returns when each PE finishes. Waiting for data counts as stalled; PEs with zero
+        cycles neither wait nor advance (they were not part of the operation).
+        """
+        sl = rect.slices
+        cycles = np.broadcast_to(np.asarray(cycles, dtype=float), rect.shape)
+        ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape)
+        clock = self.ce_clock[sl]
+        active = cycles > 0
+        start = np.maximum(clock, ready)
+        self.stalled[sl] += np.where(active, start - clock, 0.0)
+        self.busy[sl] += cycles
+        end = np.where(active, start + cycles, np.maximum(clock, ready))
+        self.ce_clock[sl] = np.where(active, end, clock)
+        self.flops[sl] += flops
+        self.mem_bytes[sl] += mem_bytes
+        return end
+
+    # -- ports ---------------------------------------------------------------------------
+    def occupy(self, port: int, rect: Rect, start: np.ndarray, wavelets: np.ndarray | float
+               ) -> np.ndarray:
+        """Reserve ``port`` on every PE of ``rect`` for ``wavelets`` cycles from ``start``.
+
+        A port carries one wavelet per cycle, so traffic that shares it serialises: the
+        reservation begins when both the data and the port are free. Returns that begin.
+        """
+        sl = rect.slices
+        wavelets = np.broadcast_to(np.asarray(wavelets, dtype=float), rect.shape)
+        clock = self.port_clock[port][sl]
+        begin = np.where(wavelets > 0, np.maximum(clock, start), start)
+        self.port_clock[port][sl] = np.where(wavelets > 0, begin + wavelets, clock)
+        self.port_wavelets[port][sl] += wavelets
+        return begin
+
+    # -- summaries -----------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Cycles from start to the last CE or port activity anywhere on the fabric."""
+        return float(max(self.ce_clock.max(), self.port_clock.max()))
+
+    def energy_joules(self) -> dict[str, float]:
+        """Energy by component from the spec's per-event estimates."""
+        spec = self.spec
+        accesses = self.mem_bytes.sum() / (spec.mem_word_bits / 8)
+        parts = {
+            "compute": float(self.flops.sum()) * spec.energy_pj_per_flop * 1e-12,
+            "sram": float(accesses) * spec.energy_pj_per_sram_access * 1e-12,
+            "fabric": float(self.wavelet_hops) * spec.energy_pj_per_hop * 1e-12,
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def stats(self) -> dict[str, float]:
+        """Totals over the fabric: time, busy / stalled / idle share of PE-cycles, energy."""
+        cycles = self.elapsed()
+        pe_cycles = cycles * self.rows * self.cols or 1.0
+        busy = float(self.busy.sum())
+        stalled = float(self.stalled.sum())
+        link_wavelets = self.port_wavelets[:4]
+        return {
+            "cycles": cycles,
+            "seconds": self.spec.seconds(cycles),
+            "busy_fraction": busy / pe_cycles,
+            "stalled_fraction": stalled / pe_cycles,
+            "idle_fraction": max(0.0, 1.0 - (busy + stalled) / pe_cycles),
+            "flops": float(self.flops.sum()),
+            "link_wavelets": float(link_wavelets.sum()),
+            "peak_link_wavelets": float(link_wavelets.max()),
+            "sram_peak_bytes": float(self.sram.peak()),
+            "energy_joules": self.energy_joules()["total"],
+        }

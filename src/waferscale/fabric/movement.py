@@ -1,0 +1,425 @@
+"""Data movement between PEs: tiles really move, and clocks advance by `timing`'s formulas.
+
+Every primitive works on *lines*: the rows of a rectangle (moving east/west) or its columns
+(moving south/north). A line view turns any [rows, cols] state array into [lines, position],
+reversed when data moves toward lower positions, so one implementation serves all four
+directions. Contention: each link and ramp is a port with its own clock; traffic that shares
+one serialises (see `Fabric.occupy`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from waferscale.errors import GridError, ShapeError
+from waferscale.fabric.dtypes import to_storage
+from waferscale.fabric.grid import EAST, NORTH, RAMP_IN, RAMP_OUT, SOUTH, WEST, Fabric, Rect
+from waferscale.fabric.tensor import MeshTensor
+from waferscale.fabric.timing import chain_step_cycles, tree_levels
+
+DIRECTIONS = {"east": ("row", EAST, False), "west": ("row", WEST, True),
+              "south": ("col", SOUTH, False), "north": ("col", NORTH, True)}
+View = Callable[[np.ndarray], np.ndarray]
+
+
+def _line_view(rect: Rect, axis: str, reverse: bool) -> View:
+    """A function mapping a fabric-shaped array to its [line, position] view over ``rect``."""
+    if axis not in ("row", "col"):
+        raise ShapeError(f"mesh axis {axis!r}: use 'row' (east-west) or 'col' (north-south)")
+
+    def view(array: np.ndarray) -> np.ndarray:
+        sub = array[rect.slices]
+        sub = sub if axis == "row" else sub.T
+        return sub[:, ::-1] if reverse else sub
+
+    return view
+
+
+def _local_view(axis: str, reverse: bool) -> tuple[View, View]:
+    """(to_line, from_line) for arrays already shaped like the rectangle (tiles, clocks)."""
+    def to_line(array: np.ndarray) -> np.ndarray:
+        sub = array if axis == "row" else np.swapaxes(array, 0, 1)
+        return sub[:, ::-1] if reverse else sub
+
+    def from_line(array: np.ndarray) -> np.ndarray:
+        sub = array[:, ::-1] if reverse else array
+        return np.ascontiguousarray(sub if axis == "row" else np.swapaxes(sub, 0, 1))
+
+    return to_line, from_line
+
+
+def _ports(axis: str, reverse: bool) -> int:
+    forward = EAST if axis == "row" else SOUTH
+    backward = WEST if axis == "row" else NORTH
+    return backward if reverse else forward
+
+
+def _deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
+             serial: np.ndarray | float, mask: np.ndarray) -> np.ndarray:
+    """Receive messages whose first wavelet reaches the router at ``head``.
+
+    Returns when each message is complete in its destination CE: the ramp into the CE takes
+    one wavelet per cycle (shared with other arrivals), the message arrives at one wavelet
+    per ``serial`` cycles, and the last one climbs the ramp in T_R cycles.
+    """
+    spec = fabric.spec
+    ramp = view(fabric.port_clock[RAMP_IN])
+    begin = np.maximum(head, ramp)
+    busy = wavelets / spec.ramp_wavelets_per_cycle
+    done = np.maximum(begin + busy, head + serial * wavelets) + spec.ramp_cycles
+    ramp[...] = np.where(mask, begin + busy, ramp)
+    view(fabric.port_wavelets[RAMP_IN])[...] += np.where(mask, wavelets, 0.0)
+    return done
+
+
+def _send(fabric: Fabric, view: View, ready: np.ndarray, wavelets: np.ndarray,
+          mask: np.ndarray) -> np.ndarray:
+    """Start sends from CEs: each waits for its data and its ramp out, which it then holds."""
+    ramp = view(fabric.port_clock[RAMP_OUT])
+    start = np.maximum(ready, ramp)
+    ramp[...] = np.where(mask, start + wavelets, ramp)
+    view(fabric.port_wavelets[RAMP_OUT])[...] += np.where(mask, wavelets, 0.0)
+    return start
+
+
+def _load_links(fabric: Fabric, view: View, port: int, start: np.ndarray,
+                load: np.ndarray) -> None:
+    """Account ``load`` wavelets on the links leaving each position, from ``start``."""
+    clock = view(fabric.port_clock[port])
+    clock[...] = np.where(load > 0, np.maximum(clock, start) + load, clock)
+    view(fabric.port_wavelets[port])[...] += load
+    fabric.wavelet_hops += float(load.sum())
+
+
+def _path_extra(fabric: Fabric, view: View, port: int) -> np.ndarray:
+    """Cumulative detour cycles along each line: extra[p] = sum of link extras before p."""
+    extra = view(fabric.link_extra[port])
+    cum = np.zeros((extra.shape[0], extra.shape[1] + 1))
+    np.cumsum(extra, axis=1, out=cum[:, 1:])
+    return cum
+
+
+# ---------------------------------------------------------------------------- shift --------
+def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
+          ) -> MeshTensor:
+    """Every PE sends its tile ``distance`` PEs toward ``direction``.
+
+    Non-cyclic: PEs with no sender receive zeros. Cyclic: the tiles that fall off the end
+    travel back along the line to the other end (a mesh has no wrap-around links), which
+    is why plain Cannon's algorithm is slow on a mesh.
+    """
+    if direction not in DIRECTIONS:
+        raise ShapeError(f"shift direction {direction!r}: use east, west, south or north")
+    axis, _, reverse = DIRECTIONS[direction]
+    fabric, spec = t.fabric, t.fabric.spec
+    view = _line_view(t.rect, axis, reverse)
+    local, unlocal = _local_view(axis, reverse)
+    length = t.rect.cols if axis == "row" else t.rect.rows
+    if not 0 < distance < length:
+        raise GridError(f"shift distance {distance} must be between 1 and {length - 1} on a "
+                        f"line of {length} PEs")
+    d = distance
+    port, back = _ports(axis, reverse), _ports(axis, not reverse)
+    wav = local(t.wavelets())
+    ready = local(t.ready)
+    lines = wav.shape[0]
+    send_mask = np.zeros_like(wav, dtype=bool)
+    send_mask[:, : length - d] = True
+    if cyclic:
+        send_mask[:, length - d:] = True
+    start = _send(fabric, view, ready, wav, send_mask)
+
+    # forward flows p -> p + d; link q carries the flows with p <= q < p + d
+    fwd_wav = np.where(send_mask[:, : length - d], wav[:, : length - d], 0.0)
+    cum = np.concatenate([np.zeros((lines, 1)), np.cumsum(fwd_wav, axis=1)], axis=1)
+    q = np.arange(length - 1)
+    lo, hi = np.clip(q - d + 1, 0, length - d), np.clip(q + 1, 0, length - d)
+    load = np.zeros((lines, length))
+    load[:, : length - 1] = cum[:, hi] - cum[:, lo]
+    _load_links(fabric, view, port, start.min(axis=1, keepdims=True), load)
+    share = min(d, length - d)
+    extra = _path_extra(fabric, view, port)
+    arrive = np.full((lines, length), -np.inf)
+    head = start[:, : length - d] + spec.ramp_cycles + d * spec.hop_cycles \
+        + extra[:, d:length] - extra[:, : length - d]
+    arrive_mask = np.zeros_like(send_mask)
+    arrive_mask[:, d:] = True
+    heads = np.zeros((lines, length))
+    heads[:, d:] = head
+    wav_in = np.zeros((lines, length))
+    wav_in[:, d:] = wav[:, : length - d]
+    if cyclic:
+        # wrap flows p -> p + d - length travel backwards length - d hops
+        back_extra = _path_extra(fabric, _line_view(t.rect, axis, not reverse), back)
+        src = np.arange(length - d, length)
+        dst = src + d - length
+        hops = length - d
+        rev_src, rev_dst = length - 1 - src, length - 1 - dst
+        detour = back_extra[:, rev_dst] - back_extra[:, rev_src]
+        heads[:, :d] = start[:, length - d:] + spec.ramp_cycles + hops * spec.hop_cycles \
+            + detour
+        wav_in[:, :d] = wav[:, length - d:]
+        arrive_mask[:, :d] = True
+        back_load = np.zeros((lines, length))
+        wrap_wav = wav[:, length - d:]
+        # backward link from q+1 to q carries wrap flows whose path covers it: dst <= q < src
+        for k in range(d):  # d is a small distance, not a PE count
+            covered = (q >= dst[k]) & (q < src[k])
+            back_load[:, : length - 1] += covered[None, :] * wrap_wav[:, k:k + 1]
+        back_view = _line_view(t.rect, axis, not reverse)
+        _load_links(fabric, back_view, back, start.min(axis=1, keepdims=True),
+                    back_load[:, ::-1][:, list(range(1, length)) + [0]])
+    arrive = _deliver(fabric, view, heads, wav_in, share, arrive_mask)
+    new_ready = np.where(arrive_mask, arrive, ready)
+
+    tiles = None
+    if t.tiles is not None:
+        moved = local(t.tiles)
+        out = np.zeros_like(moved)
+        out[:, d:] = moved[:, : length - d]
+        if cyclic:
+            out[:, :d] = moved[:, length - d:]
+        tiles = unlocal(out)
+    return t.like(tiles, unlocal(new_ready))
+
+
+# ------------------------------------------------------------------------ multicast -------
+def multicast(t: MeshTensor, dst: Rect, axis: str) -> MeshTensor:
+    """Flood the tile of each line's root PE to every PE of that line of ``dst``.
+
+    ``t`` occupies a single column (axis='row') or row (axis='col') inside ``dst``; that is
+    the root of each line. The result is replicated along ``axis``.
+    """
+    fabric, spec = t.fabric, t.fabric.spec
+    src = t.rect
+    if axis == "row":
+        ok = src.cols == 1 and src.row == dst.row and src.rows == dst.rows \
+            and dst.col <= src.col < dst.col + dst.cols
+        root, length = src.col - dst.col, dst.cols
+        along = t.col_map
+    else:
+        ok = src.rows == 1 and src.col == dst.col and src.cols == dst.cols \
+            and dst.row <= src.row < dst.row + dst.rows
+        root, length = src.row - dst.row, dst.rows
+        along = t.row_map
+    if not ok:
+        raise GridError(f"multicast along {axis}: source {src} must be one PE wide along the "
+                        f"{axis} and lie inside the destination {dst}")
+    if isinstance(along, int) or along == "partial":
+        raise ShapeError(f"multicast along {axis} needs a tensor that is whole on its root "
+                         f"PE, but {t.name!r} is {'split' if along != 'partial' else 'partial'} "
+                         f"along that mesh axis; reduce or gather it first")
+    view = _line_view(dst, axis, False)
+    local, unlocal = _local_view(axis, False)
+    lines = (dst.rows if axis == "row" else dst.cols)
+    wav = local(t.wavelets())[:, :1]           # [lines, 1]
+    ready = local(t.ready)[:, :1]
+    pos = np.arange(length)[None, :]
+    root_mask = pos == root
+    ramp_out = view(fabric.port_clock[RAMP_OUT])[:, root:root + 1]
+    start = np.maximum(ready, ramp_out)
+    ramp_out[...] = start + wav
+    view(fabric.port_wavelets[RAMP_OUT])[:, root:root + 1] += wav
+    heads = np.zeros((lines, length))
+    for reverse in (False, True):
+        rview = _line_view(dst, axis, reverse)
+        port = _ports(axis, reverse)
+        r = root if not reverse else length - 1 - root
+        extra = _path_extra(fabric, rview, port)
+        if r < length - 1:
+            load = np.zeros((lines, length))
+            load[:, r:length - 1] = wav
+            _load_links(fabric, rview, port, start, load)
+            dist = np.arange(1, length - r)
+            h = start + spec.ramp_cycles + dist[None, :] * spec.hop_cycles \
+                + extra[:, r + 1:length] - extra[:, r:r + 1]
+            if reverse:
+                heads[:, :root] = h[:, ::-1]
+            else:
+                heads[:, root + 1:] = h
+    mask = ~np.broadcast_to(root_mask, (lines, length))
+    wav_all = np.broadcast_to(wav, (lines, length))
+    arrive = _deliver(fabric, view, heads, wav_all, 1.0, mask)
+    new_ready = np.where(mask, arrive, np.broadcast_to(ready, (lines, length)))
+
+    tiles = None
+    if t.tiles is not None:
+        base = local(t.tiles)[:, :1]
+        tiles = unlocal(np.broadcast_to(base, (lines, length, *base.shape[2:])))
+    kwargs = {"col_map": None} if axis == "row" else {"row_map": None}
+    return t.like(tiles, unlocal(new_ready), rect=dst, **kwargs)
+
+
+# --------------------------------------------------------------------------- reduce -------
+def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "first"
+           ) -> MeshTensor:
+    """Sum the tiles of each line into the PE at one end (``root``: 'first' or 'last').
+
+    Chain: every PE adds what arrives from upstream to its own tile and forwards it; stages
+    pipeline wavelet by wavelet. Tree: at level l, PEs 2**l apart pair up; levels run one
+    after the other on a line (level-synchronous), as `timing.tree_reduce_cycles` counts.
+    Each receiving PE spends one add per wavelet on its compute engine. The result occupies
+    the root column (axis='row') or row (axis='col'), no longer split along ``axis``.
+    """
+    if algorithm not in ("chain", "tree"):
+        raise ShapeError(f"reduce algorithm {algorithm!r}: use 'chain' or 'tree'")
+    if root not in ("first", "last"):
+        raise ShapeError(f"reduce root {root!r}: use 'first' or 'last'")
+    along = t.row_map if axis == "col" else t.col_map
+    if isinstance(along, int):
+        raise ShapeError(f"reduce along {axis}: tensor {t.name!r} is blocked along that mesh "
+                         f"axis (different data per PE); only partial or replicated tiles "
+                         f"can be summed")
+    fabric, spec = t.fabric, t.fabric.spec
+    # Position 0 of the (possibly reversed) line is the far end; the root is the last one.
+    reverse = root == "first"
+    view = _line_view(t.rect, axis, reverse)
+    local, unlocal = _local_view(axis, reverse)
+    port = _ports(axis, reverse)
+    wav = local(t.wavelets())
+    lines, length = wav.shape
+    ready = np.maximum(local(t.ready), view(fabric.ce_clock))
+    extra = _path_extra(fabric, view, port)
+    if algorithm == "chain":
+        step = chain_step_cycles(spec)
+        pos = np.arange(length)[None, :]
+        # emit[i] = max_{j <= i}(ready[j] + step*(i-j) + detour(j..i)): a running max
+        cost = step * pos + extra[:, :length]
+        emit = np.maximum.accumulate(ready - cost, axis=1) + cost
+        load = np.zeros((lines, length))
+        load[:, : length - 1] = wav[:, : length - 1]
+        _load_links(fabric, view, port, emit, load)
+        _send(fabric, view, emit, wav, np.arange(length)[None, :] < length - 1)
+        in_mask = np.broadcast_to(pos >= 1, (lines, length))
+        busy = np.where(in_mask, wav, 0.0)
+        heads = emit
+        arrive = _deliver(fabric, view, heads, np.where(in_mask, wav, 0.0), 1.0, in_mask)
+        done = np.where(in_mask, np.maximum(arrive - spec.ramp_cycles,
+                                            emit + wav), ready)
+        _execute_line(fabric, t.rect, axis, reverse, busy, emit)
+        result_ready = done[:, -1:]
+    else:
+        cur = ready.copy()
+        for level in range(tree_levels(length)):
+            span = 2 ** level
+            # positions counted from the root (the last position of the line)
+            from_root = length - 1 - np.arange(length)
+            senders = (from_root % (2 * span) == span)
+            receivers_idx = np.nonzero(senders)[0] + span
+            senders_idx = np.nonzero(senders)[0]
+            if senders_idx.size == 0:
+                continue
+            send_mask = np.zeros((lines, length), dtype=bool)
+            send_mask[:, senders_idx] = True
+            # level-synchronous: a level starts once the previous one is done on the line
+            cur = np.maximum(cur, cur.max(axis=1, keepdims=True)) if level else cur
+            start = _send(fabric, view, cur, wav, send_mask)
+            load = np.zeros((lines, length))
+            for k in range(span):  # a level's messages use disjoint link segments
+                load[:, senders_idx + k] += wav[:, senders_idx]
+            _load_links(fabric, view, port, start, load)
+            heads = np.zeros((lines, length))
+            recv_mask = np.zeros((lines, length), dtype=bool)
+            recv_mask[:, receivers_idx] = True
+            heads[:, receivers_idx] = start[:, senders_idx] + spec.ramp_cycles \
+                + span * spec.hop_cycles + extra[:, receivers_idx] - extra[:, senders_idx]
+            wav_in = np.zeros((lines, length))
+            wav_in[:, receivers_idx] = wav[:, senders_idx]
+            arrive = _deliver(fabric, view, heads, wav_in, 1.0, recv_mask)
+            busy = np.where(recv_mask, wav_in, 0.0)
+            _execute_line(fabric, t.rect, axis, reverse, busy, np.where(
+                recv_mask, arrive - wav_in - spec.ramp_cycles, 0.0))
+            cur = np.where(recv_mask, np.maximum(arrive, cur + wav_in), cur)
+        result_ready = cur[:, -1:]
+
+    tiles = None
+    if t.tiles is not None:
+        acc = np.float32
+        summed = local(t.tiles).sum(axis=1, keepdims=True, dtype=acc)
+        tiles = unlocal(to_storage(summed, t.dtype))
+    root_index = 0 if root == "first" else (t.rect.cols if axis == "row" else t.rect.rows) - 1
+    if axis == "row":
+        out_rect = Rect(t.rect.row, t.rect.col + root_index, t.rect.rows, 1)
+        kwargs = {"col_map": None}
+    else:
+        out_rect = Rect(t.rect.row + root_index, t.rect.col, 1, t.rect.cols)
+        kwargs = {"row_map": None}
+    return t.like(tiles, unlocal(result_ready), rect=out_rect, **kwargs)
+
+
+def _execute_line(fabric: Fabric, rect: Rect, axis: str, reverse: bool, busy: np.ndarray,
+                  start: np.ndarray) -> None:
+    """Charge ``busy`` add cycles to each PE's CE from ``start`` (line coordinates)."""
+    _, unlocal = _local_view(axis, reverse)
+    fabric.execute(rect, unlocal(busy), unlocal(start), flops=unlocal(busy))
+
+
+def allreduce(t: MeshTensor, axis: str = "row", algorithm: str = "chain") -> MeshTensor:
+    """Every PE of each line gets the line's sum: reduce to the first PE, then flood back.
+
+    ``axis='both'`` reduces rows then columns and broadcasts back down and across.
+    """
+    if axis == "both":
+        row_sum = reduce(t, "row", algorithm)
+        total = reduce(row_sum, "col", algorithm)
+        column = multicast(total, row_sum.rect, "col")
+        return multicast(column, t.rect, "row")
+    summed = reduce(t, axis, algorithm, root="first")
+    return multicast(summed, t.rect, axis)
+
+
+# --------------------------------------------------------------------------- stream -------
+def stream(t: MeshTensor, dst: Rect) -> MeshTensor:
+    """Move every tile to the same position in ``dst`` along X-then-Y routes.
+
+    All flows have the same offset, so the flows of a row share its east-west links and
+    those of a column its north-south links: the busiest link serialises them.
+    """
+    fabric, spec = t.fabric, t.fabric.spec
+    src = t.rect
+    if dst.shape != src.shape:
+        raise GridError(f"stream: destination {dst} must have the shape of the source {src}")
+    fabric.rect(dst.row, dst.col, dst.rows, dst.cols)
+    d_rows, d_cols = dst.row - src.row, dst.col - src.col
+    wav = t.wavelets()
+    share = max(min(abs(d_cols), src.cols), min(abs(d_rows), src.rows), 1)
+    hops = abs(d_rows) + abs(d_cols)
+    full = fabric.full
+    all_view = _line_view(full, "row", False)
+    start = _send(fabric, _line_view(src, "row", False), t.ready, wav,
+                  np.ones(src.shape, dtype=bool))
+    # link load: horizontal segment in the source rows, vertical in the destination columns
+    begin = np.full((fabric.rows, fabric.cols), start.min())
+    if d_cols:
+        lo, covered = _coverage(src.col, src.cols, d_cols)
+        load = np.zeros((fabric.rows, fabric.cols))
+        load[src.row:src.row + src.rows, lo:lo + covered.size] = \
+            covered[None, :] * wav.mean(axis=1, keepdims=True)
+        _load_links(fabric, all_view, EAST if d_cols > 0 else WEST, begin, load)
+    if d_rows:
+        lo, covered = _coverage(src.row, src.rows, d_rows)
+        load = np.zeros((fabric.rows, fabric.cols))
+        load[lo:lo + covered.size, dst.col:dst.col + dst.cols] = \
+            covered[:, None] * wav.mean(axis=0)[None, :]
+        _load_links(fabric, all_view, SOUTH if d_rows > 0 else NORTH, begin, load)
+    heads = start + spec.ramp_cycles + hops * spec.hop_cycles
+    arrive = _deliver(fabric, _line_view(dst, "row", False), heads, wav, float(share),
+                      np.ones(dst.shape, dtype=bool))
+    tiles = None if t.tiles is None else t.tiles.copy()
+    return t.like(tiles, arrive, rect=dst)
+
+
+def _coverage(first: int, count: int, offset: int) -> tuple[int, np.ndarray]:
+    """How many of ``count`` parallel flows, starting at ``first..first+count-1`` and moving
+    ``offset`` positions, cross the link leaving each position. Returns (first position,
+    counts) for the span the flows touch; links are indexed by the PE they leave."""
+    lo = min(first, first + offset)
+    span = count + abs(offset)
+    leave = np.arange(count) + first - lo if offset > 0 else np.arange(count) + first - lo \
+        + offset + 1
+    diff = np.zeros(span + 1)
+    np.add.at(diff, leave, 1.0)
+    np.add.at(diff, leave + abs(offset), -1.0)
+    return lo, np.cumsum(diff)[:-1]

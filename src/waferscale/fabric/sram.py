@@ -1,0 +1,65 @@
+"""Per-PE SRAM accounting with the hard capacity limit.
+
+Bytes are tracked per PE as an int64 array, so a tensor blocked unevenly over a rectangle
+charges each PE what it really holds. Allocation is all-or-nothing: a failing request leaves
+every PE's usage untouched, so nothing already placed is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from waferscale.errors import SramOverflowError, WaferscaleError
+
+
+@dataclass(frozen=True)
+class Allocation:
+    name: str
+    row: int
+    col: int
+    bytes: np.ndarray  # [rows, cols] of the rectangle
+
+
+class SramAllocator:
+    """Usage of every PE's SRAM over a fabric of ``rows`` x ``cols`` PEs."""
+
+    def __init__(self, rows: int, cols: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = np.zeros((rows, cols), dtype=np.int64)
+        self.allocations: dict[str, Allocation] = {}
+
+    def alloc(self, name: str, row: int, col: int, nbytes: np.ndarray | int,
+              shape: tuple[int, int] | None = None) -> Allocation:
+        if name in self.allocations:
+            raise WaferscaleError(f"SRAM: a tensor named {name!r} is already allocated; "
+                                  f"free it or choose another name")
+        if shape is None:
+            shape = np.shape(nbytes)
+        need = np.broadcast_to(np.asarray(nbytes, dtype=np.int64), shape)
+        region = self.used[row:row + shape[0], col:col + shape[1]]
+        after = region + need
+        over = after > self.capacity
+        if over.any():
+            r, c = np.unravel_index(int(np.argmax(after - self.capacity)), shape)
+            free = int(self.capacity - region[r, c])
+            raise SramOverflowError(
+                f"SRAM overflow at PE (row {row + r}, col {col + c}): tensor {name!r} needs "
+                f"{int(need[r, c])} B but only {free} B of {self.capacity} B are free; "
+                f"spread it over more PEs or free other tensors")
+        region += need
+        allocation = Allocation(name, row, col, np.array(need))
+        self.allocations[name] = allocation
+        return allocation
+
+    def free(self, name: str) -> None:
+        allocation = self.allocations.pop(name, None)
+        if allocation is None:
+            return
+        h, w = allocation.bytes.shape
+        self.used[allocation.row:allocation.row + h, allocation.col:allocation.col + w] -= \
+            allocation.bytes
+
+    def peak(self) -> int:
+        return int(self.used.max()) if self.used.size else 0

@@ -1,0 +1,239 @@
+"""`MeshTensor`: a tensor laid out over a rectangle of PEs.
+
+Each mesh axis (the rectangle's rows, then its columns) is mapped to one of:
+
+* a tensor axis (int): that axis is cut into equal contiguous blocks, one per PE along the
+  mesh axis (the last blocks are padded with zeros when it does not divide);
+* ``None``: every PE along the mesh axis holds the same data (replicated);
+* ``"partial"``: the PEs along the mesh axis hold addends whose sum is the value (what a
+  GEMV leaves before its reduction).
+
+Tiles live in one array ``tiles[rows, cols, *tile_shape]`` so that every operation is a
+vectorised NumPy expression over all PEs at once. In timing-only mode ``tiles`` is ``None``
+and only the shape, the per-PE element counts and the clocks exist.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+from waferscale.errors import GridError, ShapeError
+from waferscale.fabric.dtypes import BYTES, check_dtype, to_storage
+from waferscale.fabric.grid import Fabric, Rect
+
+AxisMap = int | None | Literal["partial"]
+
+
+def _block(n: int, parts: int) -> int:
+    return math.ceil(n / parts)
+
+
+def _valid_extent(n: int, parts: int) -> np.ndarray:
+    """Elements each of ``parts`` blocks really holds when ``n`` is cut in ceil-sized blocks."""
+    t = _block(n, parts)
+    return np.clip(n - np.arange(parts) * t, 0, t)
+
+
+class MeshTensor:
+    """Global ``shape`` distributed over ``rect`` of ``fabric`` by ``(row_map, col_map)``."""
+
+    def __init__(self, fabric: Fabric, rect: Rect, shape: tuple[int, ...], dtype: str,
+                 row_map: AxisMap, col_map: AxisMap, tiles: np.ndarray | None,
+                 ready: np.ndarray | float = 0.0, name: str | None = None,
+                 nnz: np.ndarray | None = None, allocate: bool = True) -> None:
+        self.fabric = fabric
+        self.rect = rect
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = check_dtype(dtype)
+        self.row_map = row_map
+        self.col_map = col_map
+        self._check_maps()
+        self.tile_shape = self._tile_shape()
+        if tiles is not None and tiles.shape != (*rect.shape, *self.tile_shape):
+            raise ShapeError(f"tiles of shape {tiles.shape} do not match rectangle {rect} and "
+                             f"tile shape {self.tile_shape}")
+        self.tiles = tiles
+        self.ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape).copy()
+        self.name = name or fabric.fresh_name("t")
+        self._nnz_override = nnz
+        self.valid = self._valid_elements()
+        self.allocated = False
+        if allocate:
+            fabric.sram.alloc(self.name, rect.row, rect.col, self.bytes_per_pe())
+            self.allocated = True
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_numpy(cls, fabric: Fabric, array: np.ndarray, rect: Rect | None = None,
+                   row_map: AxisMap = 0, col_map: AxisMap = 1, dtype: str = "fp32",
+                   name: str | None = None, ready: np.ndarray | float = 0.0) -> MeshTensor:
+        """Distribute ``array`` over ``rect`` (default: the whole fabric)."""
+        rect = rect or fabric.full
+        array = np.asarray(array)
+        if row_map == "partial" or col_map == "partial":
+            raise ShapeError("from_numpy cannot create a partial-sum layout; distribute the "
+                             "value blocked or replicated")
+        probe = cls(fabric, rect, array.shape, dtype, row_map, col_map, None, allocate=False)
+        tiles = None
+        if not fabric.timing_only:
+            tiles = probe._scatter(to_storage(array, dtype))
+        return cls(fabric, rect, array.shape, dtype, row_map, col_map, tiles, ready, name)
+
+    @classmethod
+    def empty(cls, fabric: Fabric, shape: tuple[int, ...], rect: Rect | None = None,
+              row_map: AxisMap = 0, col_map: AxisMap = 1, dtype: str = "fp32",
+              name: str | None = None, ready: np.ndarray | float = 0.0,
+              nnz: np.ndarray | None = None) -> MeshTensor:
+        """A tensor with a layout and clocks; zero values, or none in timing-only mode."""
+        rect = rect or fabric.full
+        probe = cls(fabric, rect, shape, dtype, row_map, col_map, None, allocate=False)
+        tiles = None
+        if not fabric.timing_only:
+            tiles = np.zeros((*rect.shape, *probe.tile_shape), dtype=to_storage(
+                np.zeros(0), dtype).dtype)
+        return cls(fabric, rect, shape, dtype, row_map, col_map, tiles, ready, name, nnz)
+
+    def like(self, tiles: np.ndarray | None, ready: np.ndarray, *, rect: Rect | None = None,
+             shape: tuple[int, ...] | None = None, row_map: AxisMap | str = "same",
+             col_map: AxisMap | str = "same", dtype: str | None = None,
+             name: str | None = None, nnz: np.ndarray | None = None) -> MeshTensor:
+        """A new tensor derived from this one (same layout unless told otherwise)."""
+        return MeshTensor(
+            self.fabric, rect or self.rect, shape or self.shape, dtype or self.dtype,
+            self.row_map if row_map == "same" else row_map,
+            self.col_map if col_map == "same" else col_map,
+            tiles, ready, name or self.fabric.fresh_name(self.name.split("#")[0]), nnz)
+
+    # -- layout --------------------------------------------------------------------------
+    def _check_maps(self) -> None:
+        axes = [m for m in (self.row_map, self.col_map) if isinstance(m, int)
+                and not isinstance(m, bool)]
+        for m in (self.row_map, self.col_map):
+            if not (m is None or m == "partial" or (isinstance(m, int)
+                                                     and not isinstance(m, bool))):
+                raise ShapeError(f"mesh axis map {m!r} must be a tensor axis, None or 'partial'")
+        for a in axes:
+            if not 0 <= a < len(self.shape):
+                raise ShapeError(f"tensor of shape {self.shape} has no axis {a} to block over "
+                                 f"the mesh")
+        if len(axes) == 2 and axes[0] == axes[1]:
+            raise ShapeError(f"tensor axis {axes[0]} cannot be blocked over both mesh axes")
+        for m, parts, what in ((self.row_map, self.rect.rows, "rows"),
+                               (self.col_map, self.rect.cols, "cols")):
+            if isinstance(m, int) and not isinstance(m, bool) and self.shape[m] < parts:
+                raise GridError(
+                    f"axis {m} of size {self.shape[m]} cannot be blocked over {parts} mesh "
+                    f"{what}; use a rectangle of at most {self.shape[m]} {what}")
+
+    def _tile_shape(self) -> tuple[int, ...]:
+        tile = list(self.shape)
+        if isinstance(self.row_map, int):
+            tile[self.row_map] = _block(self.shape[self.row_map], self.rect.rows)
+        if isinstance(self.col_map, int):
+            tile[self.col_map] = _block(self.shape[self.col_map], self.rect.cols)
+        return tuple(tile)
+
+    def _valid_elements(self) -> np.ndarray:
+        """Elements each PE really holds (edge blocks hold fewer when sizes do not divide)."""
+        base = float(np.prod(self.tile_shape)) if self.tile_shape else 1.0
+        valid = np.full(self.rect.shape, base)
+        for m, axis in ((self.row_map, 0), (self.col_map, 1)):
+            if isinstance(m, int):
+                parts = self.rect.shape[axis]
+                frac = _valid_extent(self.shape[m], parts) / max(self.tile_shape[m], 1)
+                valid *= frac[:, None] if axis == 0 else frac[None, :]
+        return valid
+
+    def bytes_per_pe(self) -> np.ndarray:
+        """SRAM each PE holds: the full (padded) tile, since buffers are allocated whole."""
+        return np.full(self.rect.shape, int(np.prod(self.tile_shape)) * BYTES[self.dtype],
+                       dtype=np.int64)
+
+    def _split(self) -> tuple[list[int], list[int], int | None, int | None]:
+        """Shape that splits each blocked axis into (parts, tile), and where the parts sit."""
+        split_shape: list[int] = []
+        r_pos = c_pos = None
+        for a, size in enumerate(self.tile_shape):
+            if a == self.row_map:
+                r_pos = len(split_shape)
+                split_shape += [self.rect.rows, size]
+            elif a == self.col_map:
+                c_pos = len(split_shape)
+                split_shape += [self.rect.cols, size]
+            else:
+                split_shape.append(size)
+        rest = [i for i in range(len(split_shape)) if i not in (r_pos, c_pos)]
+        return split_shape, rest, r_pos, c_pos
+
+    def _scatter(self, array: np.ndarray) -> np.ndarray:
+        """Global array -> tiles[rows, cols, *tile_shape] (zero-padded, no Python PE loop)."""
+        split_shape, rest, r_pos, c_pos = self._split()
+        full = [self.tile_shape[a] * (self.rect.rows if a == self.row_map else
+                                      self.rect.cols if a == self.col_map else 1)
+                for a in range(len(self.shape))]
+        padded = np.zeros(full, dtype=array.dtype)
+        padded[tuple(slice(0, s) for s in array.shape)] = array
+        blocks = padded.reshape(split_shape)
+        # mesh axes that are replicated get a length-1 axis, broadcast below
+        lead = [r_pos, c_pos]
+        for k, pos in enumerate(lead):
+            if pos is None:
+                blocks = np.expand_dims(blocks, blocks.ndim)
+                lead[k] = blocks.ndim - 1
+        tiles = np.transpose(blocks, lead + rest)
+        return np.ascontiguousarray(np.broadcast_to(
+            tiles, (self.rect.rows, self.rect.cols, *self.tile_shape)))
+
+    # -- values --------------------------------------------------------------------------
+    def to_numpy(self) -> np.ndarray:
+        """Gather the global value (sums partial axes, takes one copy of replicated ones)."""
+        if self.tiles is None:
+            raise ShapeError(f"tensor {self.name!r} has no values: the fabric runs in "
+                             f"timing-only mode")
+        tiles = self.tiles.astype(np.float32) if self.dtype != "fp32" else self.tiles
+        tiles = tiles.sum(axis=0, keepdims=True, dtype=tiles.dtype) \
+            if self.row_map == "partial" else tiles
+        tiles = tiles.sum(axis=1, keepdims=True, dtype=tiles.dtype) \
+            if self.col_map == "partial" else tiles
+        tiles = tiles if isinstance(self.row_map, int) else tiles[:1]
+        tiles = tiles if isinstance(self.col_map, int) else tiles[:, :1]
+        # interleave each mesh part axis with the tile axis it was cut from, then merge
+        order: list[int] = []
+        for a in range(len(self.shape)):
+            if a == self.row_map:
+                order.append(0)
+            elif a == self.col_map:
+                order.append(1)
+            order.append(a + 2)
+        unused = [m for m in (0, 1) if m not in order]
+        merged = np.transpose(tiles, unused + order).reshape(
+            [self.tile_shape[a] * (tiles.shape[0] if a == self.row_map else
+                                   tiles.shape[1] if a == self.col_map else 1)
+             for a in range(len(self.shape))])
+        return np.ascontiguousarray(merged[tuple(slice(0, s) for s in self.shape)])
+
+    def nnz(self) -> np.ndarray:
+        """Nonzeros each PE holds: what zero-skipping hardware actually works on."""
+        if self._nnz_override is not None:
+            return np.broadcast_to(self._nnz_override, self.rect.shape).astype(float)
+        if self.tiles is None:
+            return self.valid
+        flat = self.tiles.reshape(*self.rect.shape, -1)
+        return np.count_nonzero(flat, axis=-1).astype(float)
+
+    def wavelets(self) -> np.ndarray:
+        """Wavelets one PE's tile occupies on a link (one element per wavelet)."""
+        return self.valid
+
+    def free(self) -> None:
+        """Release this tensor's SRAM (its values stay readable)."""
+        if self.allocated:
+            self.fabric.sram.free(self.name)
+            self.allocated = False
+
+    def __repr__(self) -> str:
+        return (f"MeshTensor({self.name!r}, shape={self.shape}, dtype={self.dtype}, "
+                f"rect={self.rect}, maps=({self.row_map!r}, {self.col_map!r}))")

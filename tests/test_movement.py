@@ -1,0 +1,147 @@
+"""Data movement: values against NumPy oracles, clocks against the closed forms."""
+
+import numpy as np
+import pytest
+
+from waferscale.errors import GridError, ShapeError
+from waferscale.fabric import Fabric, MeshTensor
+from waferscale.fabric import movement as mv
+from waferscale.fabric import timing as tm
+from waferscale.hardware import custom_spec
+
+SPEC = custom_spec(rows=32, cols=32)
+RNG = np.random.default_rng(0)
+
+
+
+
+@pytest.mark.parametrize("direction", ["east", "west", "south", "north"])
+@pytest.mark.parametrize("cyclic", [False, True])
+@pytest.mark.parametrize("distance", [1, 2, 3])
+def test_shift_matches_roll_and_formula(direction, cyclic, distance):
+    f = Fabric(SPEC, 5, 7)
+    x = RNG.standard_normal((5, 7, 6)).astype(np.float32)
+    t = MeshTensor.from_numpy(f, x)
+    y = mv.shift(t, direction, distance, cyclic)
+    axis = 1 if direction in ("east", "west") else 0
+    sign = 1 if direction in ("east", "south") else -1
+    ref = np.roll(x, sign * distance, axis=axis)
+    if not cyclic:
+        index = [slice(None)] * 3
+        index[axis] = slice(0, distance) if sign > 0 else slice(-distance, None)
+        ref[tuple(index)] = 0
+    np.testing.assert_array_equal(y.to_numpy(), ref)
+    length = x.shape[axis]
+    assert y.ready.max() == tm.shift_cycles(SPEC, 6, length, distance, cyclic)
+
+
+def test_shift_counts_link_traffic():
+    f = Fabric(SPEC, 3, 8)
+    t = MeshTensor.from_numpy(f, np.ones((3, 8, 10), np.float32))
+    mv.shift(t, "east", 1)
+    # every link but the last column's carries one 10-wavelet tile
+    np.testing.assert_array_equal(f.port_wavelets[0][:, :7], 10)
+    assert f.port_wavelets[0][:, 7].sum() == 0
+
+
+def test_shift_contention_serialises():
+    f = Fabric(SPEC, 1, 8)
+    t = MeshTensor.from_numpy(f, np.ones((1, 8, 10), np.float32))
+    first = mv.shift(t, "east", 1)
+    second = mv.shift(t, "east", 1)
+    # the second shift waits for the first one's link reservations
+    assert second.ready.max() >= first.ready.max() + 10
+
+
+def test_row_multicast_values_and_time():
+    f = Fabric(SPEC, 4, 9)
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    t = MeshTensor.from_numpy(f, x, f.rect(0, 0, 4, 1), row_map=0, col_map=None)
+    y = mv.multicast(t, f.full, "row")
+    assert y.col_map is None
+    np.testing.assert_array_equal(y.to_numpy(), x)
+    np.testing.assert_array_equal(y.tiles[:, :, 0], np.broadcast_to(x[:, None], (4, 9, 5)))
+    assert y.ready.max() == tm.multicast_cycles(SPEC, 5, 9)
+
+
+def test_multicast_from_middle_floods_both_ways():
+    f = Fabric(SPEC, 9, 3)
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    t = MeshTensor.from_numpy(f, x, f.rect(4, 0, 1, 3), row_map=None, col_map=0)
+    y = mv.multicast(t, f.full, "col")
+    np.testing.assert_array_equal(y.tiles[:, :, 0], np.broadcast_to(x[None], (9, 3, 4)))
+    assert y.ready.max() == tm.multicast_cycles(SPEC, 4, 5)
+
+
+@pytest.mark.parametrize("algorithm", ["chain", "tree"])
+@pytest.mark.parametrize("axis", ["row", "col"])
+@pytest.mark.parametrize("root", ["first", "last"])
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
+def test_reduce_sums_and_matches_formula(algorithm, axis, root, length):
+    rows, cols = (3, length) if axis == "row" else (length, 3)
+    f = Fabric(SPEC, rows, cols)
+    x = RNG.standard_normal((rows, cols, 7)).astype(np.float32)
+    row_map, col_map = (0, "partial") if axis == "row" else ("partial", 0)
+    t = MeshTensor(f, f.full, (3, 7), "fp32", row_map, col_map, x[:, :, None])
+    y = mv.reduce(t, axis, algorithm, root)
+    np.testing.assert_allclose(y.to_numpy(), x.sum(axis=1 if axis == "row" else 0),
+                               rtol=1e-5, atol=1e-5)
+    expected = tm.reduce_cycles(SPEC, 7, length, algorithm)
+    assert y.ready.max() == pytest.approx(expected)
+
+
+def test_chain_reduce_is_hpdc_formula():
+    f = Fabric(SPEC, 1, 16)
+    x = np.ones((1, 16, 100), np.float32)
+    t = MeshTensor(f, f.full, (100,), "fp32", None, "partial", x)
+    y = mv.reduce(t, "row", "chain", "first")
+    assert y.ready.max() == 100 + (2 * SPEC.ramp_cycles + 2) * 15
+    np.testing.assert_array_equal(y.to_numpy(), np.full(100, 16.0))
+
+
+@pytest.mark.parametrize("axis", ["row", "col", "both"])
+def test_allreduce(axis):
+    f = Fabric(SPEC, 6, 5)
+    x = RNG.standard_normal((6, 5, 3)).astype(np.float32)
+    row_map = "partial" if axis in ("col", "both") else None
+    col_map = "partial" if axis in ("row", "both") else None
+    t = MeshTensor(f, f.full, (3,), "fp32", row_map, col_map, x)
+    y = mv.allreduce(t, axis)
+    if axis == "row":
+        ref = np.broadcast_to(x.sum(1, keepdims=True), x.shape)
+    elif axis == "col":
+        ref = np.broadcast_to(x.sum(0, keepdims=True), x.shape)
+    else:
+        ref = np.broadcast_to(x.sum((0, 1), keepdims=True), x.shape)
+    np.testing.assert_allclose(y.tiles, ref, rtol=1e-5, atol=1e-5)
+    if axis == "row":
+        assert y.ready.max() == tm.allreduce_cycles(SPEC, 3, 5)
+
+
+@pytest.mark.parametrize("offset", [(0, 4), (0, -3), (5, 0), (-2, 0), (3, 6), (2, 1)])
+def test_stream_moves_tiles_xy(offset):
+    f = Fabric(SPEC, 16, 16)
+    src = f.rect(6, 6, 3, 4)
+    x = RNG.standard_normal((3, 4, 8)).astype(np.float32)
+    t = MeshTensor.from_numpy(f, x, rect=src)
+    dst = f.rect(6 + offset[0], 6 + offset[1], 3, 4)
+    y = mv.stream(t, dst)
+    np.testing.assert_array_equal(y.to_numpy(), x)
+    assert y.rect == dst
+    expected = tm.stream_cycles(SPEC, 8, offset[0], offset[1], 3, 4)
+    assert y.ready.max() == expected
+    # the busiest link carries the serialised flows of one row or column
+    assert f.port_wavelets[:4].max() == 8 * max(min(abs(offset[1]), 4), min(abs(offset[0]), 3))
+
+
+def test_bad_movement_inputs_raise_typed_errors():
+    f = Fabric(SPEC, 4, 4)
+    t = MeshTensor.from_numpy(f, np.ones((4, 4, 2), np.float32))
+    with pytest.raises(ShapeError):
+        mv.shift(t, "up")
+    with pytest.raises(GridError):
+        mv.shift(t, "east", 4)
+    with pytest.raises(ShapeError):
+        mv.reduce(t, "row")  # blocked, not partial
+    with pytest.raises(GridError):
+        mv.stream(t, f.rect(0, 0, 2, 2))
