@@ -1,0 +1,129 @@
+"""Local compute on each PE's compute engine, at the spec's SIMD widths, skipping zeros.
+
+Every function computes real values (unless the fabric is timing-only) and charges each
+PE's CE the cycles of `timing.vector_cycles` for the elements *it* holds, so edge PEs with
+short tiles finish early and sparse tiles finish in proportion to their nonzeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from waferscale.errors import ShapeError
+from waferscale.fabric.dtypes import BYTES, compute_dtype, to_storage
+from waferscale.fabric.tensor import AxisMap, MeshTensor
+from waferscale.fabric.timing import vector_cycles
+
+
+def _same_layout(tensors: Sequence[MeshTensor], what: str) -> MeshTensor:
+    first = tensors[0]
+    for t in tensors[1:]:
+        if (t.rect, t.shape, t.row_map, t.col_map) != (first.rect, first.shape, first.row_map,
+                                                         first.col_map):
+            raise ShapeError(f"{what}: operands {first.name!r} {first.shape} on {first.rect} and "
+                             f"{t.name!r} {t.shape} on {t.rect} must share shape and layout")
+    return first
+
+
+def _ready(tensors: Sequence[MeshTensor]) -> np.ndarray:
+    return np.maximum.reduce([t.ready for t in tensors]) if len(tensors) > 1 \
+        else tensors[0].ready
+
+
+def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op: str = "add",
+                *, dtype: str | None = None, flops_per_element: float = 1.0,
+                skip_zeros_of: MeshTensor | None = None, name: str | None = None
+                ) -> MeshTensor:
+    """``fn`` applied tile-wise to same-layout ``inputs``: one vector instruction per PE.
+
+    ``op`` picks the SIMD width (fmac/mul/add). ``skip_zeros_of``: the operand whose zeros
+    the hardware skips (it triggers work only per arriving nonzero), so cycles follow its
+    nonzeros instead of the tile size.
+    """
+    first = _same_layout(inputs, f"elementwise {op}")
+    fabric = first.fabric
+    dtype = dtype or first.dtype
+    elements = skip_zeros_of.nnz() if skip_zeros_of is not None else first.valid
+    cycles = vector_cycles(fabric.spec, elements, dtype, op, reads=len(inputs), writes=1,
+                           element_bytes=BYTES[dtype])
+    end = fabric.execute(first.rect, cycles, _ready(inputs), flops=elements * flops_per_element,
+                         mem_bytes=elements * (len(inputs) + 1) * BYTES[dtype])
+    tiles = None
+    if not fabric.timing_only:
+        work = compute_dtype(dtype)
+        tiles = to_storage(fn(*[t.tiles.astype(work, copy=False) for t in inputs]), dtype)
+    return first.like(tiles, end, dtype=dtype, name=name)
+
+
+def fmac(acc: MeshTensor, a: MeshTensor, b: MeshTensor | float, *,
+         skip_zeros: bool = True) -> MeshTensor:
+    """``acc + a * b``, triggered per nonzero of ``a`` when ``skip_zeros``."""
+    operands = [acc, a] + ([b] if isinstance(b, MeshTensor) else [])
+
+    def body(acc_t: np.ndarray, a_t: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        return acc_t + a_t * (rest[0] if rest else np.asarray(b, dtype=a_t.dtype))
+
+    return elementwise(body, operands, "fmac", flops_per_element=2.0,
+                       skip_zeros_of=a if skip_zeros else None)
+
+
+def matmul_fmacs(a: MeshTensor, b: MeshTensor, skip: str | None) -> np.ndarray:
+    """FMACs each PE issues for its tile product ``a @ b`` (last two tile axes).
+
+    ``skip``: None (dense), "a" (zero activations skipped), "b" (zero weights never sent,
+    the FMAC runs per arriving nonzero: an AXPY per nonzero weight) or "both" (only
+    products of two nonzeros).
+    """
+    k = a.tile_shape[-1]
+    b_batch = float(np.prod(b.tile_shape[:-2])) if len(b.tile_shape) > 2 else 1.0
+    # per PE: a.valid = batch * m * k and b.valid = b_batch * k * n (edge tiles are shorter)
+    if skip is None:
+        return a.valid * b.valid / (b_batch * k)
+    if skip == "a":
+        return a.nnz() * b.valid / (b_batch * k)
+    if skip == "b":
+        return b.nnz() * a.valid / (b_batch * k)
+    if skip == "both":
+        if a.tiles is None or b.tiles is None:
+            return a.nnz() * b.nnz() / (b_batch * k)
+        a_cols = np.count_nonzero(a.tiles, axis=-2).astype(float)      # [..., k]
+        b_rows = np.count_nonzero(b.tiles, axis=-1).astype(float)      # [..., k]
+        products = (a_cols * b_rows).sum(axis=-1)
+        return products.reshape(*a.rect.shape, -1).sum(axis=-1)
+    raise ShapeError(f"matmul skip={skip!r}: use None, 'a', 'b' or 'both'")
+
+
+def local_matmul(a: MeshTensor, b: MeshTensor, out_shape: tuple[int, ...],
+                 row_map: AxisMap, col_map: AxisMap, *, acc: MeshTensor | None = None,
+                 accumulate: str | None = None, skip: str | None = None,
+                 name: str | None = None) -> MeshTensor:
+    """Every PE multiplies its tiles ``a @ b`` (+ ``acc``) on its own compute engine.
+
+    The caller states the global layout of the product (what the tiles mean together).
+    ``accumulate='fp32'`` runs 16-bit inputs on the mixed fp16 x fp16 -> fp32 datapath.
+    """
+    if a.rect != b.rect:
+        raise ShapeError(f"local_matmul: {a.name!r} on {a.rect} and {b.name!r} on {b.rect} "
+                         f"must sit on the same rectangle")
+    if a.tile_shape[-1] != b.tile_shape[-2]:
+        raise ShapeError(f"local_matmul: tile {a.tile_shape} of {a.name!r} cannot multiply "
+                         f"tile {b.tile_shape} of {b.name!r}")
+    fabric = a.fabric
+    out_dtype = accumulate or a.dtype
+    fmacs = matmul_fmacs(a, b, skip)
+    cycles = vector_cycles(fabric.spec, fmacs, a.dtype, "fmac", reads=2, writes=1,
+                           accumulate=accumulate, element_bytes=BYTES[a.dtype])
+    inputs = [a, b] + ([acc] if acc is not None else [])
+    end = fabric.execute(a.rect, cycles, _ready(inputs), flops=2.0 * fmacs,
+                         mem_bytes=fmacs * 3 * BYTES[a.dtype])
+    tiles = None
+    if not fabric.timing_only:
+        work = compute_dtype(a.dtype, accumulate)
+        product = np.matmul(a.tiles.astype(work, copy=False), b.tiles.astype(work, copy=False))
+        if acc is not None:
+            product = product + acc.tiles.astype(work, copy=False)
+        tiles = to_storage(product, out_dtype)
+    return MeshTensor(fabric, a.rect, out_shape, out_dtype, row_map, col_map, tiles, end,
+                      name or fabric.fresh_name("matmul"))
