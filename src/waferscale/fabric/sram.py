@@ -29,6 +29,7 @@ class SramAllocator:
         self.capacity = capacity
         self.used = np.zeros((rows, cols), dtype=np.int64)
         self.allocations: dict[str, Allocation] = {}
+        self.high_water = 0
 
     def alloc(self, name: str, row: int, col: int, nbytes: np.ndarray | int,
               shape: tuple[int, int] | None = None) -> Allocation:
@@ -49,6 +50,7 @@ class SramAllocator:
                 f"{int(need[r, c])} B but only {free} B of {self.capacity} B are free; "
                 f"spread it over more PEs or free other tensors")
         region += need
+        self.high_water = max(self.high_water, int(region.max()))
         allocation = Allocation(name, row, col, np.array(need))
         self.allocations[name] = allocation
         return allocation
@@ -62,4 +64,5 @@ class SramAllocator:
             allocation.bytes
 
     def peak(self) -> int:
-        return int(self.used.max()) if self.used.size else 0
+        """The most bytes any PE has held at once so far."""
+        return self.high_water

@@ -99,13 +99,18 @@ class MeshTensor:
     def like(self, tiles: np.ndarray | None, ready: np.ndarray, *, rect: Rect | None = None,
              shape: tuple[int, ...] | None = None, row_map: AxisMap | str = "same",
              col_map: AxisMap | str = "same", dtype: str | None = None,
-             name: str | None = None, nnz: np.ndarray | None = None) -> MeshTensor:
-        """A new tensor derived from this one (same layout unless told otherwise)."""
+             name: str | None = None, nnz: np.ndarray | None = None,
+             allocate: bool = True) -> MeshTensor:
+        """A new tensor derived from this one (same layout unless told otherwise).
+
+        ``allocate=False`` for a view of memory that is already charged (a slice of a tile).
+        """
         return MeshTensor(
             self.fabric, rect or self.rect, shape or self.shape, dtype or self.dtype,
             self.row_map if row_map == "same" else row_map,
             self.col_map if col_map == "same" else col_map,
-            tiles, ready, name or self.fabric.fresh_name(self.name.split("#")[0]), nnz)
+            tiles, ready, name or self.fabric.fresh_name(self.name.split("#")[0]), nnz,
+            allocate)
 
     # -- layout --------------------------------------------------------------------------
     def _check_maps(self) -> None:

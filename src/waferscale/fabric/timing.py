@@ -107,3 +107,15 @@ def vector_cycles(spec: WaferSpec, elements: np.ndarray | float, dtype: str, op:
                       reads * element_bytes / (spec.mem_reads_per_cycle * word),
                       writes * element_bytes / (spec.mem_writes_per_cycle * word))
     return np.ceil(elements * per_element)
+
+
+def halo_cycles(spec: WaferSpec, wavelets: float, radius: int, directions: int = 4) -> float:
+    """Radius-r multicast halo of an interior PE: its ramp in takes ``directions * r`` tiles.
+
+    The nearest neighbour's first wavelet reaches the router one hop after leaving its CE;
+    from then the ramp into the CE is the bottleneck, one wavelet per cycle.
+    """
+    if wavelets <= 0:
+        return 0.0
+    ramp_in = directions * radius * wavelets / spec.ramp_wavelets_per_cycle
+    return ramp_in + spec.hop_cycles + 2 * spec.ramp_cycles

@@ -1,0 +1,264 @@
+"""The `waferscale` command. Every result command takes --json: one JSON document on stdout.
+
+User mistakes (typed `WaferscaleError`s) print one line on stderr and exit with status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from waferscale.errors import WaferscaleError
+from waferscale.hardware import get_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="A wafer-scale AI engine in software.")
+console = Console(stderr=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+SpecOpt = Annotated[str, typer.Option("--spec", help="Preset (wse1, wse2, wse3) or a .toml file.")]
+
+
+def _emit(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def _guard(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except WaferscaleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _parse_grid(grid: str) -> tuple[int, int, int]:
+    try:
+        x, y, z = (int(v) for v in grid.lower().split("x"))
+    except ValueError:
+        raise WaferscaleError(f"--grid {grid!r} must look like 755x994x1000 (x by y by z)") \
+            from None
+    return x, y, z
+
+
+# ------------------------------------------------------------------------------ info -----
+@app.command()
+def info(spec: SpecOpt = "wse2", json_out: JsonOpt = False) -> None:
+    """Print a spec and its derived peak FLOP/s, memory and fabric bandwidth."""
+    def body() -> None:
+        s = get_spec(spec)
+        derived = {
+            "pes": s.pes,
+            "peak_fp16_flops": s.peak_flops("fp16"),
+            "peak_fp32_flops": s.peak_flops("fp32"),
+            "peak_fp16_flops_all_cores_max_clock": 2 * s.simd.fp16_fmac * s.cores
+            * s.max_clock_hz,
+            "memory_bandwidth_bytes_per_s": s.memory_bandwidth_bytes_per_s,
+            "fabric_bandwidth_bits_per_s": s.fabric_bandwidth_bits_per_s,
+            "total_sram_bytes": s.total_sram_bytes,
+            "routable_colors": s.routable_colors,
+        }
+        if json_out:
+            _emit({"spec": s.to_dict(), "derived": derived})
+            return
+        table = Table(title=f"WaferSpec {s.name}")
+        table.add_column("field")
+        table.add_column("value", justify="right")
+        for key, value in s.to_dict().items():
+            table.add_row(key, str(value))
+        console.print(table)
+        out = Table(title="derived (program rectangle at clock_hz unless noted)")
+        out.add_column("figure")
+        out.add_column("value", justify="right")
+        out.add_row("PEs", f"{s.pes:,}")
+        out.add_row("peak FP16 (dense)", f"{derived['peak_fp16_flops'] / 1e15:.2f} PFLOP/s")
+        out.add_row("peak FP16, all cores at max clock",
+                    f"{derived['peak_fp16_flops_all_cores_max_clock'] / 1e15:.2f} PFLOP/s")
+        out.add_row("peak FP32", f"{derived['peak_fp32_flops'] / 1e15:.2f} PFLOP/s")
+        out.add_row("SRAM bandwidth", f"{s.memory_bandwidth_bytes_per_s / 1e15:.2f} PB/s")
+        out.add_row("fabric bandwidth", f"{s.fabric_bandwidth_bits_per_s / 1e15:.1f} Pb/s")
+        out.add_row("total SRAM", f"{s.total_sram_bytes / 2**30:.1f} GiB")
+        console.print(out)
+    _guard(body)
+
+
+# --------------------------------------------------------------------------- stencil -----
+def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool,
+                   seed: int = 0) -> dict[str, Any]:
+    """Run (or estimate) the SC22 stencil and compute the figures the paper reports."""
+    from waferscale.fabric import Fabric
+    from waferscale.kernels import stencil as st
+
+    spec = get_spec(spec_name)
+    x, y, z = _parse_grid(grid)
+    if steps < 1:
+        raise WaferscaleError(f"--steps {steps} must be at least 1")
+    st.check_grid(spec, x, y, z)
+    t0 = time.perf_counter()
+    mode = "estimate"
+    max_error = None
+    busy = None
+    if estimate:
+        cycles = st.cost(spec, x, y, z, steps)
+        busy = st.busy_fraction(spec, z)
+    else:
+        full_values = x * y * z * 4 * 8 <= 2**30
+        fabric = Fabric(spec, y, x, timing_only=not full_values)
+        if full_values:
+            rng = np.random.default_rng(seed)
+            u0 = rng.standard_normal((y, x, z)).astype(np.float32)
+            u_prev = u0.copy()
+            vel = np.full((y, x, z), 0.05, np.float32)
+            result = st.run(fabric, u0, u_prev, vel, steps)
+            mode = "simulate"
+            ref = st.reference(u0, u_prev, vel, steps)
+            max_error = float(np.max(np.abs(result.u - ref)) / max(np.max(np.abs(ref)), 1e-30))
+        else:
+            result = st.run(fabric, None, None, None, steps, shape=(y, x, z))
+            mode = "simulate-timing-only"
+        cycles = result.cycles
+        busy = fabric.stats()["busy_fraction"]
+    wall = time.perf_counter() - t0
+    seconds = spec.seconds(cycles)
+    counts = st.cell_counts()
+    cells = x * y * z * steps
+    counted = st.COUNTED_FLOPS_PER_CELL
+    return {
+        "spec": spec.name, "grid": [x, y, z], "steps": steps, "mode": mode,
+        "clock_hz": spec.clock_hz, "cycles": cycles, "seconds": seconds,
+        "gcell_per_s": cells / seconds / 1e9,
+        "tflop_per_s": cells * counted / seconds / 1e12,
+        "mflop_per_s_per_pe": cells * counted / seconds / (x * y) / 1e6,
+        "busy_fraction": busy,
+        "flops_per_cell_step_executed": counts["flops"],
+        "flops_per_cell_step_counted": counted,
+        "memory_accesses_per_cell_step": counts["memory_accesses"],
+        "fabric_loads_per_cell_step": counts["fabric_loads"],
+        "z_chunk_cells": st.chunk_cells(spec, z),
+        "max_relative_error_vs_numpy": max_error,
+        "wall_seconds": wall,
+        "published": st.PUBLISHED,
+    }
+
+
+@app.command()
+def stencil(grid: Annotated[str, typer.Option(help="x by y by z cells, e.g. 755x994x1000")]
+            = "755x994x1000",
+            steps: Annotated[int, typer.Option(help="time steps")] = 1000,
+            estimate: Annotated[bool, typer.Option("--estimate",
+                                                   help="closed-form cost, no simulation")]
+            = False,
+            spec: SpecOpt = "wse2", json_out: JsonOpt = False) -> None:
+    """The SC22 25-point stencil: seconds, Gcell/s, TFLOP/s, busy %, per-cell counts."""
+    def body() -> None:
+        report = stencil_report(spec, grid, steps, estimate)
+        if json_out:
+            _emit(report)
+        else:
+            _print_stencil(report)
+    _guard(body)
+
+
+def _print_stencil(r: dict[str, Any]) -> None:
+    pub = r["published"]
+    table = Table(title=f"25-point stencil {'x'.join(map(str, r['grid']))}, {r['steps']} steps, "
+                        f"{r['spec']} at {r['clock_hz'] / 1e9:.2f} GHz ({r['mode']})")
+    table.add_column("figure")
+    table.add_column("ours", justify="right")
+    table.add_column("SC22 (755x994x1000)", justify="right")
+    table.add_row("seconds", f"{r['seconds']:.4f}", f"{pub['seconds']}")
+    table.add_row("Gcell/s", f"{r['gcell_per_s']:,.1f}", f"{pub['gcell_per_s']:,}")
+    table.add_row("TFLOP/s", f"{r['tflop_per_s']:.0f}", f"{pub['tflop_per_s']}")
+    table.add_row("MFLOP/s per PE", f"{r['mflop_per_s_per_pe']:.1f}",
+                  f"{pub['mflop_per_s_per_pe']}")
+    table.add_row("busy %", f"{100 * r['busy_fraction']:.1f}", f"{100 * pub['busy_fraction']}")
+    table.add_row("FLOPs per cell-step (executed)", f"{r['flops_per_cell_step_executed']:.0f}",
+                  f"{pub['flops_executed']}")
+    table.add_row("memory accesses per cell-step", f"{r['memory_accesses_per_cell_step']:.0f}",
+                  f"{pub['memory_accesses']}")
+    table.add_row("fabric loads per cell-step", f"{r['fabric_loads_per_cell_step']:.0f}",
+                  f"{pub['fabric_loads']}")
+    console.print(table)
+    if r["max_relative_error_vs_numpy"] is not None:
+        console.print(f"values vs NumPy reference: max relative error "
+                      f"{r['max_relative_error_vs_numpy']:.2e}")
+    console.print(f"simulation wall time {r['wall_seconds']:.2f} s")
+
+
+# ------------------------------------------------------------------------------ demo -----
+@app.command()
+def demo(json_out: JsonOpt = False) -> None:
+    """The stencil run in full on a small grid, then timed on the full wafer."""
+    def body() -> None:
+        small = stencil_report("wse2", "64x64x256", 20, estimate=False)
+        full = stencil_report("wse2", "755x994x1000", 1000, estimate=True)
+        weak = stencil_report("wse2", "200x200x1000", 1000, estimate=True)
+        if json_out:
+            _emit({"small_run": small, "full_wafer": full, "weak_scaling_200x200": weak})
+            return
+        console.print("[bold]waferscale demo[/bold]: the SC22 25-point stencil on a simulated "
+                      "WSE-2\n")
+        console.print("1. Full simulation (values and cycles) of a 64x64x256 grid, 20 steps:")
+        _print_stencil(small)
+        console.print("\n2. The full wafer, 755x994x1000, 1000 steps (closed-form cost, which "
+                      "the tests prove equal to the simulated cycles):")
+        _print_stencil(full)
+        err = full["seconds"] / full["published"]["seconds"] - 1
+        flat = weak["seconds"] / full["seconds"] - 1
+        console.print(f"\nOurs vs SC22: {100 * err:+.1f}% in time. Weak scaling 200x200 -> "
+                      f"755x994: {100 * flat:+.2f}% (published: flat, 0.0750-0.0764 s).")
+    _guard(body)
+
+
+# ------------------------------------------------------------------- yield / validate ----
+@app.command(name="yield")
+def yield_(json_out: JsonOpt = False,
+           plot: Annotated[Path | None, typer.Option(help="write yield vs area to this PNG")]
+           = None,
+           spec: SpecOpt = "wse2") -> None:
+    """Yield of a monolithic die versus a wafer with spare cores."""
+    from waferscale.cli_yield import yield_command
+    _guard(lambda: yield_command(json_out, plot, spec))
+
+
+@app.command()
+def validate(json_out: JsonOpt = False,
+             agreement: Annotated[bool, typer.Option(
+                 "--agreement", help="fast model vs cycle simulator table")] = False,
+             quick: Annotated[bool, typer.Option("--quick", help="fewer, smaller cases")]
+             = False) -> None:
+    """Published hardware measurements versus this simulator, with the error of each."""
+    def body() -> None:
+        if agreement:
+            from waferscale.fabric.cycle.agreement import agreement_rows
+            rows = agreement_rows(quick)
+            columns = ["primitive", "grid", "wavelets", "fast_cycles", "cycle_cycles", "error"]
+        else:
+            from waferscale.report.validation import validation_cases
+            rows = validation_cases(quick)
+            columns = ["name", "ours", "published", "error", "unit", "note"]
+        if json_out:
+            _emit(rows)
+            return
+        table = Table(title="agreement" if agreement else "validation")
+        for c in columns:
+            table.add_column(c)
+        for row in rows:
+            table.add_row(*[(f"{row[c]:.4g}" if isinstance(row.get(c), float) else
+                             str(row.get(c, ""))) for c in columns])
+        console.print(table)
+    _guard(body)
+
+
+def main() -> None:
+    app()
+
