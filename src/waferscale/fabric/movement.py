@@ -464,7 +464,9 @@ def halo_exchange(t: MeshTensor, radius: int) -> dict[str, list[MeshTensor]]:
         nearest[:, 1:] = begin[:, :-1] + spec.ramp_cycles + spec.hop_cycles \
             + extra[:, 1:length] - extra[:, : length - 1]
         mask = incoming > 0
-        arrive = _deliver(fabric, view, np.where(mask, nearest, 0.0), incoming, 1.0, mask)
+        # a receiver takes data once its own tile is ready: its buffers are free from then
+        head = np.where(mask, np.maximum(nearest, local(t.ready)), 0.0)
+        arrive = _deliver(fabric, view, head, incoming, 1.0, mask)
         done = np.maximum(done, unlocal(np.where(mask, arrive, -np.inf)))
         out[source] = [_neighbour(t, local, unlocal, k, length) for k in range(1, radius + 1)]
     ready = np.maximum(done, t.ready)
