@@ -30,3 +30,39 @@ class DtypeError(WaferscaleError):
 
 class ShapeError(WaferscaleError):
     """Operand shapes or layouts do not agree."""
+
+
+class RouteError(WaferscaleError):
+    """A fabric route is malformed: it loops, leaves the grid, drops wavelets or exceeds the
+    colour budget. The message names the PE and the colour."""
+
+
+class ColorBudgetError(RouteError):
+    """A program uses a colour id the spec does not give to programs (``spec.routable_colors``)."""
+
+
+class ProgramError(WaferscaleError):
+    """A PE program is malformed: a task bound twice, memory never allocated or out of
+    bounds, a reference to an unknown task, register or array. Names the PE and the task."""
+
+
+class SimulationError(WaferscaleError):
+    """A cycle-simulated program could not finish. Carries ``cycle`` and ``details`` (a list of
+    lines naming the PEs, colours and queues involved)."""
+
+    def __init__(self, message: str, *, cycle: int = 0, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.cycle = cycle
+        self.details = list(details or [])
+
+
+class DeadlockError(SimulationError):
+    """Nothing can move and nothing is in flight, yet the program has not finished."""
+
+
+class LivelockError(SimulationError):
+    """PEs keep executing instructions but no data moves and no vector work is done."""
+
+
+class CycleLimitError(SimulationError):
+    """The run reached its cycle limit before finishing (a runaway program)."""

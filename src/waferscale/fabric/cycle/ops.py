@@ -1,0 +1,215 @@
+"""In-flight vector instructions: one state block per instruction, all PEs at once.
+
+A vector instruction runs until its n elements are done. Each cycle every PE running it
+advances by as many elements as its SIMD width, its share of the memory ports, and its
+fabric operands allow: one wavelet per cycle in from a CE queue that has one, one out to the
+ramp when the router queue behind it has credit. Several instructions on a PE (the main
+thread plus microthreads) share its ports in instruction order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from waferscale.errors import ProgramError, RouteError
+from waferscale.fabric.cycle import isa
+from waferscale.fabric.cycle.grid import pe_name
+
+if TYPE_CHECKING:
+    from waferscale.fabric.cycle.ce import ComputeEngines
+
+_COMPUTE = {
+    "mov": lambda v: v[0],
+    "add": lambda v: v[0] + v[1],
+    "sub": lambda v: v[0] - v[1],
+    "mul": lambda v: v[0] * v[1],
+    "max": lambda v: np.maximum(v[0], v[1]),
+    "fmac": lambda v: v[0] + v[1] * v[2],
+}
+
+
+def _int_source(value: Any, pes: int, what: str) -> tuple[str, Any]:
+    """Normalise an int / per-PE array / Reg parameter once, at program load."""
+    if isinstance(value, isa.Reg):
+        return ("reg", value)
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return ("const", int(arr))
+    flat = arr.reshape(-1)
+    if flat.size != pes:
+        raise ProgramError(f"{what}: per-PE values must have one entry per PE ({pes}), got "
+                           f"shape {arr.shape}")
+    return ("arr", flat.astype(np.int64))
+
+
+class OpState:
+    """State of one vector instruction across the grid (who runs it, how far, operands)."""
+
+    def __init__(self, oid: int, gid: int, ins: isa.Vec, engines: ComputeEngines) -> None:
+        spec, pes = engines.spec, engines.pes
+        self.oid, self.gid, self.ins = oid, gid, ins
+        self.compute = _COMPUTE[ins.op]
+        self.width = spec.simd.width("fp32", isa.SIMD_OP[ins.op])
+        self.operands: list[isa.Operand] = [ins.dst, *ins.srcs]
+        self.running = np.zeros(pes, dtype=bool)
+        self.prog = np.zeros(pes, dtype=np.int64)
+        self.n = np.zeros(pes, dtype=np.int64)
+        self.count = 0
+        self.n_src = _int_source(ins.n, pes, f"op {ins.op} length")
+        self.base: dict[int, np.ndarray] = {}
+        self.base_src: dict[int, tuple[str, Any]] = {}
+        self.queue: dict[int, np.ndarray] = {}
+        self.color_src: dict[int, tuple[str, Any]] = {}
+        self.sval: dict[int, np.ndarray] = {}
+        for i, operand in enumerate(self.operands):
+            if isinstance(operand, isa.Mem):
+                self.base[i] = np.zeros(pes, dtype=np.int64)
+                self.base_src[i] = _int_source(operand.offset, pes, f"{operand.array} offset")
+            elif isinstance(operand, (isa.FabIn, isa.FabOut)):
+                self.queue[i] = np.zeros(pes, dtype=np.int64)
+                self.color_src[i] = _int_source(operand.color, pes, "fabric colour")
+            else:
+                self.sval[i] = np.zeros(pes, dtype=np.float32)
+        self.reads = sum(isinstance(s, isa.Mem) for s in ins.srcs)
+        self.writes = int(isinstance(ins.dst, isa.Mem))
+        self.fab_in = [i for i, o in enumerate(self.operands) if isinstance(o, isa.FabIn)]
+        self.fab_out = isinstance(ins.dst, isa.FabOut)
+
+    # -- issue -----------------------------------------------------------------------------
+    def launch(self, ce: ComputeEngines, sel: np.ndarray, tid: int) -> None:
+        """Start the instruction on PEs ``sel``: resolve operands and check them there."""
+        n = ce.resolve(self.n_src, sel)
+        if (n < 0).any():
+            pe = int(sel[np.argmax(n < 0)])
+            raise ProgramError(f"{ce.where_text(tid, pe)}: {self.ins.op} length "
+                               f"{int(n[np.argmax(n < 0)])} is negative")
+        for i, operand in enumerate(self.operands):
+            if isinstance(operand, isa.Mem):
+                base = ce.resolve(self.base_src[i], sel)
+                length = ce.mem[operand.array].shape[1]
+                last = base + np.maximum(n - 1, 0) * operand.stride
+                bad = (base < 0) | (last >= length) | (last < 0)
+                if bad.any():
+                    j = int(np.argmax(bad))
+                    raise ProgramError(
+                        f"{ce.where_text(tid, int(sel[j]))}: {self.ins.op} reads/writes "
+                        f"{operand.array}[{int(base[j])}:{int(last[j]) + 1}:{operand.stride}] "
+                        f"outside its {length} elements")
+                self.base[i][sel] = base
+            elif isinstance(operand, (isa.FabIn, isa.FabOut)):
+                color = ce.resolve(self.color_src[i], sel)
+                ce.routes.check_color(int(color.max()))
+                ce.routes.check_color(int(color.min()))
+                table = ce.ch.cq_of if isinstance(operand, isa.FabIn) else ce.ch.up_of
+                q = table[color, sel]
+                if (q < 0).any():
+                    j = int(np.argmax(q < 0))
+                    need = ("deliver it to the CE (tx lacks R)"
+                            if isinstance(operand, isa.FabIn) else
+                            "accept it from the ramp (rx lacks R)")
+                    verb = "reads" if isinstance(operand, isa.FabIn) else "sends"
+                    raise RouteError(f"{ce.where_text(tid, int(sel[j]))}: {self.ins.op} {verb} "
+                                     f"colour {int(color[j])}, but the PE's route for colour "
+                                     f"{int(color[j])} does not {need}")
+                self.queue[i][sel] = q
+            elif isinstance(operand, isa.Scalar):
+                value = np.asarray(operand.value, dtype=np.float32)
+                self.sval[i][sel] = value if value.ndim == 0 else value.reshape(-1)[sel]
+            else:
+                self.sval[i][sel] = ce.arg[sel]
+        self.prog[sel] = 0
+        self.n[sel] = n
+        self.running[sel] = True
+        self.count += sel.size
+
+    # -- one cycle -------------------------------------------------------------------------
+    def step(self, ce: ComputeEngines, t: int) -> np.ndarray:
+        """Advance every running instance; return the PEs that finished this cycle."""
+        idx = np.flatnonzero(self.running)
+        prog = self.prog[idx]
+        rem = self.n[idx] - prog
+        k = np.minimum(rem, self.width)
+        if self.reads:
+            k = np.minimum(k, ce.rd_left[idx] // self.reads)
+        if self.writes:
+            k = np.minimum(k, ce.wr_left[idx] // self.writes)
+        mem_ok = k > 0
+        q = ce.q
+        for i in self.fab_in:
+            k = np.where(q.ready(self.queue[i][idx], t), np.minimum(k, 1), 0)
+        if self.fab_out:
+            qo = self.queue[0][idx]
+            ok = (q.cnt[qo] < q.cap[qo]) & (ce.ramp_left[idx] > 0)
+            k = np.where(ok, np.minimum(k, 1), 0)
+        moving = k > 0
+        flag = np.where(moving, 1, np.where(rem == 0, 0, np.where(mem_ok, 2, 4)))
+        ce.flag[idx] |= flag.astype(np.uint8)
+        kmax = int(k.max()) if k.size else 0
+        for lane in range(kmax):
+            sel = np.flatnonzero(k > lane)
+            pes = idx[sel]
+            pos = prog[sel] + lane
+            values = [self._read(ce, i, pes, pos) for i in range(1, len(self.operands))]
+            result = self.compute(values).astype(np.float32, copy=False)
+            self._write(ce, pes, pos, result, t)
+        if kmax:
+            self.prog[idx] = prog + k
+            if self.reads:
+                ce.rd_left[idx] -= k * self.reads
+            if self.writes:
+                ce.wr_left[idx] -= k * self.writes
+            if self.fab_out:
+                ce.ramp_left[idx] -= k
+            ce.elements += int(k.sum())
+        fin = idx[rem == k]
+        if fin.size:
+            self.running[fin] = False
+            self.count -= fin.size
+        return fin
+
+    def _read(self, ce: ComputeEngines, i: int, pes: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        operand = self.operands[i]
+        if isinstance(operand, isa.Mem):
+            return ce.mem[operand.array][pes, self.base[i][pes] + pos * operand.stride]
+        if isinstance(operand, isa.FabIn):
+            qi = self.queue[i][pes]
+            values = ce.q.pop(qi)
+            if ce.events is not None:
+                ce.events.append((ce.t, "recv", pes.copy(), ce.ch.cq_color[qi - ce.ch.nch],
+                                  values.copy()))
+            return values
+        return self.sval[i][pes]
+
+    def _write(self, ce: ComputeEngines, pes: np.ndarray, pos: np.ndarray,
+               values: np.ndarray, t: int) -> None:
+        operand = self.operands[0]
+        if isinstance(operand, isa.Mem):
+            ce.mem[operand.array][pes, self.base[0][pes] + pos * operand.stride] = values
+            return
+        qo = self.queue[0][pes]
+        ce.q.push(qo, values, t + ce.q.lat[qo])
+        ce.router.occupancy += pes.size
+        if ce.events is not None:
+            ce.events.append((t, "send", pes.copy(), ce.ch.ch_color[qo], values.copy()))
+
+    def describe_stall(self, ce: ComputeEngines, pe: int, t: int) -> str:
+        """Why the instance on ``pe`` is not moving, for deadlock reports."""
+        text = f"op {self.ins.label or self.ins.op!r} at element {int(self.prog[pe])}/" \
+               f"{int(self.n[pe])}"
+        for i in self.fab_in:
+            qi = int(self.queue[i][pe])
+            if not ce.q.ready(np.array([qi]), t)[0]:
+                color = int(ce.ch.cq_color[qi - ce.ch.nch])
+                text += f", waiting for a wavelet on colour {color} (CE queue empty)"
+        if self.fab_out:
+            qo = int(self.queue[0][pe])
+            if ce.q.cnt[qo] >= ce.q.cap[qo]:
+                text += (f", cannot send on colour {int(ce.ch.ch_color[qo])}: router queue "
+                         f"full ({int(ce.q.cnt[qo])}/{int(ce.q.cap[qo])})")
+        return text
+
+
+def describe_pe(pe: int, cols: int) -> str:
+    return pe_name(pe, cols)

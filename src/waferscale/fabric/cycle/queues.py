@@ -1,0 +1,73 @@
+"""All wavelet queues of the grid as ring buffers in a few arrays.
+
+Router input queues and compute-engine input queues share one index space so the router
+can push into either with the same fancy-indexed write. Each entry carries the cycle at
+which it becomes visible (arrival time), which models link and ramp latency without
+separate pipeline arrays: a wavelet sent at cycle t over a link of latency L is written at
+once with ready time t + L, and the slot it holds meanwhile is the credit the hardware would
+hold for the wire.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waferscale.fabric.cycle.config import CycleConfig
+from waferscale.fabric.cycle.ports import R
+from waferscale.fabric.cycle.routing import Channels
+from waferscale.hardware.spec import WaferSpec
+
+
+class Queues:
+    """Ring buffers: ``val``/``rdy`` [queues + 1, capacity], ``head``, ``cnt``, ``cap``."""
+
+    def __init__(self, ch: Channels, spec: WaferSpec, config: CycleConfig) -> None:
+        n = ch.sentinel + 1
+        lat = np.zeros(n, dtype=np.int64)
+        cap = np.zeros(n, dtype=np.int64)
+        link_in = ch.ch_in != R
+        # a channel fed by the ramp waits for the CE pipeline, then the ramp
+        lat[: ch.nch] = np.where(link_in, spec.hop_cycles, config.ce_latency + spec.ramp_cycles)
+        cap[: ch.nch] = config.router_queue_depth + lat[: ch.nch]
+        lat[ch.nch: ch.sentinel] = spec.ramp_cycles
+        cap[ch.nch: ch.sentinel] = config.ce_queue_depth + spec.ramp_cycles
+        width = int(cap.max()) if n > 1 else 1
+        self.n = n
+        self.lat, self.cap = lat, cap
+        self.val = np.zeros((n, width), dtype=np.float32)
+        self.rdy = np.zeros((n, width), dtype=np.int64)
+        self.head = np.zeros(n, dtype=np.int64)
+        self.cnt = np.zeros(n, dtype=np.int64)
+        # pending out-ports of each router channel's head wavelet (multicast progress)
+        self.tx = np.zeros(n, dtype=np.uint8)
+        self.tx[: ch.nch] = ch.ch_tx
+        self.pend = self.tx.copy()
+
+    def ready(self, idx: np.ndarray, t: int) -> np.ndarray:
+        """Whether the head of each queue in ``idx`` has arrived by cycle ``t``."""
+        cnt = self.cnt[idx]
+        return (cnt > 0) & (self.rdy[idx, self.head[idx]] <= t)
+
+    def push(self, idx: np.ndarray, values: np.ndarray, ready_at: np.ndarray | int) -> None:
+        """Append one wavelet to each queue in ``idx`` (distinct queues, space checked)."""
+        pos = (self.head[idx] + self.cnt[idx]) % self.cap[idx]
+        self.val[idx, pos] = values
+        self.rdy[idx, pos] = ready_at
+        self.cnt[idx] += 1
+
+    def pop(self, idx: np.ndarray) -> np.ndarray:
+        """Remove and return the head of each queue in ``idx`` (distinct, non-empty)."""
+        head = self.head[idx]
+        values = self.val[idx, head]
+        self.head[idx] = (head + 1) % self.cap[idx]
+        self.cnt[idx] -= 1
+        return values
+
+    def next_ready(self, t: int) -> int | None:
+        """The earliest future cycle at which some queue head becomes visible."""
+        busy = np.flatnonzero(self.cnt)
+        if busy.size == 0:
+            return None
+        when = self.rdy[busy, self.head[busy]]
+        later = when[when > t]
+        return int(later.min()) if later.size else None
