@@ -32,6 +32,29 @@ class ShapeError(WaferscaleError):
     """Operand shapes or layouts do not agree."""
 
 
+class DefectError(WaferscaleError):
+    """A defect-model parameter is out of range (negative density, unknown model, ...)."""
+
+
+class DefectMapError(DefectError):
+    """A defect-map file is unreadable, has the wrong shape, or belongs to another spec."""
+
+
+class SparesExhaustedError(DefectError):
+    """A row has more defects than its spare cores can hide.
+
+    Carries ``row`` (logical = physical row index), ``defects`` (physical columns of the
+    defective cores in that row) and ``spares`` (spare cores the row has), so a caller can
+    report or retry with another map.
+    """
+
+    def __init__(self, message: str, *, row: int, defects: list[int], spares: int) -> None:
+        super().__init__(message)
+        self.row = row
+        self.defects = defects
+        self.spares = spares
+
+
 class RouteError(WaferscaleError):
     """A fabric route is malformed: it loops, leaves the grid, drops wavelets or exceeds the
     colour budget. The message names the PE and the colour."""
