@@ -74,9 +74,8 @@ class ComputeEngines:
                     f"PE's route never delivers that colour to its CE (add R to tx)")
             self.task_cq.append(cq)
         self.data_queues = [None if c is None else c[c >= 0] for c in self.task_cq]
-        reads = spec.mem_reads_per_cycle * spec.mem_word_bits // 32
-        writes = spec.mem_writes_per_cycle * spec.mem_word_bits // 32
-        self.port_caps = (max(reads, 1), max(writes, 1), spec.ramp_wavelets_per_cycle)
+        self.port_caps = (spec.mem_reads_per_cycle, spec.mem_writes_per_cycle,
+                          spec.ramp_wavelets_per_cycle)
         self.rd_left = np.zeros(pes, dtype=np.int64)
         self.wr_left = np.zeros(pes, dtype=np.int64)
         self.ramp_left = np.zeros(pes, dtype=np.int64)

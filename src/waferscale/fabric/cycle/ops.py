@@ -1,8 +1,9 @@
 """In-flight vector instructions: one state block per instruction, all PEs at once.
 
 A vector instruction runs until its n elements are done. Each cycle every PE running it
-advances by as many elements as its SIMD width, its share of the memory ports, and its
-fabric operands allow: one wavelet per cycle in from a CE queue that has one, one out to the
+advances by as many elements as its SIMD width, its share of the memory ports (counted in
+word accesses: two contiguous fp32 elements share one 64-bit access), and its fabric
+operands allow: one wavelet per cycle in from a CE queue that has one, one out to the
 ramp when the router queue behind it has credit. Several instructions on a PE (the main
 thread plus microthreads) share its ports in instruction order.
 """
@@ -74,6 +75,9 @@ class OpState:
                 self.sval[i] = np.zeros(pes, dtype=np.float32)
         self.reads = sum(isinstance(s, isa.Mem) for s in ins.srcs)
         self.writes = int(isinstance(ins.dst, isa.Mem))
+        # memory ports move whole words: contiguous fp32 elements share a word access
+        strided = any(isinstance(o, isa.Mem) and o.stride != 1 for o in self.operands)
+        self.per_access = 1 if strided else max(1, spec.mem_word_bits // 32)
         self.fab_in = [i for i, o in enumerate(self.operands) if isinstance(o, isa.FabIn)]
         self.fab_out = isinstance(ins.dst, isa.FabOut)
 
@@ -131,10 +135,11 @@ class OpState:
         prog = self.prog[idx]
         rem = self.n[idx] - prog
         k = np.minimum(rem, self.width)
+        e = self.per_access
         if self.reads:
-            k = np.minimum(k, ce.rd_left[idx] // self.reads)
+            k = np.minimum(k, ce.rd_left[idx] // self.reads * e)
         if self.writes:
-            k = np.minimum(k, ce.wr_left[idx] // self.writes)
+            k = np.minimum(k, ce.wr_left[idx] // self.writes * e)
         mem_ok = k > 0
         q = ce.q
         for i in self.fab_in:
@@ -156,10 +161,11 @@ class OpState:
             self._write(ce, pes, pos, result, t)
         if kmax:
             self.prog[idx] = prog + k
+            accesses = -(-k // e)
             if self.reads:
-                ce.rd_left[idx] -= k * self.reads
+                ce.rd_left[idx] -= accesses * self.reads
             if self.writes:
-                ce.wr_left[idx] -= k * self.writes
+                ce.wr_left[idx] -= accesses * self.writes
             if self.fab_out:
                 ce.ramp_left[idx] -= k
             ce.elements += int(k.sum())
