@@ -17,6 +17,8 @@ from waferscale.fabric.cycle.ports import R
 from waferscale.fabric.cycle.routing import Channels
 from waferscale.hardware.spec import WaferSpec
 
+NEVER = np.iinfo(np.int64).max // 2
+
 
 class Queues:
     """Ring buffers: ``val``/``rdy`` [queues + 1, capacity], ``head``, ``cnt``, ``cap``."""
@@ -39,35 +41,41 @@ class Queues:
         self.head = np.zeros(n, dtype=np.int64)
         self.cnt = np.zeros(n, dtype=np.int64)
         # pending out-ports of each router channel's head wavelet (multicast progress)
+        # arrival cycle of each queue's head wavelet (NEVER when empty): one gather tells
+        # the router and the CEs which heads can move, without a 2-D lookup per cycle
+        self.hrdy = np.full(n, NEVER, dtype=np.int64)
         self.tx = np.zeros(n, dtype=np.uint8)
         self.tx[: ch.nch] = ch.ch_tx
         self.pend = self.tx.copy()
 
     def ready(self, idx: np.ndarray, t: int) -> np.ndarray:
         """Whether the head of each queue in ``idx`` has arrived by cycle ``t``."""
-        cnt = self.cnt[idx]
-        return (cnt > 0) & (self.rdy[idx, self.head[idx]] <= t)
+        return self.hrdy[idx] <= t
 
     def push(self, idx: np.ndarray, values: np.ndarray, ready_at: np.ndarray | int) -> None:
         """Append one wavelet to each queue in ``idx`` (distinct queues, space checked)."""
-        pos = (self.head[idx] + self.cnt[idx]) % self.cap[idx]
+        cnt = self.cnt[idx]
+        pos = (self.head[idx] + cnt) % self.cap[idx]
         self.val[idx, pos] = values
         self.rdy[idx, pos] = ready_at
-        self.cnt[idx] += 1
+        self.cnt[idx] = cnt + 1
+        empty = cnt == 0
+        if empty.any():
+            at = ready_at[empty] if isinstance(ready_at, np.ndarray) else ready_at
+            self.hrdy[idx[empty]] = at
 
     def pop(self, idx: np.ndarray) -> np.ndarray:
         """Remove and return the head of each queue in ``idx`` (distinct, non-empty)."""
         head = self.head[idx]
         values = self.val[idx, head]
-        self.head[idx] = (head + 1) % self.cap[idx]
-        self.cnt[idx] -= 1
+        head = (head + 1) % self.cap[idx]
+        self.head[idx] = head
+        cnt = self.cnt[idx] - 1
+        self.cnt[idx] = cnt
+        self.hrdy[idx] = np.where(cnt > 0, self.rdy[idx, head], NEVER)
         return values
 
     def next_ready(self, t: int) -> int | None:
         """The earliest future cycle at which some queue head becomes visible."""
-        busy = np.flatnonzero(self.cnt)
-        if busy.size == 0:
-            return None
-        when = self.rdy[busy, self.head[busy]]
-        later = when[when > t]
+        later = self.hrdy[(self.hrdy > t) & (self.hrdy < NEVER)]
         return int(later.min()) if later.size else None
