@@ -78,6 +78,11 @@ class OpState:
         # memory ports move whole words: contiguous fp32 elements share a word access
         strided = any(isinstance(o, isa.Mem) and o.stride != 1 for o in self.operands)
         self.per_access = 1 if strided else max(1, spec.mem_word_bits // 32)
+        if self.reads > spec.mem_reads_per_cycle:
+            raise ProgramError(
+                f"{ins.op} {ins.label!r}: {self.reads} memory source operands, but a PE reads "
+                f"memory through {spec.mem_reads_per_cycle} ports; pass one operand as a "
+                f"Scalar (as the SDK's fmacs takes its multiplier from a register)")
         self.fab_in = [i for i, o in enumerate(self.operands) if isinstance(o, isa.FabIn)]
         self.fab_out = isinstance(ins.dst, isa.FabOut)
 

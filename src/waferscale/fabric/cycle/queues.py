@@ -31,7 +31,9 @@ class Queues:
         # a channel fed by the ramp waits for the CE pipeline, then the ramp
         lat[: ch.nch] = np.where(link_in, spec.hop_cycles, config.ce_latency + spec.ramp_cycles)
         cap[: ch.nch] = config.router_queue_depth + lat[: ch.nch]
-        lat[ch.nch: ch.sentinel] = spec.ramp_cycles
+        # compute engines read their queues before the routers move within a cycle, so a
+        # wavelet can reach a CE no sooner than the next cycle, even with ramp_cycles = 0
+        lat[ch.nch: ch.sentinel] = max(spec.ramp_cycles, 1)
         cap[ch.nch: ch.sentinel] = config.ce_queue_depth + spec.ramp_cycles
         width = int(cap.max()) if n > 1 else 1
         self.n = n

@@ -211,10 +211,14 @@ class CycleSim:
         raise err
 
     def _livelock(self, ce: ComputeEngines, t: int) -> None:
-        busy = np.flatnonzero(ce.cur >= 0)
-        lines = [f"PE {pe_name(int(p), self.cols)}: running task "
-                 f"{self.program.tasks[int(ce.cur[p])].name!r}" for p in busy[:12]]
+        """Name the PEs that keep running or re-activating tasks."""
+        spinning = (ce.cur >= 0) | ce.activated.any(axis=0)
+        lines = []
+        for p in np.flatnonzero(spinning)[:12]:
+            tid = int(ce.cur[p]) if ce.cur[p] >= 0 else int(np.argmax(ce.activated[:, p]))
+            lines.append(f"PE {pe_name(int(p), self.cols)}: running task "
+                         f"{self.program.tasks[tid].name!r}")
         raise LivelockError(
-            f"livelock at cycle {t}: {busy.size} PE(s) kept issuing instructions for "
+            f"livelock at cycle {t}: {int(spinning.sum())} PE(s) kept issuing instructions for "
             f"{self.config.livelock_window} cycles without moving a wavelet or processing a "
             f"vector element; first: {lines[0] if lines else '?'}", cycle=t, details=lines)
