@@ -1,0 +1,167 @@
+"""Agreement of the fast model with the cycle simulator, primitive by primitive.
+
+For every primitive, grid and message size, both fidelities run the same data: the table
+row carries both cycle counts, their relative error (fast - cycle) / cycle, and whether the
+values of the two agree with each other and with NumPy. The cycle simulator is the
+reference. `implied_formulas` states the closed forms the simulator's hardware model
+implies, so a disagreement can be fixed in `waferscale.fabric.timing` by formula.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from waferscale.fabric import movement as mv
+from waferscale.fabric.cycle import runs
+from waferscale.fabric.grid import Fabric, Rect
+from waferscale.fabric.tensor import MeshTensor
+from waferscale.hardware.spec import WaferSpec, custom_spec
+
+PRIMITIVES = ("shift", "shift cyclic", "multicast row", "multicast col", "chain reduce",
+              "tree reduce", "allreduce", "stream")
+GRIDS_FULL = (4, 8, 16, 32, 64)
+SIZES_FULL = (1, 4, 16, 64, 256, 1024, 4096)
+GRIDS_QUICK = (4, 8, 16)
+SIZES_QUICK = (1, 16, 256)
+TOLERANCE = 0.05
+
+
+def default_spec() -> WaferSpec:
+    """A WSE-2 PE on a 64 x 64 toy wafer, the largest grid of the table."""
+    return custom_spec(name="agreement", rows=64, cols=64)
+
+
+def _stream_rects(n: int) -> tuple[Rect, Rect]:
+    """A 2 x 2 block (1 x 1 on 4 x 4) moved diagonally by half the grid."""
+    side = 1 if n <= 4 else 2
+    return Rect(0, 0, side, side), Rect(n // 2, n // 2, side, side)
+
+
+def _fast(spec: WaferSpec, primitive: str, n: int, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Run ``primitive`` on the fast model; return (cycles, values on the compared PEs)."""
+    f = Fabric(spec, n, n)
+    b = x.shape[-1]
+    if primitive in ("shift", "shift cyclic"):
+        y = mv.shift(MeshTensor.from_numpy(f, x), "east", 1, primitive == "shift cyclic")
+        return float(y.ready.max()), y.to_numpy()
+    if primitive == "multicast row":
+        t = MeshTensor.from_numpy(f, x[:, 0, :], f.rect(0, 0, n, 1), row_map=0, col_map=None)
+        y = mv.multicast(t, f.full, "row")
+        return float(y.ready.max()), np.asarray(y.tiles)[:, :, 0]
+    if primitive == "multicast col":
+        t = MeshTensor.from_numpy(f, x[0, :, :], f.rect(0, 0, 1, n), row_map=None, col_map=0)
+        y = mv.multicast(t, f.full, "col")
+        return float(y.ready.max()), np.asarray(y.tiles)[:, :, 0]
+    if primitive in ("chain reduce", "tree reduce"):
+        t = MeshTensor(f, f.full, (n, b), "fp32", 0, "partial", x[:, :, None, :])
+        y = mv.reduce(t, "row", primitive.split()[0], "first")
+        return float(y.ready.max()), y.to_numpy()
+    if primitive == "allreduce":
+        t = MeshTensor(f, f.full, (b,), "fp32", "partial", "partial", x)
+        y = mv.allreduce(t, "both")
+        return float(y.ready.max()), np.asarray(y.tiles)
+    if primitive == "stream":
+        src, dst = _stream_rects(n)
+        t = MeshTensor.from_numpy(f, x[src.slices], rect=src)
+        y = mv.stream(t, dst)
+        return float(y.ready.max()), y.to_numpy()
+    raise ValueError(f"unknown primitive {primitive!r}; use one of {', '.join(PRIMITIVES)}")
+
+
+def _cycle(spec: WaferSpec, primitive: str, n: int, b: int) -> tuple[runs.PrimitiveRun,
+                                                                     np.ndarray]:
+    """Run ``primitive`` on the cycle simulator; return the run and the compared values."""
+    if primitive in ("shift", "shift cyclic"):
+        run = runs.run_shift(spec, n, n, b, "east", 1, primitive == "shift cyclic")
+        return run, run.output
+    if primitive.startswith("multicast"):
+        run = runs.run_multicast(spec, n, n, b, primitive.split()[1], 0)
+        return run, run.output
+    if primitive in ("chain reduce", "tree reduce"):
+        run = runs.run_reduce(spec, n, n, b, "row", primitive.split()[0], "first")
+        return run, run.output[:, 0, :]
+    if primitive == "allreduce":
+        run = runs.run_allreduce(spec, n, n, b, "both", "chain")
+        return run, run.output
+    if primitive == "stream":
+        src, dst = _stream_rects(n)
+        run = runs.run_stream(spec, n, n, b, (src.row, src.col, src.rows, src.cols),
+                              (dst.row, dst.col, dst.rows, dst.cols))
+        return run, run.output[dst.slices]
+    raise ValueError(f"unknown primitive {primitive!r}; use one of {', '.join(PRIMITIVES)}")
+
+
+def agreement_row(spec: WaferSpec, primitive: str, n: int, b: int, seed: int = 0
+                  ) -> dict[str, Any]:
+    """One row: both fidelities on an n x n grid with b wavelets per PE."""
+    wall = time.perf_counter()
+    run, cycle_values = _cycle(spec, primitive, n, b)
+    x = np.random.default_rng(seed).standard_normal((n, n, b)).astype(np.float32)
+    fast_cycles, fast_values = _fast(spec, primitive, n, x)
+    error = (fast_cycles - run.cycles) / run.cycles
+    return {
+        "primitive": primitive,
+        "grid": f"{n}x{n}",
+        "wavelets": b,
+        "fast_cycles": fast_cycles,
+        "cycle_cycles": run.cycles,
+        "error": error,
+        "within_tolerance": abs(error) <= TOLERANCE,
+        "values_match_numpy": run.ok(),
+        "values_match_fast": bool(np.allclose(cycle_values, fast_values, rtol=1e-5,
+                                              atol=1e-5)),
+        "wall_s": time.perf_counter() - wall,
+    }
+
+
+def agreement_rows(quick: bool = True, spec: WaferSpec | None = None,
+                   primitives: tuple[str, ...] = PRIMITIVES,
+                   grids: tuple[int, ...] | None = None, sizes: tuple[int, ...] | None = None,
+                   progress: Callable[[dict[str, Any]], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The agreement table. ``quick``: 3 grids x 3 sizes (seconds); else 4x4..64x64 and
+    1..4096 wavelets (minutes)."""
+    spec = spec or default_spec()
+    grids = grids or (GRIDS_QUICK if quick else GRIDS_FULL)
+    sizes = sizes or (SIZES_QUICK if quick else SIZES_FULL)
+    rows = []
+    for primitive in primitives:
+        for n in grids:
+            for b in sizes:
+                row = agreement_row(spec, primitive, n, b)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'primitive':14s} {'grid':>6s} {'wavelets':>8s} {'fast':>9s} {'cycle':>9s} "
+             f"{'error':>8s}  values"]
+    for r in rows:
+        flag = "" if r["within_tolerance"] else "  <-- over 5%"
+        values = "ok" if r["values_match_numpy"] and r["values_match_fast"] else "MISMATCH"
+        lines.append(f"{r['primitive']:14s} {r['grid']:>6s} {r['wavelets']:>8d} "
+                     f"{r['fast_cycles']:>9.0f} {r['cycle_cycles']:>9d} "
+                     f"{100 * r['error']:>7.2f}%  {values}{flag}")
+    return "\n".join(lines)
+
+
+def implied_formulas() -> dict[str, str]:
+    """Closed forms the cycle simulator's model implies (B wavelets, P PEs on a line, H hops,
+    T_R = ramp_cycles, hop = hop_cycles, +1 = the CE cycle that reads the first element
+    before it can enter the ramp, which HPDC'24 also counts per dependent step)."""
+    return {
+        "transfer": "B + H*hop + 2*T_R + 1",
+        "shift": "B + hop + 2*T_R + 1 (distance 1)",
+        "shift cyclic": "B + (P-1)*hop + 2*T_R + 1 (the wrap travels back P-1 hops)",
+        "multicast": "B + (P-1)*hop + 2*T_R + 1 (root at one end)",
+        "chain reduce": "B + (2*T_R + hop + 1)*(P-1)",
+        "tree reduce": "sum over levels l < ceil(log2 P) of (B + 2**l*hop + 2*T_R + 1)",
+        "allreduce": "chain reduce(C) + chain reduce(R) + multicast(R) + multicast(C)",
+        "stream": "share*B + H*hop + 2*T_R + 1 (share = flows on the busiest link)",
+    }
