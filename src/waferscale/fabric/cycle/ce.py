@@ -74,7 +74,8 @@ class ComputeEngines:
                     f"PE's route never delivers that colour to its CE (add R to tx)")
             self.task_cq.append(cq)
         self.data_queues = [None if c is None else c[c >= 0] for c in self.task_cq]
-        self.port_caps = (spec.mem_reads_per_cycle, spec.mem_writes_per_cycle,
+        word = spec.mem_word_bits // 8
+        self.port_caps = (spec.mem_reads_per_cycle * word, spec.mem_writes_per_cycle * word,
                           spec.ramp_wavelets_per_cycle)
         self.rd_left = np.zeros(pes, dtype=np.int64)
         self.wr_left = np.zeros(pes, dtype=np.int64)

@@ -1,11 +1,12 @@
 """In-flight vector instructions: one state block per instruction, all PEs at once.
 
 A vector instruction runs until its n elements are done. Each cycle every PE running it
-advances by as many elements as its SIMD width, its share of the memory ports (counted in
-word accesses: two contiguous fp32 elements share one 64-bit access), and its fabric
-operands allow: one wavelet per cycle in from a CE queue that has one, one out to the
-ramp when the router queue behind it has credit. Several instructions on a PE (the main
-thread plus microthreads) share its ports in instruction order.
+advances by as many elements as its SIMD width, its share of the memory bandwidth (the
+spec's reads and writes per cycle times the word size: 16 B read and 8 B written per cycle
+on a WSE-2, as SC22 states it), and its fabric operands allow: one wavelet per cycle in
+from a CE queue that has one, one out to the ramp when the router queue behind it has
+credit. Several instructions on a PE (the main thread plus microthreads) share its ports in
+instruction order.
 """
 
 from __future__ import annotations
@@ -73,16 +74,16 @@ class OpState:
                 self.color_src[i] = _int_source(operand.color, pes, "fabric colour")
             else:
                 self.sval[i] = np.zeros(pes, dtype=np.float32)
-        self.reads = sum(isinstance(s, isa.Mem) for s in ins.srcs)
-        self.writes = int(isinstance(ins.dst, isa.Mem))
-        # memory ports move whole words: contiguous fp32 elements share a word access
-        strided = any(isinstance(o, isa.Mem) and o.stride != 1 for o in self.operands)
-        self.per_access = 1 if strided else max(1, spec.mem_word_bits // 32)
-        if self.reads > spec.mem_reads_per_cycle:
+        # memory is bandwidth: bytes per element against the spec's bytes per cycle
+        self.reads = 4 * sum(isinstance(s, isa.Mem) for s in ins.srcs)
+        self.writes = 4 * int(isinstance(ins.dst, isa.Mem))
+        read_bw = spec.mem_reads_per_cycle * spec.mem_word_bits // 8
+        write_bw = spec.mem_writes_per_cycle * spec.mem_word_bits // 8
+        if self.reads > read_bw or self.writes > write_bw:
             raise ProgramError(
-                f"{ins.op} {ins.label!r}: {self.reads} memory source operands, but a PE reads "
-                f"memory through {spec.mem_reads_per_cycle} ports; pass one operand as a "
-                f"Scalar (as the SDK's fmacs takes its multiplier from a register)")
+                f"{ins.op} {ins.label!r}: needs {self.reads} bytes read and {self.writes} "
+                f"written per element, but a PE moves {read_bw} / {write_bw} bytes per "
+                f"cycle; pass an operand as a Scalar")
         self.fab_in = [i for i, o in enumerate(self.operands) if isinstance(o, isa.FabIn)]
         self.fab_out = isinstance(ins.dst, isa.FabOut)
 
@@ -140,11 +141,10 @@ class OpState:
         prog = self.prog[idx]
         rem = self.n[idx] - prog
         k = np.minimum(rem, self.width)
-        e = self.per_access
         if self.reads:
-            k = np.minimum(k, ce.rd_left[idx] // self.reads * e)
+            k = np.minimum(k, ce.rd_left[idx] // self.reads)
         if self.writes:
-            k = np.minimum(k, ce.wr_left[idx] // self.writes * e)
+            k = np.minimum(k, ce.wr_left[idx] // self.writes)
         mem_ok = k > 0
         q = ce.q
         for i in self.fab_in:
@@ -166,11 +166,10 @@ class OpState:
             self._write(ce, pes, pos, result, t)
         if kmax:
             self.prog[idx] = prog + k
-            accesses = -(-k // e)
             if self.reads:
-                ce.rd_left[idx] -= accesses * self.reads
+                ce.rd_left[idx] -= k * self.reads
             if self.writes:
-                ce.wr_left[idx] -= accesses * self.writes
+                ce.wr_left[idx] -= k * self.writes
             if self.fab_out:
                 ce.ramp_left[idx] -= k
             ce.elements += int(k.sum())

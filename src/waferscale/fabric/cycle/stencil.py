@@ -5,8 +5,8 @@ directions. SC22 multicasts each column to 4 PEs per direction and fits that int
 budget with router switches, which this simulator does not model; here each direction
 multicasts to distance 1 and 2 (3 colours: flows overlap in threes), then every PE relays
 the column it got from distance 2 in a second shot, which delivers distances 3 and 4.
-12 colours in all. Communication is asynchronous and overlaps the compute: the z terms run
-while the x exchange is in flight, the x terms while the y exchange is.
+12 colours in all. Communication is asynchronous and overlaps the compute: z, x and y terms
+accumulate separately, each as soon as its data is there, and are summed at the end.
 
 Completion of the asynchronous operations is counted the way CSL programs do it: each op
 activates its own callback task, which bumps a counter and activates the next stage when the
@@ -101,7 +101,7 @@ def build_stencil(sim: CycleSim, u: np.ndarray, c0: float, cx: np.ndarray, cy: n
             ]
     # per-PE number of completions that closes each stage (ops on this PE + the stage itself)
     order = ["x1", "x2", "y1", "y2"]
-    nxt = {"x1": "x2", "x2": "y1", "y1": "y2", "y2": "fin"}
+    after = {"x1": ["x2"], "x2": ["y1", "xt0"], "y1": ["y2"], "y2": ["yt0"]}
     total = np.zeros((rows, cols), dtype=np.int64)
     threshold: dict[str, np.ndarray] = {}
     for name in order:
@@ -109,29 +109,45 @@ def build_stencil(sim: CycleSim, u: np.ndarray, c0: float, cx: np.ndarray, cy: n
         threshold[name] = total.copy()
 
     def close(name: str) -> list[isa.Instr]:
-        return [isa.AddReg(reg="cnt", value=1),
-                isa.Activate(task=nxt[name], when=isa.Cond("cnt", "==", threshold[name]))]
+        return [isa.AddReg(reg="cnt", value=1)] + [
+            isa.Activate(task=t, when=isa.Cond("cnt", "==", threshold[name]))
+            for t in after[name]]
 
+    # callbacks first: declaration order is task priority, so they run between compute steps
     for name in order:
         for i, op in enumerate(stages[name]):
             op.then = isa.Activate(task=f"{name}_done{i}")
             sim.task(f"{name}_done{i}", close(name))
-
-    def fmacs(arrays: list[tuple[isa.Mem, float]]) -> list[isa.Instr]:
-        return [isa.fmac(isa.Mem("out"), isa.Mem("out"), a, isa.Scalar(float(c)), nz,
-                         label="fmac") for a, c in arrays]
-
+    sim.task("x1", [*stages["x1"], *close("x1")], entry=True)
+    for name in order[1:]:
+        sim.task(name, [*stages[name], *close(name)])
+    # three independent accumulations, each a chain of one-op tasks so that the callbacks
+    # above get the main thread between steps (tasks are not preempted)
     z_terms = [(isa.Mem("u", offset=p + s * k), cz[k - 1]) for k in range(1, p + 1)
                for s in (-1, 1)]
     x_terms = [(isa.Mem(f"{pre}{k}"), cx[k - 1]) for k in range(1, p + 1) for pre in "WE"]
     y_terms = [(isa.Mem(f"{pre}{k}"), cy[k - 1]) for k in range(1, p + 1) for pre in "NS"]
-    center = isa.mul(isa.Mem("out"), isa.Mem("u", offset=p), isa.Scalar(float(c0)), nz,
-                     label="c0*u")
-    sim.task("x1", [*stages["x1"], *close("x1"), center, *fmacs(z_terms)], entry=True)
-    sim.task("x2", [*stages["x2"], *close("x2")])
-    sim.task("y1", [*stages["y1"], *close("y1"), *fmacs(x_terms)])
-    sim.task("y2", [*stages["y2"], *close("y2")])
-    sim.task("fin", fmacs(y_terms))
+    sim.reg("join", 0)
+    first = {"z": isa.mul(isa.Mem("acc_z"), isa.Mem("u", offset=p), isa.Scalar(float(c0)), nz,
+                          label="c0*u")}
+    for axis, terms in (("z", z_terms), ("x", x_terms), ("y", y_terms)):
+        sim.alloc(f"acc_{axis}", nz)
+        steps: list[isa.Instr] = [first[axis]] if axis in first else []
+        acc = isa.Mem(f"acc_{axis}")
+        for j, (src, coef) in enumerate(terms):
+            if axis != "z" and j == 0:
+                steps.append(isa.mul(acc, src, isa.Scalar(float(coef)), nz, label="fmul"))
+            else:
+                steps.append(isa.fmac(acc, acc, src, isa.Scalar(float(coef)), nz,
+                                      label="fmac"))
+        for j, step in enumerate(steps):
+            tail: list[isa.Instr] = [isa.Activate(task=f"{axis}t{j + 1}")]
+            if j == len(steps) - 1:
+                tail = [isa.AddReg(reg="join", value=1),
+                        isa.Activate(task="sum", when=isa.Cond("join", "==", 3))]
+            sim.task(f"{axis}t{j}", [step, *tail], entry=(axis == "z" and j == 0))
+    sim.task("sum", [isa.add(isa.Mem("out"), isa.Mem("acc_z"), isa.Mem("acc_x"), nz),
+                     isa.add(isa.Mem("out"), isa.Mem("out"), isa.Mem("acc_y"), nz)])
 
 
 def coefficients(seed: int = 0) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
