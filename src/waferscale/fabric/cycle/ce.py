@@ -55,6 +55,7 @@ class ComputeEngines:
         for name, a in prog.arrays.items():
             data = np.zeros((pes, a.length), dtype=np.float32) if a.init is None else a.init.copy()
             self.mem[name] = data
+        self.flat = {name: data.reshape(-1) for name, data in self.mem.items()}
         self.ops = [OpState(oid, gid, code.instrs[gid], self) for oid, gid in enumerate(code.ops)]
         self.bound = [t.bind for t in prog.tasks]
         # data tasks: CE queue of the bound colour on each PE (-1 where not bound)

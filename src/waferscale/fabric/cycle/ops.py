@@ -32,6 +32,9 @@ _COMPUTE = {
 }
 
 
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
 def _int_source(value: Any, pes: int, what: str) -> tuple[str, Any]:
     """Normalise an int / per-PE array / Reg parameter once, at program load."""
     if isinstance(value, isa.Reg):
@@ -59,6 +62,13 @@ class OpState:
         self.prog = np.zeros(pes, dtype=np.int64)
         self.n = np.zeros(pes, dtype=np.int64)
         self.count = 0
+        # operands of the running PEs, gathered when the set changes (see `_sync`)
+        self._dirty = True
+        self._idx: np.ndarray | None = None
+        self._n = self._prog = np.zeros(0, dtype=np.int64)
+        self._addr: dict[int, np.ndarray] = {}
+        self._q: dict[int, np.ndarray] = {}
+        self._sval: dict[int, np.ndarray] = {}
         self.n_src = _int_source(ins.n, pes, f"op {ins.op} length")
         self.base: dict[int, np.ndarray] = {}
         self.base_src: dict[int, tuple[str, Any]] = {}
@@ -90,6 +100,7 @@ class OpState:
     # -- issue -----------------------------------------------------------------------------
     def launch(self, ce: ComputeEngines, sel: np.ndarray, tid: int) -> None:
         """Start the instruction on PEs ``sel``: resolve operands and check them there."""
+        self._writeback()
         n = ce.resolve(self.n_src, sel)
         if (n < 0).any():
             pe = int(sel[np.argmax(n < 0)])
@@ -133,39 +144,67 @@ class OpState:
         self.n[sel] = n
         self.running[sel] = True
         self.count += sel.size
+        self._dirty = True
 
     # -- one cycle -------------------------------------------------------------------------
+    def _writeback(self) -> None:
+        """Store the short progress array back into the per-PE one and drop the cache."""
+        if self._idx is not None and self._idx.size:
+            self.prog[self._idx] = self._prog
+        self._idx = None
+        self._dirty = True
+
+    def _sync(self, ce: ComputeEngines) -> None:
+        """Gather the running PEs' operands once; steps then work on these short arrays."""
+        self._writeback()
+        idx = self._idx = np.flatnonzero(self.running)
+        self._n = self.n[idx]
+        self._prog = self.prog[idx]
+        self._addr = {i: idx * ce.mem[self.operands[i].array].shape[1] + b[idx]  # type: ignore
+                      for i, b in self.base.items()}
+        self._q = {i: q[idx] for i, q in self.queue.items()}
+        self._sval = {i: v[idx] for i, v in self.sval.items()}
+        self._dirty = False
+
     def step(self, ce: ComputeEngines, t: int) -> np.ndarray:
         """Advance every running instance; return the PEs that finished this cycle."""
-        idx = np.flatnonzero(self.running)
-        prog = self.prog[idx]
-        rem = self.n[idx] - prog
+        if self._dirty:
+            self._sync(ce)
+        idx, prog, q = self._idx, self._prog, ce.q
+        assert idx is not None
+        rem = self._n - prog
         k = np.minimum(rem, self.width)
         if self.reads:
             k = np.minimum(k, ce.rd_left[idx] // self.reads)
         if self.writes:
             k = np.minimum(k, ce.wr_left[idx] // self.writes)
         mem_ok = k > 0
-        q = ce.q
         for i in self.fab_in:
-            k = np.where(q.ready(self.queue[i][idx], t), np.minimum(k, 1), 0)
+            k = np.where(q.hrdy[self._q[i]] <= t, np.minimum(k, 1), 0)
         if self.fab_out:
-            qo = self.queue[0][idx]
-            ok = (q.cnt[qo] < q.cap[qo]) & (ce.ramp_left[idx] > 0)
-            k = np.where(ok, np.minimum(k, 1), 0)
+            qo = self._q[0]
+            k = np.where((q.cnt[qo] < q.cap[qo]) & (ce.ramp_left[idx] > 0), np.minimum(k, 1), 0)
         moving = k > 0
-        flag = np.where(moving, 1, np.where(rem == 0, 0, np.where(mem_ok, 2, 4)))
-        ce.flag[idx] |= flag.astype(np.uint8)
+        stalled = ~moving & (rem > 0)
+        if stalled.any():
+            flag = moving.astype(np.uint8) | (stalled & mem_ok).astype(np.uint8) << 1 \
+                | (stalled & ~mem_ok).astype(np.uint8) << 2
+            ce.flag[idx] |= flag
+        else:
+            ce.flag[idx] |= moving.astype(np.uint8)
         kmax = int(k.max()) if k.size else 0
         for lane in range(kmax):
-            sel = np.flatnonzero(k > lane)
-            pes = idx[sel]
-            pos = prog[sel] + lane
-            values = [self._read(ce, i, pes, pos) for i in range(1, len(self.operands))]
+            if lane == 0 and kmax == 1 and moving.all():
+                sel = None
+                pos = prog
+            else:
+                sel = np.flatnonzero(k > lane)
+                pos = prog[sel] + lane
+            values = [self._read(ce, i, sel, pos) for i in range(1, len(self.operands))]
             result = self.compute(values).astype(np.float32, copy=False)
-            self._write(ce, pes, pos, result, t)
+            self._write(ce, sel, pos, result, t)
         if kmax:
-            self.prog[idx] = prog + k
+            prog += k
             if self.reads:
                 ce.rd_left[idx] -= k * self.reads
             if self.writes:
@@ -173,39 +212,48 @@ class OpState:
             if self.fab_out:
                 ce.ramp_left[idx] -= k
             ce.elements += int(k.sum())
-        fin = idx[rem == k]
-        if fin.size:
-            self.running[fin] = False
-            self.count -= fin.size
+        done = rem == k
+        if not done.any():
+            return _EMPTY
+        fin = idx[done]
+        self.running[fin] = False
+        self.count -= fin.size
+        self._dirty = True
         return fin
 
-    def _read(self, ce: ComputeEngines, i: int, pes: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    def _read(self, ce: ComputeEngines, i: int, sel: np.ndarray | None,
+              pos: np.ndarray) -> np.ndarray:
         operand = self.operands[i]
         if isinstance(operand, isa.Mem):
-            return ce.mem[operand.array][pes, self.base[i][pes] + pos * operand.stride]
+            addr = self._addr[i] if sel is None else self._addr[i][sel]
+            return ce.flat[operand.array][addr + pos * operand.stride]
         if isinstance(operand, isa.FabIn):
-            qi = self.queue[i][pes]
+            qi = self._q[i] if sel is None else self._q[i][sel]
             values = ce.q.pop(qi)
             if ce.events is not None:
+                pes = self._idx if sel is None else self._idx[sel]  # type: ignore[index]
                 ce.events.append((ce.t, "recv", pes.copy(), ce.ch.cq_color[qi - ce.ch.nch],
                                   values.copy()))
             return values
-        return self.sval[i][pes]
+        return self._sval[i] if sel is None else self._sval[i][sel]
 
-    def _write(self, ce: ComputeEngines, pes: np.ndarray, pos: np.ndarray,
+    def _write(self, ce: ComputeEngines, sel: np.ndarray | None, pos: np.ndarray,
                values: np.ndarray, t: int) -> None:
         operand = self.operands[0]
         if isinstance(operand, isa.Mem):
-            ce.mem[operand.array][pes, self.base[0][pes] + pos * operand.stride] = values
+            addr = self._addr[0] if sel is None else self._addr[0][sel]
+            ce.flat[operand.array][addr + pos * operand.stride] = values
             return
-        qo = self.queue[0][pes]
+        qo = self._q[0] if sel is None else self._q[0][sel]
         ce.q.push(qo, values, t + ce.q.lat[qo])
-        ce.router.occupancy += pes.size
+        ce.router.occupancy += qo.size
         if ce.events is not None:
+            pes = self._idx if sel is None else self._idx[sel]  # type: ignore[index]
             ce.events.append((t, "send", pes.copy(), ce.ch.ch_color[qo], values.copy()))
 
     def describe_stall(self, ce: ComputeEngines, pe: int, t: int) -> str:
         """Why the instance on ``pe`` is not moving, for deadlock reports."""
+        self._writeback()
         text = f"op {self.ins.label or self.ins.op!r} at element {int(self.prog[pe])}/" \
                f"{int(self.n[pe])}"
         for i in self.fab_in:

@@ -34,9 +34,12 @@ class PrimitiveRun:
     def cycles(self) -> int:
         return self.result.cycles
 
-    def ok(self, rtol: float = 1e-5, atol: float = 1e-5) -> bool:
-        return bool(np.allclose(self.output[self.mask], self.expected[self.mask], rtol=rtol,
-                                atol=atol))
+    def ok(self, rtol: float = 1e-5) -> bool:
+        """Equal up to float32 rounding of sums taken in another order: the absolute slack
+        scales with the largest value, since a long chain's error does."""
+        got, want = self.output[self.mask], self.expected[self.mask]
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        return bool(np.allclose(got, want, rtol=rtol, atol=4e-6 * max(scale, 1e-30)))
 
 
 def _setup(spec: WaferSpec | str | None, rows: int, cols: int, wavelets: int, seed: int
