@@ -286,3 +286,23 @@ def test_cross_entropy_bad_targets():
         ls.run(logits, np.full(4, -100))
     with pytest.raises(KernelShapeError, match="must map tokens"):
         ls.cost(SPEC, 4, 69, (2, 2), row_map=1, col_map=0)
+
+
+def test_timing_only_runs_take_the_same_cycles():
+    def program(timing_only):
+        f = Fabric(SPEC, 3, 4, timing_only=timing_only)
+        x = place(f, RNG.standard_normal((10, 69)).astype(np.float32), "fp16")
+        h = norm.run(x, np.ones(69, np.float32), np.zeros(69, np.float32))
+        h = ew.gelu(h, "tanh")
+        h = ew.residual_add(h, x)
+        p = ew.softmax(h)
+        loss, grad = ls.run(p, RNG.integers(0, 69, 10))
+        em.run(f, RNG.integers(0, 69, 10), np.ones((69, 8), np.float32),
+               rect=f.rect(0, 0, 3, 4), dtype="fp16")
+        return f, loss, grad
+    full, loss, _ = program(False)
+    timed, loss_t, grad_t = program(True)
+    assert loss_t.tiles is None and grad_t.tiles is None and np.isfinite(loss.to_numpy()).all()
+    np.testing.assert_array_equal(full.ce_clock, timed.ce_clock)
+    assert full.elapsed() == timed.elapsed()
+    assert full.sram.peak() == timed.sram.peak()
