@@ -21,7 +21,7 @@ NEVER = np.iinfo(np.int64).max // 2
 
 
 class Queues:
-    """Ring buffers: ``val``/``rdy`` [queues + 1, capacity], ``head``, ``cnt``, ``cap``."""
+    """Ring buffers: flat ``val``/``rdy`` (queue-major), ``head``, ``cnt``, ``cap``."""
 
     def __init__(self, ch: Channels, spec: WaferSpec, config: CycleConfig) -> None:
         n = ch.sentinel + 1
@@ -35,17 +35,21 @@ class Queues:
         # wavelet can reach a CE no sooner than the next cycle, even with ramp_cycles = 0
         lat[ch.nch: ch.sentinel] = max(spec.ramp_cycles, 1)
         cap[ch.nch: ch.sentinel] = config.ce_queue_depth + spec.ramp_cycles
-        width = int(cap.max()) if n > 1 else 1
+        capmax = int(cap.max()) if n > 1 else 1
+        # ring storage is a power of two wide, so positions wrap with a mask; ``cap`` (the
+        # credit limit) is what flow control checks
+        self.shift = max(capmax - 1, 1).bit_length()
+        self.mask = (1 << self.shift) - 1
         self.n = n
         self.lat, self.cap = lat, cap
-        self.val = np.zeros((n, width), dtype=np.float32)
-        self.rdy = np.zeros((n, width), dtype=np.int64)
+        self.val = np.zeros(n << self.shift, dtype=np.float32)
+        self.rdy = np.zeros(n << self.shift, dtype=np.int64)
         self.head = np.zeros(n, dtype=np.int64)
         self.cnt = np.zeros(n, dtype=np.int64)
-        # pending out-ports of each router channel's head wavelet (multicast progress)
         # arrival cycle of each queue's head wavelet (NEVER when empty): one gather tells
-        # the router and the CEs which heads can move, without a 2-D lookup per cycle
+        # the router and the CEs which heads can move
         self.hrdy = np.full(n, NEVER, dtype=np.int64)
+        # pending out-ports of each router channel's head wavelet (multicast progress)
         self.tx = np.zeros(n, dtype=np.uint8)
         self.tx[: ch.nch] = ch.ch_tx
         self.pend = self.tx.copy()
@@ -54,12 +58,15 @@ class Queues:
         """Whether the head of each queue in ``idx`` has arrived by cycle ``t``."""
         return self.hrdy[idx] <= t
 
+    def peek(self, idx: np.ndarray) -> np.ndarray:
+        return self.val[(idx << self.shift) + self.head[idx]]
+
     def push(self, idx: np.ndarray, values: np.ndarray, ready_at: np.ndarray | int) -> None:
         """Append one wavelet to each queue in ``idx`` (distinct queues, space checked)."""
         cnt = self.cnt[idx]
-        pos = (self.head[idx] + cnt) % self.cap[idx]
-        self.val[idx, pos] = values
-        self.rdy[idx, pos] = ready_at
+        pos = (idx << self.shift) + ((self.head[idx] + cnt) & self.mask)
+        self.val[pos] = values
+        self.rdy[pos] = ready_at
         self.cnt[idx] = cnt + 1
         empty = cnt == 0
         if empty.any():
@@ -68,13 +75,14 @@ class Queues:
 
     def pop(self, idx: np.ndarray) -> np.ndarray:
         """Remove and return the head of each queue in ``idx`` (distinct, non-empty)."""
+        base = idx << self.shift
         head = self.head[idx]
-        values = self.val[idx, head]
-        head = (head + 1) % self.cap[idx]
+        values = self.val[base + head]
+        head = (head + 1) & self.mask
         self.head[idx] = head
         cnt = self.cnt[idx] - 1
         self.cnt[idx] = cnt
-        self.hrdy[idx] = np.where(cnt > 0, self.rdy[idx, head], NEVER)
+        self.hrdy[idx] = np.where(cnt > 0, self.rdy[base + head], NEVER)
         return values
 
     def next_ready(self, t: int) -> int | None:

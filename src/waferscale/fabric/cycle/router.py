@@ -30,6 +30,8 @@ class _Bucket:
     port: np.ndarray      # [links]
     rr: np.ndarray        # [links] round-robin pointer
     width: int
+    dcap: np.ndarray      # [links, width] capacity of each destination queue
+    rot: np.ndarray       # [width, width] priority of column j when the pointer is at i
 
 
 class Router:
@@ -45,11 +47,13 @@ class Router:
             rows = np.flatnonzero((counts > lo) & (counts <= width))
             width = min(width, ch.width)
             if rows.size:
+                dst = np.ascontiguousarray(ch.link_dst[rows, :width])
+                ar = np.arange(width)
                 self.buckets.append(_Bucket(
-                    np.ascontiguousarray(ch.link_ch[rows, :width]),
-                    np.ascontiguousarray(ch.link_dst[rows, :width]),
+                    np.ascontiguousarray(ch.link_ch[rows, :width]), dst,
                     ch.link_bit[rows][:, None], ch.link_pe[rows], ch.link_port[rows],
-                    np.zeros(rows.size, dtype=np.int64), width))
+                    np.zeros(rows.size, dtype=np.int64), width, queues.cap[dst],
+                    (ar[None, :] - ar[:, None]) % width))
             lo, width = width, width * 2
         self.mark = np.zeros(queues.n, dtype=np.int64)
         self.occupancy = 0          # wavelets held in router channels
@@ -61,20 +65,18 @@ class Router:
         if self.occupancy == 0:
             return 0
         q = self.q
-        arrived = q.hrdy <= t
-        free = q.cnt < q.cap
         srcs, dsts, bits, pes, ports = [], [], [], [], []
         for b in self.buckets:
-            want = arrived[b.ch] & free[b.dst] & ((q.pend[b.ch] & b.bit) != 0)
+            want = (q.hrdy[b.ch] <= t) & (q.cnt[b.dst] < b.dcap) & ((q.pend[b.ch] & b.bit) != 0)
             if b.width == 1:
                 rows = np.flatnonzero(want[:, 0])
                 col = np.zeros(rows.size, dtype=np.int64)
             else:
-                prio = (np.arange(b.width) - b.rr[:, None]) % b.width
-                key = np.where(want, prio, b.width)
-                pick = key.argmin(axis=1)
-                rows = np.flatnonzero(key[np.arange(key.shape[0]), pick] < b.width)
-                col = pick[rows]
+                rows = np.flatnonzero(want.any(axis=1))
+                if rows.size == 0:
+                    continue
+                key = np.where(want[rows], b.rot[b.rr[rows]], b.width)
+                col = key.argmin(axis=1)
                 b.rr[rows] = (col + 1) % b.width
             if rows.size:
                 srcs.append(b.ch[rows, col])
@@ -88,7 +90,7 @@ class Router:
         src = np.concatenate(srcs) if len(srcs) > 1 else srcs[0]
         dst = np.concatenate(dsts) if len(dsts) > 1 else dsts[0]
         bit = np.concatenate(bits) if len(bits) > 1 else bits[0]
-        values = q.val[src, q.head[src]]
+        values = q.peek(src)
         q.push(dst, values, t + q.lat[dst])
         order = np.arange(src.size)
         self.mark[src] = order
