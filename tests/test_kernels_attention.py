@@ -200,3 +200,14 @@ def test_rotary_refuses_split_heads():
     t = MeshTensor.from_numpy(f, np.zeros((4, 8), np.float32))
     with pytest.raises(KernelShapeError, match="rotary: head_dim .* is split"):
         rotary.run(t)
+
+
+def test_attention_on_an_offset_rectangle_frees_its_buffers():
+    f = Fabric(SPEC, 12, 7)
+    q, k, v = (RNG.standard_normal((4, 20, 8)).astype(np.float32) for _ in range(3))
+    out = at.run(f, q, k, v, rect=f.rect(3, 2, 5, 2), rotary_pct=0.5)
+    assert out.rect == f.rect(3, 2, 5, 2)
+    np.testing.assert_allclose(out.to_numpy(), attention_reference(q, k, v, "fp32", 0.5),
+                               rtol=1e-5, atol=1e-5)
+    assert f.elapsed() == pytest.approx(at.cost(SPEC, 4, 20, 8, (5, 2), rotary_pct=0.5))
+    assert f.sram.used.sum() == out.bytes_per_pe().sum()      # only the output is left
