@@ -89,3 +89,22 @@ class LivelockError(SimulationError):
 
 class CycleLimitError(SimulationError):
     """The run reached its cycle limit before finishing (a runaway program)."""
+
+
+class KernelError(WaferscaleError):
+    """A kernel cannot run as asked. The message names the kernel, the shapes involved and
+    what would fit (a smaller problem, a larger rectangle, another dtype)."""
+
+
+class KernelShapeError(KernelError, ShapeError):
+    """Kernel operands disagree: inner dimensions, a sparsity mask or nnz map of the wrong
+    shape."""
+
+
+class KernelFitError(KernelError, GridError):
+    """A kernel's problem does not fit the rectangle it was given, or its tiles do not fit a
+    PE's SRAM."""
+
+
+class KernelDtypeError(KernelError, DtypeError):
+    """A dtype or accumulate combination the hardware's datapaths cannot run."""

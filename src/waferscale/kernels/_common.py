@@ -1,0 +1,95 @@
+"""Checks and small helpers the GEMM and GEMV kernels share.
+
+Kept apart so that both kernels reject the same bad inputs with the same wording, and so
+that the datapath rules (which dtype/accumulate pairs the compute engine has) live in one
+place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from waferscale.errors import KernelDtypeError, KernelShapeError
+from waferscale.fabric.dtypes import BYTES
+from waferscale.fabric.timing import vector_cycles
+from waferscale.hardware.spec import WaferSpec
+
+#: Accumulators each storage dtype can use: its own datapath, or fp32 (the mixed SIMD-2
+#: ``fmachs`` datapath for 16-bit inputs).
+ACCUMULATE = {"fp32": ("fp32",), "fp16": ("fp16", "fp32"), "bf16": ("bf16", "fp32")}
+SKIPS = (None, "a", "b", "both")
+
+
+def check_datapath(kernel: str, dtype: str, accumulate: str | None) -> str:
+    """Validate (dtype, accumulate) and return the accumulator dtype (fp32 by default)."""
+    if dtype not in ACCUMULATE:
+        raise KernelDtypeError(
+            f"{kernel}: dtype {dtype!r} has no FMAC datapath on the compute engine; use "
+            f"{', '.join(ACCUMULATE)}")
+    acc = accumulate or "fp32"
+    if acc not in ACCUMULATE[dtype]:
+        raise KernelDtypeError(
+            f"{kernel}: {dtype} inputs cannot accumulate in {acc!r}; the hardware offers "
+            f"{' or '.join(ACCUMULATE[dtype])}")
+    return acc
+
+
+def check_skip(kernel: str, skip: str | None) -> None:
+    if skip not in SKIPS:
+        raise KernelShapeError(f"{kernel}: skip={skip!r}; use None, 'a' (zero activations), "
+                               f"'b' (zero weights) or 'both'")
+
+
+def fabric_accumulate(accumulate: str) -> str | None:
+    """The ``accumulate`` argument `compute.local_matmul` takes for this accumulator: fp32
+    selects the mixed datapath for 16-bit inputs; a 16-bit accumulator is the inputs' own."""
+    return "fp32" if accumulate == "fp32" else None
+
+
+def fmac_cycles(spec: WaferSpec, fmacs: float | np.ndarray, dtype: str, accumulate: str
+                ) -> np.ndarray:
+    """Cycles of a tile product of ``fmacs`` FMACs: `timing.vector_cycles`, as
+    `compute.local_matmul` charges them."""
+    return vector_cycles(spec, fmacs, dtype, "fmac", reads=2, writes=1,
+                         accumulate=fabric_accumulate(accumulate),
+                         element_bytes=BYTES[dtype])
+
+
+def fmacs_per_cycle(spec: WaferSpec, dtype: str, accumulate: str) -> float:
+    """Peak FMACs per cycle per PE on this datapath (SIMD width or SRAM ports, the lower)."""
+    probe = 1 << 20
+    return probe / float(fmac_cycles(spec, probe, dtype, accumulate))
+
+
+def wavelets_per_nonzero(dtype: str) -> int:
+    """A sparse sender sends (value, index) pairs: a 16-bit value and a 16-bit index share
+    one 32-bit wavelet; an fp32 value needs a second wavelet for its index."""
+    return 1 if BYTES[dtype] == 2 else 2
+
+
+def sparse_wavelets(nnz: np.ndarray | float, dtype: str) -> np.ndarray:
+    """Wavelets of a zero-skipping send: the nonzeros plus one end-of-tile control wavelet
+    (the receiver cannot otherwise know an empty or short tile has ended)."""
+    return np.asarray(nnz, dtype=float) * wavelets_per_nonzero(dtype) + 1.0
+
+
+def blocks(n: int, parts: int) -> int:
+    """Block size when ``n`` is cut into ``parts`` equal padded blocks."""
+    return math.ceil(n / parts)
+
+
+def check_nnz(kernel: str, name: str, nnz: np.ndarray | None, shape: tuple[int, int],
+              capacity: int) -> np.ndarray | None:
+    """An explicit nonzero count per block must match the grid and fit the block."""
+    if nnz is None:
+        return None
+    nnz = np.asarray(nnz, dtype=float)
+    if nnz.shape != shape:
+        raise KernelShapeError(f"{kernel}: {name} must give one nonzero count per block, "
+                               f"shape {shape}, got {nnz.shape}")
+    if (nnz < 0).any() or (nnz > capacity).any():
+        raise KernelShapeError(f"{kernel}: {name} counts must lie in [0, {capacity}] (the "
+                               f"elements of one block)")
+    return nnz

@@ -1,0 +1,510 @@
+"""GEMM ``C = A @ B`` on a square p x p grid of PEs: SUMMA, Cannon and MeshGEMM.
+
+Why three: they differ only in how operand tiles travel, and on a mesh that is the whole
+story (WaferLLM, OSDI'25). Every PE (i, j) owns the C block (i, j) and, at each of p steps,
+multiplies one A block by one B block on its compute engine.
+
+* SUMMA: at step l, PE (i, l) floods A(i, l) along row i and PE (l, j) floods B(l, j) along
+  column j. A flood crosses the whole line, so each step pays about p hops of latency.
+* Cannon: blocks start skewed (A(i, i+j), B(i+j, j)) and shift one PE west / north each
+  step, cyclically. A mesh has no wrap-around link, so the tile falling off the end travels
+  p - 1 hops back: again about p hops per step.
+* MeshGEMM: Cannon on an interleaved placement. Logical ring position l sits at physical
+  position 2l (first half) or 2(p-1-l)+1 (second half), so ring neighbours are at most two
+  hops apart: every step costs O(1) hops, and each PE needs only two routes (one to its
+  ring successor per operand).
+
+Steps (the same for all three, and the way WaferLLM analyses them): p synchronous steps.
+At the start of step s every PE launches the transfers that bring its blocks for step s+1
+into a spare buffer (double buffering) and multiplies its step-s blocks meanwhile; step
+s+1 starts once the slowest PE has finished both. So a step costs max(C, L): C the tile
+product, L the slowest delivery (both blocks through the receiver's ramp, over the longest
+route: p - 1 hops for Cannon's wrap and SUMMA's flood, 2 for MeshGEMM). The grid-wide step
+boundary stands in for the per-PE dependencies of a real program (a PE starts step s+1
+when its own product, its send and its receive are done): on a dense problem every ring
+holds a PE on the critical path, so the period is the same and only start-up transients
+differ; with sparse blocks it is an upper bound (no slack between PEs is exploited).
+
+Placement (skew, interleave) happens when operands are loaded, as in WaferLLM, and is not
+timed. Shapes that do not divide by p are zero-padded to whole blocks; padded elements are
+computed (the hardware would run the same full-tile loops), and count against efficiency.
+
+Sparsity: ``skip='b'`` (zero weights) / ``'a'`` (zero activations) / ``'both'``: the sender
+of a skipped operand sends only its nonzeros as (value, index) wavelets plus an end marker,
+and the receiving PE runs one AXPY per nonzero (`compute.local_matmul(skip=...)`), so each
+PE's cycles follow its own nonzeros and load imbalance shows up in the step times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from waferscale.errors import KernelFitError, KernelShapeError
+from waferscale.fabric import Fabric, MeshTensor
+from waferscale.fabric import movement as mv
+from waferscale.fabric.compute import local_matmul
+from waferscale.fabric.dtypes import BYTES, to_storage
+from waferscale.fabric.grid import Rect
+from waferscale.fabric.timing import transfer_cycles
+from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.kernels._common import (
+    blocks,
+    check_datapath,
+    check_nnz,
+    check_skip,
+    fabric_accumulate,
+    fmac_cycles,
+    fmacs_per_cycle,
+    sparse_wavelets,
+)
+from waferscale.kernels._lines import line_permute
+
+ALGORITHMS = ("summa", "cannon", "meshgemm")
+KERNEL = "gemm"
+
+
+# --------------------------------------------------------------------------- layout -----
+def interleave(p: int) -> np.ndarray:
+    """MeshGEMM's placement: physical position of each logical ring position."""
+    logical = np.arange(p)
+    half = (p + 1) // 2
+    return np.where(logical < half, 2 * logical, 2 * (p - 1 - logical) + 1)
+
+
+def ring_dest(p: int) -> np.ndarray:
+    """Interleaved ring shift: the physical PE each physical PE sends its block to (the
+    one holding the previous logical position, as Cannon's west/north shift does)."""
+    phys = interleave(p)
+    dest = np.empty(p, dtype=int)
+    dest[phys] = phys[(np.arange(p) - 1) % p]
+    return dest
+
+
+def placement(algorithm: str, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A block column, B block row, physical position) of every PE before step 0.
+
+    Returns ``a_col[i, j]`` and ``b_row[i, j]`` over *logical* PE coordinates, and the
+    logical-to-physical map applied to both mesh axes.
+    """
+    i, j = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    if algorithm == "summa":
+        return j, i, np.arange(p)
+    skew = (i + j) % p
+    phys = interleave(p) if algorithm == "meshgemm" else np.arange(p)
+    return skew, skew, phys
+
+
+def _blocks4(x: np.ndarray, p: int, rb: int, cb: int) -> np.ndarray:
+    """[p*rb, p*cb] -> [p, p, rb, cb] blocks."""
+    return x.reshape(p, rb, p, cb).transpose(0, 2, 1, 3)
+
+
+# --------------------------------------------------------------------------- checks -----
+@dataclass(frozen=True)
+class GemmProblem:
+    """A validated GEMM problem on a p x p grid."""
+
+    m: int
+    k: int
+    n: int
+    p: int
+    dtype: str
+    accumulate: str
+    skip: str | None
+
+    @property
+    def tiles(self) -> tuple[int, int, int]:
+        """(mb, kb, nb): the padded block sizes each PE works on."""
+        return blocks(self.m, self.p), blocks(self.k, self.p), blocks(self.n, self.p)
+
+
+def sram_bytes(m: int, k: int, n: int, p: int, dtype: str, accumulate: str,
+               algorithm: str = "meshgemm") -> int:
+    """SRAM per PE: the C block, and per operand its own block plus one receive buffer
+    (Cannon, MeshGEMM) or its own block plus two flood buffers (SUMMA: the current step's
+    and the next step's panels, since the PE's own block must stay for its turn as root)."""
+    mb, kb, nb = blocks(m, p), blocks(k, p), blocks(n, p)
+    copies = 3 if algorithm == "summa" else 2
+    return copies * (mb * kb + kb * nb) * BYTES[dtype] + mb * nb * BYTES[accumulate]
+
+
+def check_problem(m: int, k: int, n: int, p: int, spec: WaferSpec, dtype: str,
+                  accumulate: str | None, skip: str | None, algorithm: str,
+                  rect: tuple[int, int] | None = None) -> GemmProblem:
+    """Reject problems the rectangle or the SRAM cannot hold, naming what would fit."""
+    if algorithm not in ALGORITHMS:
+        raise KernelShapeError(f"{KERNEL}: algorithm {algorithm!r}; use one of "
+                               f"{', '.join(ALGORITHMS)}")
+    acc = check_datapath(KERNEL, dtype, accumulate)
+    check_skip(KERNEL, skip)
+    for name, value in (("m", m), ("k", k), ("n", n), ("grid", p)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise KernelShapeError(f"{KERNEL}: {name} must be a positive integer, got {value!r}")
+    rows, cols = rect or (spec.rows, spec.cols)
+    if p > min(rows, cols):
+        raise KernelFitError(f"{KERNEL} [{m},{k}]x[{k},{n}]: a {p}x{p} grid does not fit the "
+                             f"{rows}x{cols} rectangle; use a grid of at most "
+                             f"{min(rows, cols)}")
+    if p > min(m, k, n):
+        raise KernelFitError(f"{KERNEL} [{m},{k}]x[{k},{n}]: a {p}x{p} grid leaves PEs "
+                             f"without a block (every dimension needs >= p); use a grid of "
+                             f"at most {min(m, k, n)}")
+    need = sram_bytes(m, k, n, p, dtype, acc, algorithm)
+    if need > spec.sram_bytes:
+        fit = next((q for q in range(p, min(rows, cols, m, k, n) + 1)
+                    if sram_bytes(m, k, n, q, dtype, acc, algorithm) <= spec.sram_bytes),
+                   None)
+        hint = (f"use a grid of at least {fit}x{fit}" if fit else
+                f"the largest grid that fits the rectangle ({min(rows, cols, m, k, n)}) is "
+                f"still too small; split the problem")
+        raise KernelFitError(f"{KERNEL} [{m},{k}]x[{k},{n}] {dtype}: blocks on a {p}x{p} grid "
+                             f"need {need} B per PE, over the {spec.sram_bytes} B SRAM; {hint}")
+    return GemmProblem(int(m), int(k), int(n), int(p), dtype, acc, skip)
+
+
+# --------------------------------------------------------------------------- result -----
+@dataclass
+class GemmResult:
+    """What `run` returns: the product (None in timing-only mode) and the fabric's count."""
+
+    algorithm: str
+    grid: int
+    value: np.ndarray | None
+    cycles: float
+    seconds: float
+    efficiency: float
+    stats: dict[str, float]
+    fabric: Fabric = field(repr=False)
+
+
+@dataclass(frozen=True)
+class GemmCost:
+    """What `cost` returns: closed-form cycles and the terms they come from."""
+
+    algorithm: str
+    grid: int
+    m: int
+    k: int
+    n: int
+    dtype: str
+    accumulate: str
+    cycles: float
+    seconds: float
+    compute_cycles: float      # one step's tile product on the busiest PE
+    latency_cycles: float      # one step's operand delivery latency (critical line)
+    efficiency: float
+    sram_bytes: int
+    assumptions: dict[str, Any] = field(default_factory=dict)
+
+
+def ideal_cycles(spec: WaferSpec, m: int, k: int, n: int, p: int, dtype: str,
+                 accumulate: str) -> float:
+    """Cycles if the p*p PEs did only the useful FMACs at their peak rate."""
+    return m * k * n / (p * p * fmacs_per_cycle(spec, dtype, accumulate))
+
+
+# ------------------------------------------------------------------------------ run -----
+class _Operand:
+    """A block per PE that travels: the tensor that owns its SRAM, the per-PE nonzeros of
+    the block it holds (timing-only sparse runs), and how many wavelets it sends."""
+
+    def __init__(self, owner: MeshTensor, nnz: np.ndarray | None, sparse: bool) -> None:
+        self.owner = owner
+        self.nnz = nnz
+        self.sparse = sparse
+
+    def view_at(self, begin: float) -> MeshTensor:
+        """The tensor a step's product reads, from the step's start ``begin`` (nonzero
+        counts attached when they were given)."""
+        ready = np.maximum(self.owner.ready, begin)
+        return self.owner.like(self.owner.tiles, ready, nnz=self.nnz, allocate=False)
+
+    def sender(self, ready: np.ndarray) -> MeshTensor:
+        """A view that sends from ``ready``: dense tiles, or nonzeros + end marker."""
+        v = self.owner.like(self.owner.tiles, np.broadcast_to(ready, self.owner.rect.shape),
+                            allocate=False)
+        if self.sparse:
+            nnz = self.owner.nnz() if self.nnz is None else self.nnz
+            v.valid = sparse_wavelets(nnz, self.owner.dtype)
+        return v
+
+
+def _as_problem(x: np.ndarray | tuple[int, int], what: str) -> tuple[tuple[int, int],
+                                                                     np.ndarray | None]:
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise KernelShapeError(f"{KERNEL}: {what} shape {x} must be 2-D (rows, cols)")
+        return (int(x[0]), int(x[1])), None
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise KernelShapeError(f"{KERNEL}: {what} must be a 2-D matrix, got shape {arr.shape}")
+    return (arr.shape[0], arr.shape[1]), arr
+
+
+def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
+        algorithm: str = "meshgemm", grid: int | None = None,
+        spec: WaferSpec | str | None = None, dtype: str = "fp32",
+        accumulate: str | None = "fp32", skip: str | None = None,
+        a_nnz: np.ndarray | None = None, b_nnz: np.ndarray | None = None,
+        fabric: Fabric | None = None, origin: tuple[int, int] = (0, 0)) -> GemmResult:
+    """Multiply on the fabric: real values for arrays, clocks only for shapes.
+
+    ``a``/``b`` are matrices, or ``(rows, cols)`` tuples for a timing-only run (then
+    ``a_nnz``/``b_nnz`` may give each [p, p] block's nonzeros for a sparse timing run).
+    ``grid`` is p (default: the chooser's pick). ``fabric``/``origin`` place the kernel on
+    an existing fabric; otherwise a p x p fabric is made (timing-only for shapes).
+    """
+    spec = fabric.spec if fabric is not None else get_spec(spec)
+    (m, k), a_val = _as_problem(a, "A")
+    (k2, n), b_val = _as_problem(b, "B")
+    if k != k2:
+        raise KernelShapeError(f"{KERNEL}: A [{m},{k}] and B [{k2},{n}] do not chain; the "
+                               f"inner dimensions must match")
+    if (a_val is None) != (b_val is None):
+        raise KernelShapeError(f"{KERNEL}: pass both operands as arrays, or both as shapes "
+                               f"for a timing-only run")
+    timing_only = a_val is None
+    if grid is None:
+        from waferscale.kernels.choose import choose_gemm
+
+        grid = choose_gemm(m, k, n, spec=spec, dtype=dtype, accumulate=accumulate,
+                           algorithms=(algorithm,)).grid
+    rect_shape = None if fabric is None else (fabric.rows - origin[0], fabric.cols - origin[1])
+    prob = check_problem(m, k, n, grid, spec, dtype, accumulate, skip, algorithm, rect_shape)
+    p = prob.p
+    mb, kb, nb = prob.tiles
+    if not timing_only and (a_nnz is not None or b_nnz is not None):
+        raise KernelShapeError(f"{KERNEL}: a_nnz/b_nnz are for timing-only runs; with real "
+                               f"operands the nonzeros are counted from the values")
+    a_nnz = check_nnz(KERNEL, "a_nnz", a_nnz, (p, p), mb * kb)
+    b_nnz = check_nnz(KERNEL, "b_nnz", b_nnz, (p, p), kb * nb)
+    if fabric is None:
+        fabric = Fabric(spec, p, p, timing_only=timing_only)
+    elif fabric.timing_only != timing_only:
+        mode = "timing-only" if fabric.timing_only else "valued"
+        raise KernelShapeError(f"{KERNEL}: the fabric is {mode} but the operands are "
+                               f"{'shapes' if timing_only else 'arrays'}")
+    rect = fabric.rect(origin[0], origin[1], p, p)
+
+    a_col, b_row, phys = placement(algorithm, p)
+    li, lj = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+
+    def place(blocks4: np.ndarray | None, nnz: np.ndarray | None, rows_of: np.ndarray,
+              cols_of: np.ndarray, shape: tuple[int, int], name: str) -> _Operand:
+        """Put logical block (rows_of[i,j], cols_of[i,j]) on the PE of logical (i, j)."""
+        tiles = None
+        if blocks4 is not None:
+            logical = blocks4[rows_of, cols_of]
+            tiles = np.empty_like(logical)
+            tiles[np.ix_(phys, phys)] = logical
+        pe_nnz = None
+        if nnz is not None:
+            pe_nnz = np.empty((p, p))
+            pe_nnz[np.ix_(phys, phys)] = nnz[rows_of, cols_of]
+        t = MeshTensor(fabric, rect, shape, dtype, 0, 1, tiles, 0.0, name, pe_nnz)
+        sparse = skip in ("both", name.lower())
+        return _Operand(t, pe_nnz, sparse)
+
+    def padded(x: np.ndarray | None, rows: int, cols: int) -> np.ndarray | None:
+        if x is None:
+            return None
+        out = np.zeros((rows, cols), dtype=np.float32)
+        out[: x.shape[0], : x.shape[1]] = x
+        return to_storage(out, dtype)
+
+    a4 = None if a_val is None else _blocks4(padded(a_val, p * mb, p * kb), p, mb, kb)
+    b4 = None if b_val is None else _blocks4(padded(b_val, p * kb, p * nb), p, kb, nb)
+    a_op = place(a4, a_nnz, li, a_col, (p * mb, p * kb), "a")
+    b_op = place(b4, b_nnz, b_row, lj, (p * kb, p * nb), "b")
+
+    if algorithm == "summa":
+        c = _run_summa(a_op, b_op, prob, rect)
+    else:
+        c = _run_ring(a_op, b_op, prob, algorithm)
+    a_op.owner.free()
+    b_op.owner.free()
+
+    value = None
+    if c.tiles is not None:
+        logical = c.tiles[np.ix_(phys, phys)]
+        value = logical.transpose(0, 2, 1, 3).reshape(p * mb, p * nb)[:m, :n]
+    cycles = float(c.ready.max())
+    return GemmResult(algorithm, p, value, cycles, spec.seconds(cycles),
+                      ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate) / cycles,
+                      fabric.stats(), fabric)
+
+
+def _multiply(a: MeshTensor, b: MeshTensor, acc: MeshTensor | None, prob: GemmProblem
+              ) -> MeshTensor:
+    """One step's tile product, accumulated in place into C."""
+    mb, _, nb = prob.tiles
+    p = prob.p
+    if acc is not None:
+        acc.free()   # accumulation is in place: the new C reuses the old C's buffer
+    return local_matmul(a, b, (p * mb, p * nb), 0, 1, acc=acc,
+                        accumulate=fabric_accumulate(prob.accumulate), skip=prob.skip,
+                        name=a.fabric.fresh_name("c"))
+
+
+def _run_ring(a_op: _Operand, b_op: _Operand, prob: GemmProblem, algorithm: str
+              ) -> MeshTensor:
+    """Cannon (cyclic shifts) or MeshGEMM (interleaved ring), one synchronous step at a
+    time: the next blocks travel while the current ones are multiplied."""
+    p = prob.p
+    c: MeshTensor | None = None
+    dest = ring_dest(p)
+    begin = 0.0          # when the current step starts on every PE
+    for step in range(p):
+        nxt: list[_Operand] = []
+        if step + 1 < p:
+            for op, axis in ((a_op, 1), (b_op, 0)):
+                sender = op.sender(np.full(op.owner.rect.shape, begin))
+                if algorithm == "cannon":
+                    moved = mv.shift(sender, "west" if axis == 1 else "north", 1, cyclic=True)
+                    nnz = None if op.nnz is None else np.roll(op.nnz, -1, axis=axis)
+                else:
+                    moved = line_permute(sender, "row" if axis == 1 else "col", dest)
+                    nnz = None
+                    if op.nnz is not None:
+                        nnz = np.empty_like(op.nnz)
+                        if axis == 1:
+                            nnz[:, dest] = op.nnz
+                        else:
+                            nnz[dest, :] = op.nnz
+                nxt.append(_Operand(moved, nnz, op.sparse))
+        c = _multiply(a_op.view_at(begin), b_op.view_at(begin), c, prob)
+        begin = max([float(c.ready.max())] + [float(o.owner.ready.max()) for o in nxt])
+        if nxt:
+            a_op.owner.free()
+            b_op.owner.free()
+            a_op, b_op = nxt
+    assert c is not None
+    return c
+
+
+def _run_summa(a_op: _Operand, b_op: _Operand, prob: GemmProblem, rect: Rect
+               ) -> MeshTensor:
+    """SUMMA: row floods of A's block column l and column floods of B's block row l, one
+    synchronous step at a time (step l+1's floods travel while step l multiplies)."""
+    p = prob.p
+    mb, kb, nb = prob.tiles
+    fabric = a_op.owner.fabric
+
+    def panels(step: int, begin: float) -> tuple[_Operand, _Operand]:
+        out = []
+        for op, axis in ((a_op, "row"), (b_op, "col")):
+            t = op.owner
+            if axis == "row":
+                src = Rect(rect.row, rect.col + step, p, 1)
+                sl = (slice(None), slice(step, step + 1))
+                shape, maps = (p * mb, kb), (0, None)
+            else:
+                src = Rect(rect.row + step, rect.col, 1, p)
+                sl = (slice(step, step + 1), slice(None))
+                shape, maps = (kb, p * nb), (None, 1)
+            tiles = None if t.tiles is None else t.tiles[sl]
+            nnz = None if op.nnz is None else op.nnz[sl]
+            root = MeshTensor(fabric, src, shape, t.dtype, *maps, tiles,
+                              np.maximum(t.ready[sl], begin), allocate=False)
+            if op.sparse:
+                root.valid = sparse_wavelets(root.nnz() if nnz is None else nnz, t.dtype)
+            flood = mv.multicast(root, rect, axis)
+            full = None if nnz is None else np.ascontiguousarray(np.broadcast_to(nnz, (p, p)))
+            out.append(_Operand(flood, full, False))
+        return out[0], out[1]
+
+    c: MeshTensor | None = None
+    current = panels(0, 0.0)
+    begin = max(float(op.owner.ready.max()) for op in current)
+    for step in range(p):
+        upcoming = panels(step + 1, begin) if step + 1 < p else None
+        c = _multiply(current[0].view_at(begin), current[1].view_at(begin), c, prob)
+        begin = max([float(c.ready.max())] +
+                    [float(op.owner.ready.max()) for op in upcoming or ()])
+        for op in current:
+            op.owner.free()
+        if upcoming is not None:
+            current = upcoming
+    assert c is not None
+    return c
+
+
+# ----------------------------------------------------------------------------- cost -----
+def route_hops(algorithm: str, p: int, step: int = 0) -> int:
+    """Hops of the longest delivery of a step: Cannon's wrap (p - 1), MeshGEMM's 2, or the
+    distance from SUMMA's step-``step`` root to the far end of its line."""
+    if p < 2:
+        return 0
+    if algorithm == "cannon":
+        return p - 1
+    if algorithm == "meshgemm":
+        return min(2, p - 1)
+    return max(step, p - 1 - step)
+
+
+def step_latency(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
+                 step: int = 0) -> float:
+    """Delivery of a step's two blocks to the worst-placed PE: both come in through its
+    ramp, one behind the other, over the longest route (`timing.transfer_cycles`; for
+    SUMMA the same as `multicast_cycles` of both blocks across the root's distance)."""
+    hops = route_hops(algorithm, p, step)
+    return transfer_cycles(spec, wa + wb, hops) if hops else 0.0
+
+
+def step_cycles(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
+                comp: float) -> float:
+    """The p-step total: SUMMA first floods step 0's blocks; then each step costs
+    max(compute, next delivery) and the last one its compute."""
+    if algorithm == "summa":
+        total = step_latency(spec, algorithm, p, wa, wb, 0)
+        total += sum(max(comp, step_latency(spec, algorithm, p, wa, wb, s))
+                     for s in range(1, p))
+        return total + comp
+    return (p - 1) * max(comp, step_latency(spec, algorithm, p, wa, wb)) + comp
+
+
+def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
+         spec: WaferSpec | str | None = None, dtype: str = "fp32",
+         accumulate: str | None = "fp32", skip: str | None = None,
+         a_density: float = 1.0, b_density: float = 1.0) -> GemmCost:
+    """Closed-form cycles of `run` for a dense or uniformly sparse problem.
+
+    Built from `timing` terms: the tile product is `vector_cycles` of its FMACs (nonzero
+    weights x rows for ``skip='b'``, and so on), a step's delivery is a `transfer_cycles`
+    over the worst hop count (Cannon: the p - 1 hop wrap; MeshGEMM: 2) or a
+    `multicast_cycles` across the line (SUMMA), and the p steps follow the double-buffered
+    step structure that `run` executes (see `step_cycles`). Uniform densities give every
+    PE the same work, so the load imbalance a real mask causes is not in here: run a
+    timing-only fabric with per-block nonzeros for that.
+    """
+    spec = get_spec(spec)
+    prob = check_problem(m, k, n, grid, spec, dtype, accumulate, skip, algorithm)
+    for name, dens in (("a_density", a_density), ("b_density", b_density)):
+        if not 0.0 <= dens <= 1.0:
+            raise KernelShapeError(f"{KERNEL}: {name} must lie in [0, 1], got {dens!r}")
+    p = prob.p
+    mb, kb, nb = prob.tiles
+    a_nnz, b_nnz = a_density * mb * kb, b_density * kb * nb
+    fmacs = {None: mb * kb * nb, "a": a_nnz * nb, "b": b_nnz * mb,
+             "both": a_nnz * b_nnz / kb}[skip]
+    comp = float(fmac_cycles(spec, fmacs, dtype, prob.accumulate))
+    wa = float(sparse_wavelets(a_nnz, dtype)) if skip in ("a", "both") else float(mb * kb)
+    wb = float(sparse_wavelets(b_nnz, dtype)) if skip in ("b", "both") else float(kb * nb)
+    cycles = step_cycles(spec, algorithm, p, wa, wb, comp)
+    latency = step_latency(spec, algorithm, p, wa, wb, 0)
+    ideal = ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate)
+    return GemmCost(
+        algorithm, p, m, k, n, dtype, prob.accumulate, cycles, spec.seconds(cycles), comp,
+        latency, ideal / cycles if cycles else 0.0,
+        sram_bytes(m, k, n, p, dtype, prob.accumulate, algorithm),
+        {"spec": spec.name, "clock_hz": spec.clock_hz, "skip": skip,
+         "a_density": a_density, "b_density": b_density,
+         "buffers": "double (one receive buffer per operand)",
+         "placement": "skew/interleave at load time, not timed"})
+
+
+__all__ = ["ALGORITHMS", "GemmCost", "GemmResult", "cost", "interleave", "ring_dest", "run",
+           "sram_bytes"]
