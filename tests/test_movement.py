@@ -145,3 +145,14 @@ def test_bad_movement_inputs_raise_typed_errors():
         mv.reduce(t, "row")  # blocked, not partial
     with pytest.raises(GridError):
         mv.stream(t, f.rect(0, 0, 2, 2))
+
+
+def test_allreduce_max_and_no_sram_leak():
+    f = Fabric(SPEC, 4, 6)
+    x = RNG.standard_normal((4, 6, 3)).astype(np.float32)
+    t = MeshTensor(f, f.full, (3,), "fp32", "partial", "partial", x)
+    before = f.sram.used.copy()
+    y = mv.allreduce(t, "both", op="max")
+    np.testing.assert_array_equal(y.tiles, np.broadcast_to(x.max((0, 1), keepdims=True), x.shape))
+    y.free()
+    np.testing.assert_array_equal(f.sram.used, before)

@@ -253,9 +253,12 @@ def multicast(t: MeshTensor, dst: Rect, axis: str) -> MeshTensor:
 
 
 # --------------------------------------------------------------------------- reduce -------
-def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "first"
-           ) -> MeshTensor:
-    """Sum the tiles of each line into the PE at one end (``root``: 'first' or 'last').
+def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "first",
+           op: str = "sum") -> MeshTensor:
+    """Combine the tiles of each line into the PE at one end (``root``: 'first' or 'last').
+
+    ``op`` is "sum" or "max" (both one CE operation per arriving wavelet, so they cost the
+    same).
 
     Chain: every PE adds what arrives from upstream to its own tile and forwards it; stages
     pipeline wavelet by wavelet. Tree: at level l, PEs 2**l apart pair up; levels run one
@@ -267,6 +270,8 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
         raise ShapeError(f"reduce algorithm {algorithm!r}: use 'chain' or 'tree'")
     if root not in ("first", "last"):
         raise ShapeError(f"reduce root {root!r}: use 'first' or 'last'")
+    if op not in ("sum", "max"):
+        raise ShapeError(f"reduce op {op!r}: use 'sum' or 'max'")
     along = t.row_map if axis == "col" else t.col_map
     if isinstance(along, int):
         raise ShapeError(f"reduce along {axis}: tensor {t.name!r} is blocked along that mesh "
@@ -336,9 +341,10 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
 
     tiles = None
     if t.tiles is not None:
-        acc = np.float32
-        summed = local(t.tiles).sum(axis=1, keepdims=True, dtype=acc)
-        tiles = unlocal(to_storage(summed, t.dtype))
+        lines_of_tiles = local(t.tiles).astype(np.float32, copy=False)
+        combined = lines_of_tiles.sum(axis=1, keepdims=True) if op == "sum" \
+            else lines_of_tiles.max(axis=1, keepdims=True)
+        tiles = unlocal(to_storage(combined, t.dtype))
     root_index = 0 if root == "first" else (t.rect.cols if axis == "row" else t.rect.rows) - 1
     if axis == "row":
         out_rect = Rect(t.rect.row, t.rect.col + root_index, t.rect.rows, 1)
@@ -356,18 +362,25 @@ def _execute_line(fabric: Fabric, rect: Rect, axis: str, reverse: bool, busy: np
     fabric.execute(rect, unlocal(busy), unlocal(start), flops=unlocal(busy))
 
 
-def allreduce(t: MeshTensor, axis: str = "row", algorithm: str = "chain") -> MeshTensor:
-    """Every PE of each line gets the line's sum: reduce to the first PE, then flood back.
-
-    ``axis='both'`` reduces rows then columns and broadcasts back down and across.
+def allreduce(t: MeshTensor, axis: str = "row", algorithm: str = "chain", op: str = "sum"
+              ) -> MeshTensor:
+    """Every PE of each line gets the line's sum (or max): reduce to the first PE, then
+    flood back. ``axis='both'`` reduces rows then columns and broadcasts back down and
+    across. The intermediate buffers on the root PEs are released once sent on.
     """
     if axis == "both":
-        row_sum = reduce(t, "row", algorithm)
-        total = reduce(row_sum, "col", algorithm)
+        row_sum = reduce(t, "row", algorithm, op=op)
+        total = reduce(row_sum, "col", algorithm, op=op)
         column = multicast(total, row_sum.rect, "col")
-        return multicast(column, t.rect, "row")
-    summed = reduce(t, axis, algorithm, root="first")
-    return multicast(summed, t.rect, axis)
+        total.free()
+        row_sum.free()
+        out = multicast(column, t.rect, "row")
+        column.free()
+        return out
+    summed = reduce(t, axis, algorithm, root="first", op=op)
+    out = multicast(summed, t.rect, axis)
+    summed.free()
+    return out
 
 
 # --------------------------------------------------------------------------- stream -------
