@@ -108,3 +108,13 @@ class KernelFitError(KernelError, GridError):
 
 class KernelDtypeError(KernelError, DtypeError):
     """A dtype or accumulate combination the hardware's datapaths cannot run."""
+
+
+class WorkloadError(WaferscaleError):
+    """A workload cannot be built as asked: an unknown model name, a sequence longer than the
+    model's positions, a batch or length that is not positive."""
+
+
+class FastaError(WorkloadError):
+    """A FASTA file is missing, empty or malformed. The message names the record and the
+    position (base offset, line and column) of the first bad character."""
