@@ -399,25 +399,41 @@ def stream(t: MeshTensor, dst: Rect) -> MeshTensor:
     wav = t.wavelets()
     share = max(min(abs(d_cols), src.cols), min(abs(d_rows), src.rows), 1)
     hops = abs(d_rows) + abs(d_cols)
-    full = fabric.full
-    all_view = _line_view(full, "row", False)
+    # work on the bounding box of source and destination, not the whole wafer
+    box = Rect(min(src.row, dst.row), min(src.col, dst.col),
+               max(src.row, dst.row) + src.rows - min(src.row, dst.row),
+               max(src.col, dst.col) + src.cols - min(src.col, dst.col))
+    box_view = _line_view(box, "row", False)
     start = _send(fabric, _line_view(src, "row", False), t.ready, wav,
                   np.ones(src.shape, dtype=bool))
-    # link load: horizontal segment in the source rows, vertical in the destination columns
-    begin = np.full((fabric.rows, fabric.cols), start.min())
+    begin = np.full(box.shape, start.min())
+    rows = np.arange(src.rows)[:, None] + src.row - box.row     # flow rows in the box
+    cols = np.arange(src.cols)[None, :] + src.col - box.col     # flow source columns
+    detour = np.zeros(src.shape)
     if d_cols:
+        port = EAST if d_cols > 0 else WEST
         lo, covered = _coverage(src.col, src.cols, d_cols)
-        load = np.zeros((fabric.rows, fabric.cols))
-        load[src.row:src.row + src.rows, lo:lo + covered.size] = \
+        load = np.zeros(box.shape)
+        load[src.row - box.row:src.row - box.row + src.rows,
+             lo - box.col:lo - box.col + covered.size] = \
             covered[None, :] * wav.mean(axis=1, keepdims=True)
-        _load_links(fabric, all_view, EAST if d_cols > 0 else WEST, begin, load)
+        _load_links(fabric, box_view, port, begin, load)
+        cum = _path_extra(fabric, box_view, port)        # [box rows, box cols + 1]
+        first, last = (cols, cols + d_cols) if d_cols > 0 else (cols + d_cols + 1, cols + 1)
+        detour += cum[rows, last] - cum[rows, first]
     if d_rows:
+        port = SOUTH if d_rows > 0 else NORTH
         lo, covered = _coverage(src.row, src.rows, d_rows)
-        load = np.zeros((fabric.rows, fabric.cols))
-        load[lo:lo + covered.size, dst.col:dst.col + dst.cols] = \
+        load = np.zeros(box.shape)
+        load[lo - box.row:lo - box.row + covered.size,
+             dst.col - box.col:dst.col - box.col + dst.cols] = \
             covered[:, None] * wav.mean(axis=0)[None, :]
-        _load_links(fabric, all_view, SOUTH if d_rows > 0 else NORTH, begin, load)
-    heads = start + spec.ramp_cycles + hops * spec.hop_cycles
+        _load_links(fabric, box_view, port, begin, load)
+        cum = _path_extra(fabric, _line_view(box, "col", False), port)   # [box cols, rows+1]
+        dcol = cols + d_cols
+        first, last = (rows, rows + d_rows) if d_rows > 0 else (rows + d_rows + 1, rows + 1)
+        detour += cum[dcol, last] - cum[dcol, first]
+    heads = start + spec.ramp_cycles + hops * spec.hop_cycles + detour
     arrive = _deliver(fabric, _line_view(dst, "row", False), heads, wav, float(share),
                       np.ones(dst.shape, dtype=bool))
     tiles = None if t.tiles is None else t.tiles.copy()
