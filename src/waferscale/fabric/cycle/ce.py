@@ -17,6 +17,7 @@ import numpy as np
 from waferscale.errors import ProgramError
 from waferscale.fabric.cycle import isa
 from waferscale.fabric.cycle.config import CycleConfig
+from waferscale.fabric.cycle.fused import make_groups
 from waferscale.fabric.cycle.grid import pe_name
 from waferscale.fabric.cycle.ops import OpState
 from waferscale.fabric.cycle.program import Compiled, Program
@@ -51,12 +52,24 @@ class ComputeEngines:
         self.arg = np.zeros(pes, dtype=np.float32)
         self.n_async = np.zeros(pes, dtype=np.int64)
         self.regs = {k: v.copy() for k, v in prog.regs.items()}
+        # one SRAM image per PE, arrays at fixed offsets: every memory operand is then an
+        # index into one flat buffer, whichever array it names
+        self.offset: dict[str, int] = {}
+        total = 0
+        for name, a in prog.arrays.items():
+            self.offset[name] = total
+            total += a.length
+        self.words = max(total, 1)
+        self.sram = np.zeros((pes, self.words), dtype=np.float32)
+        self.sram_flat = self.sram.reshape(-1)
         self.mem: dict[str, np.ndarray] = {}
         for name, a in prog.arrays.items():
-            data = np.zeros((pes, a.length), dtype=np.float32) if a.init is None else a.init.copy()
-            self.mem[name] = data
-        self.flat = {name: data.reshape(-1) for name, data in self.mem.items()}
+            view = self.sram[:, self.offset[name]:self.offset[name] + a.length]
+            if a.init is not None:
+                view[...] = a.init
+            self.mem[name] = view
         self.ops = [OpState(oid, gid, code.instrs[gid], self) for oid, gid in enumerate(code.ops)]
+        self.groups = make_groups(self.ops, pes)
         self.bound = [t.bind for t in prog.tasks]
         # data tasks: CE queue of the bound colour on each PE (-1 where not bound)
         self.task_cq: list[np.ndarray | None] = []
@@ -83,6 +96,11 @@ class ComputeEngines:
         self.ramp_left = np.zeros(pes, dtype=np.int64)
         self.flag = np.zeros(pes, dtype=np.uint8)
         self.stats = np.zeros((4, pes), dtype=np.int64)
+        self.stats_flat = self.stats.reshape(-1)
+        # flag bits (1 busy, 2 fabric stall, 4 memory stall) -> state row, busy first
+        codes = [BUSY if f & 1 else FABRIC_STALL if f & 2 else MEMORY_STALL if f & 4 else IDLE
+                 for f in range(8)]
+        self.code_base = np.array(codes, dtype=np.int64) * pes
         self.elements = 0           # vector elements processed so far (progress measure)
         self.issued = 0             # instructions issued so far
         self.events: list[tuple[Any, ...]] | None = None
@@ -111,7 +129,7 @@ class ComputeEngines:
         return np.full(sel.size, arr, dtype=dtype) if arr.ndim == 0 else arr.reshape(-1)[sel]
 
     def busy_anywhere(self) -> bool:
-        return bool((self.cur >= 0).any()) or any(op.count for op in self.ops)
+        return bool(np.count_nonzero(self.cur >= 0)) or any(op.count for op in self.ops)
 
     # -- one cycle -------------------------------------------------------------------------
     def step(self, t: int) -> bool:
@@ -119,16 +137,15 @@ class ComputeEngines:
         self.t = t
         did = self._schedule(t)
         did |= self._issue(t)
-        running = [op for op in self.ops if op.count]
+        running = [u for u in self.groups if u.count]
         if running:
             r, w, ramp = self.port_caps
             self.rd_left.fill(r)
             self.wr_left.fill(w)
             self.ramp_left.fill(ramp)
             before = self.elements
-            for op in running:
-                fin = op.step(self, t)
-                if fin.size:
+            for unit in running:
+                for op, fin in unit.step(self, t):
                     did = True
                     self._finish(op, fin)
             did |= self.elements != before
@@ -136,11 +153,8 @@ class ComputeEngines:
 
     def account(self, cycles: int = 1) -> None:
         """Fold this cycle's flags into the per-PE state counters (``cycles`` times)."""
-        f = self.flag
-        code = np.where(f & 1, BUSY, np.where(f & 2, FABRIC_STALL,
-                                               np.where(f & 4, MEMORY_STALL, IDLE)))
-        self.stats[code, self.ar] += cycles
-        f.fill(0)
+        self.stats_flat[self.code_base[self.flag] + self.ar] += cycles
+        self.flag.fill(0)
 
     def _schedule(self, t: int) -> bool:
         idle = np.flatnonzero(self.cur < 0)
@@ -150,7 +164,7 @@ class ComputeEngines:
         for tid in range(len(self.prog.tasks)):
             local = self.act_count[tid] > 0
             dq = self.data_queues[tid]
-            data = dq is not None and dq.size and bool(self.q.cnt[dq].any())
+            data = dq is not None and dq.size and np.count_nonzero(self.q.cnt[dq]) > 0
             if not (local or data) or idle.size == 0:
                 continue
             cand = np.zeros(idle.size, dtype=bool)
@@ -162,7 +176,7 @@ class ComputeEngines:
                 ok = np.zeros(idle.size, dtype=bool)
                 ok[has] = self.q.ready(cq[has], t)
                 cand |= ok & ~self.blocked[tid, idle]
-            if not cand.any():
+            if not np.count_nonzero(cand):
                 continue
             picked = idle[cand]
             idle = idle[~cand]
@@ -173,7 +187,7 @@ class ComputeEngines:
             if data:
                 cq = self.task_cq[tid][picked]
                 via = cq >= 0
-                if via.any():
+                if np.count_nonzero(via):
                     pes = picked[via]
                     self.arg[pes] = self.q.pop(cq[via])
                     if self.events is not None:

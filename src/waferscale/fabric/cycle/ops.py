@@ -64,6 +64,7 @@ class OpState:
         self.count = 0
         # operands of the running PEs, gathered when the set changes (see `_sync`)
         self._dirty = True
+        self.group: Any = None      # the fused group that steps this op, if any
         self._idx: np.ndarray | None = None
         self._n = self._prog = np.zeros(0, dtype=np.int64)
         self._addr: dict[int, np.ndarray] = {}
@@ -96,10 +97,14 @@ class OpState:
                 f"cycle; pass an operand as a Scalar")
         self.fab_in = [i for i, o in enumerate(self.operands) if isinstance(o, isa.FabIn)]
         self.fab_out = isinstance(ins.dst, isa.FabOut)
+        # at most one element per cycle: fabric ops, or a SIMD width of one
+        self.narrow = self.width == 1 or bool(self.fab_in) or self.fab_out
 
     # -- issue -----------------------------------------------------------------------------
     def launch(self, ce: ComputeEngines, sel: np.ndarray, tid: int) -> None:
         """Start the instruction on PEs ``sel``: resolve operands and check them there."""
+        if self.group is not None:
+            self.group.writeback()
         self._writeback()
         n = ce.resolve(self.n_src, sel)
         if (n < 0).any():
@@ -109,7 +114,7 @@ class OpState:
         for i, operand in enumerate(self.operands):
             if isinstance(operand, isa.Mem):
                 base = ce.resolve(self.base_src[i], sel)
-                length = ce.mem[operand.array].shape[1]
+                length = ce.prog.arrays[operand.array].length
                 last = base + np.maximum(n - 1, 0) * operand.stride
                 bad = (base < 0) | (last >= length) | (last < 0)
                 if bad.any():
@@ -145,8 +150,17 @@ class OpState:
         self.running[sel] = True
         self.count += sel.size
         self._dirty = True
+        if self.group is not None:
+            self.group.dirty = True
+            self.group.count += sel.size
 
     # -- one cycle -------------------------------------------------------------------------
+    def address(self, ce: ComputeEngines, i: int, idx: np.ndarray) -> np.ndarray:
+        """Flat SRAM index of element 0 of memory operand ``i`` on PEs ``idx``."""
+        operand = self.operands[i]
+        assert isinstance(operand, isa.Mem)
+        return idx * ce.words + ce.offset[operand.array] + self.base[i][idx]
+
     def _writeback(self) -> None:
         """Store the short progress array back into the per-PE one and drop the cache."""
         if self._idx is not None and self._idx.size:
@@ -160,8 +174,7 @@ class OpState:
         idx = self._idx = np.flatnonzero(self.running)
         self._n = self.n[idx]
         self._prog = self.prog[idx]
-        self._addr = {i: idx * ce.mem[self.operands[i].array].shape[1] + b[idx]  # type: ignore
-                      for i, b in self.base.items()}
+        self._addr = {i: self.address(ce, i, idx) for i in self.base}
         self._q = {i: q[idx] for i, q in self.queue.items()}
         self._sval = {i: v[idx] for i, v in self.sval.items()}
         self._dirty = False
@@ -186,15 +199,19 @@ class OpState:
             k = np.where((q.cnt[qo] < q.cap[qo]) & (ce.ramp_left[idx] > 0), np.minimum(k, 1), 0)
         moving = k > 0
         stalled = ~moving & (rem > 0)
-        if stalled.any():
+        nmov = int(np.count_nonzero(moving))
+        if nmov < moving.size and np.count_nonzero(stalled):
             flag = moving.astype(np.uint8) | (stalled & mem_ok).astype(np.uint8) << 1 \
                 | (stalled & ~mem_ok).astype(np.uint8) << 2
             ce.flag[idx] |= flag
         else:
             ce.flag[idx] |= moving.astype(np.uint8)
-        kmax = int(k.max()) if k.size else 0
+        if self.narrow:
+            kmax = 1 if nmov else 0
+        else:
+            kmax = int(k.max()) if nmov else 0
         for lane in range(kmax):
-            if lane == 0 and kmax == 1 and moving.all():
+            if lane == 0 and kmax == 1 and nmov == moving.size:
                 sel = None
                 pos = prog
             else:
@@ -211,9 +228,9 @@ class OpState:
                 ce.wr_left[idx] -= k * self.writes
             if self.fab_out:
                 ce.ramp_left[idx] -= k
-            ce.elements += int(k.sum())
+            ce.elements += nmov if kmax == 1 else int(k.sum())
         done = rem == k
-        if not done.any():
+        if not np.count_nonzero(done):
             return _EMPTY
         fin = idx[done]
         self.running[fin] = False
@@ -226,7 +243,7 @@ class OpState:
         operand = self.operands[i]
         if isinstance(operand, isa.Mem):
             addr = self._addr[i] if sel is None else self._addr[i][sel]
-            return ce.flat[operand.array][addr + pos * operand.stride]
+            return ce.sram_flat[addr + pos * operand.stride]
         if isinstance(operand, isa.FabIn):
             qi = self._q[i] if sel is None else self._q[i][sel]
             values = ce.q.pop(qi)
@@ -242,7 +259,7 @@ class OpState:
         operand = self.operands[0]
         if isinstance(operand, isa.Mem):
             addr = self._addr[0] if sel is None else self._addr[0][sel]
-            ce.flat[operand.array][addr + pos * operand.stride] = values
+            ce.sram_flat[addr + pos * operand.stride] = values
             return
         qo = self._q[0] if sel is None else self._q[0][sel]
         ce.q.push(qo, values, t + ce.q.lat[qo])
@@ -253,6 +270,8 @@ class OpState:
 
     def describe_stall(self, ce: ComputeEngines, pe: int, t: int) -> str:
         """Why the instance on ``pe`` is not moving, for deadlock reports."""
+        if self.group is not None:
+            self.group.writeback()
         self._writeback()
         text = f"op {self.ins.label or self.ins.op!r} at element {int(self.prog[pe])}/" \
                f"{int(self.n[pe])}"
