@@ -6,32 +6,22 @@ the link has a free slot (credit). Ties go round-robin, so colours sharing a lin
 their turn and a colour whose receiver is full never blocks another one. A multicast head
 leaves its queue once every port in its tx set has taken a copy.
 
-Links are grouped by how many channels can contend for them (1, 2, 4, 8, ...) so each
-group is a dense [links, width] matrix with little padding; a link with one contender
-needs no arbitration at all.
+The step works on requests, not on the whole link table: only channels whose head has
+arrived ask, so a quiet part of the grid costs nothing. Each request carries its link and
+its place in that link's round-robin order; the lowest rotated place per link wins.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from waferscale.fabric.cycle.ports import BIT
 from waferscale.fabric.cycle.queues import Queues
 from waferscale.fabric.cycle.routing import Channels
 
-
-@dataclass
-class _Bucket:
-    ch: np.ndarray        # [links, width] contending channels (sentinel-padded)
-    dst: np.ndarray       # [links, width] queue each would push into
-    bit: np.ndarray       # [links, 1] out-port bit
-    pe: np.ndarray        # [links]
-    port: np.ndarray      # [links]
-    rr: np.ndarray        # [links] round-robin pointer
-    width: int
-    dcap: np.ndarray      # [links, width] capacity of each destination queue
-    rot: np.ndarray       # [width, width] priority of column j when the pointer is at i
+_BIG = np.int64(1 << 40)
+#: lowest set port of a 5-bit mask
+_LOWEST = np.array([(m & -m).bit_length() - 1 if m else 0 for m in range(32)], dtype=np.int64)
 
 
 class Router:
@@ -39,77 +29,93 @@ class Router:
 
     def __init__(self, ch: Channels, queues: Queues) -> None:
         self.ch, self.q = ch, queues
-        counts = (ch.link_ch != ch.sentinel).sum(axis=1)
-        self.buckets: list[_Bucket] = []
-        lo = 0
-        width = 1
-        while lo < (int(counts.max()) if counts.size else 0):
-            rows = np.flatnonzero((counts > lo) & (counts <= width))
-            width = min(width, ch.width)
-            if rows.size:
-                dst = np.ascontiguousarray(ch.link_dst[rows, :width])
-                ar = np.arange(width)
-                self.buckets.append(_Bucket(
-                    np.ascontiguousarray(ch.link_ch[rows, :width]), dst,
-                    ch.link_bit[rows][:, None], ch.link_pe[rows], ch.link_port[rows],
-                    np.zeros(rows.size, dtype=np.int64), width, queues.cap[dst],
-                    (ar[None, :] - ar[:, None]) % width))
-            lo, width = width, width * 2
-        self.mark = np.zeros(queues.n, dtype=np.int64)
+        nlinks = ch.link_id.size
+        # per (channel, out-port) request slot: its link row, rank there, destination
+        slots = ch.nch * 5
+        self.slot_link = np.zeros(slots, dtype=np.int64)
+        self.slot_rank = np.zeros(slots, dtype=np.int64)
+        self.slot_dst = np.full(slots, ch.sentinel, dtype=np.int64)
+        rows, cols = np.nonzero(ch.link_ch != ch.sentinel)
+        chans = ch.link_ch[rows, cols]
+        slot = chans * 5 + ch.link_port[rows]
+        self.slot_link[slot] = rows
+        self.slot_rank[slot] = cols
+        self.slot_dst[slot] = ch.link_dst[rows, cols]
+        self.link_width = np.maximum((ch.link_ch != ch.sentinel).sum(axis=1), 1)
+        self.link_pe, self.link_port = ch.link_pe, ch.link_port
+        self.rr = np.zeros(nlinks, dtype=np.int64)
+        self.best = np.full(nlinks, _BIG, dtype=np.int64)
+        self.mark = np.zeros(max(queues.n, nlinks), dtype=np.int64)
+        self.ports = np.arange(5, dtype=np.uint8)
         self.occupancy = 0          # wavelets held in router channels
         self.moved = 0              # link transfers so far (a progress measure)
         self.trace: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+    def _unique(self, keys: np.ndarray) -> bool:
+        """Whether ``keys`` has no repeats (stamps a scratch array, no sort)."""
+        order = np.arange(keys.size)
+        self.mark[keys] = order
+        return bool(np.count_nonzero(self.mark[keys] == order) == keys.size)
 
     def step(self, t: int) -> int:
         """Advance all links by one cycle; return the number of wavelets moved."""
         if self.occupancy == 0:
             return 0
-        q = self.q
-        srcs, dsts, bits, pes, ports = [], [], [], [], []
-        for b in self.buckets:
-            want = (q.hrdy[b.ch] <= t) & (q.cnt[b.dst] < b.dcap) & ((q.pend[b.ch] & b.bit) != 0)
-            if b.width == 1:
-                rows = np.flatnonzero(want[:, 0])
-                col = np.zeros(rows.size, dtype=np.int64)
-            else:
-                rows = np.flatnonzero(want.any(axis=1))
-                if rows.size == 0:
-                    continue
-                key = np.where(want[rows], b.rot[b.rr[rows]], b.width)
-                col = key.argmin(axis=1)
-                b.rr[rows] = (col + 1) % b.width
-            if rows.size:
-                srcs.append(b.ch[rows, col])
-                dsts.append(b.dst[rows, col])
-                bits.append(b.bit[rows, 0])
-                if self.trace is not None:
-                    pes.append(b.pe[rows])
-                    ports.append(b.port[rows])
-        if not srcs:
+        q, nch = self.q, self.ch.nch
+        act = np.flatnonzero(q.hrdy[:nch] <= t)
+        if act.size == 0:
             return 0
-        src = np.concatenate(srcs) if len(srcs) > 1 else srcs[0]
-        dst = np.concatenate(dsts) if len(dsts) > 1 else dsts[0]
-        bit = np.concatenate(bits) if len(bits) > 1 else bits[0]
+        # one request per port still owed; most heads owe one port, multicasts a few more
+        bits = q.pend[act]
+        port = _LOWEST[bits]
+        src = act
+        rest = bits & (bits - 1)
+        if np.count_nonzero(rest):
+            srcs, ports = [src], [port]
+            more = np.flatnonzero(rest)
+            cur = src
+            while more.size:
+                cur, bits = cur[more], rest[more]
+                srcs.append(cur)
+                ports.append(_LOWEST[bits])
+                rest = bits & (bits - 1)
+                more = np.flatnonzero(rest)
+            src, port = np.concatenate(srcs), np.concatenate(ports)
+        slot = src * 5 + port
+        dst = self.slot_dst[slot]
+        ok = q.cnt[dst] < q.cap[dst]
+        if not np.count_nonzero(ok):
+            return 0
+        src, port, slot, dst = src[ok], port[ok], slot[ok], dst[ok]
+        link = self.slot_link[slot]
+        if not self._unique(link):
+            # several channels want one link: the lowest place after its pointer wins
+            width = self.link_width[link]
+            key = (self.slot_rank[slot] - self.rr[link]) % width
+            np.minimum.at(self.best, link, key)
+            win = key == self.best[link]
+            self.best[link] = _BIG
+            src, port, slot, dst, link = src[win], port[win], slot[win], dst[win], link[win]
+            self.rr[link] = (self.slot_rank[slot] + 1) % self.link_width[link]
+        bit = np.left_shift(1, port).astype(np.uint8)
         values = q.peek(src)
         q.push(dst, values, t + q.lat[dst])
-        order = np.arange(src.size)
-        self.mark[src] = order
-        if (self.mark[src] == order).all():
+        if self._unique(src):
             q.pend[src] &= ~bit
         else:  # a multicast head went out of several ports this cycle
             np.bitwise_and.at(q.pend, src, ~bit)
         cand = src[q.pend[src] == 0]
+        if cand.size and not self._unique(cand):
+            cand = np.unique(cand)
         if cand.size:
-            order = np.arange(cand.size)
-            self.mark[cand] = order
-            done = cand[self.mark[cand] == order]
-            q.pop(done)
-            q.pend[done] = q.tx[done]
-        else:
-            done = cand
-        self.occupancy += int(np.count_nonzero(dst < self.ch.nch)) - done.size
+            q.pop(cand)
+            q.pend[cand] = q.tx[cand]
+        self.occupancy += int(np.count_nonzero(dst < nch)) - cand.size
         self.moved += src.size
         if self.trace is not None:
-            self.trace.append((t, np.concatenate(pes), np.concatenate(ports),
+            self.trace.append((t, self.link_pe[link], self.link_port[link],
                                self.ch.ch_color[src], values.copy()))
         return int(src.size)
+
+
+__all__ = ["BIT", "Router"]
