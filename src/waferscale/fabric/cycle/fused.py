@@ -7,9 +7,9 @@ a few NumPy calls per shape instead of per instruction. Instructions that run at
 element per cycle (fabric operands or a SIMD width of one) are batched; the few wider ones
 keep their own state (`Single`).
 
-Ports stay a per-PE budget spent in instruction order: instances are sorted by PE and,
-within a PE, by instruction, and an instance gets its element only if the instances ahead
-of it on the same PE left enough bandwidth (a segmented running count).
+Ports stay a per-PE budget spent in launch order: when several instances on one PE are
+ready, they are granted one per round, earliest launched first, while the PE's bandwidth
+lasts.
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ class Single:
 
 
 class OpGroup:
-    """Narrow instructions with the same operation and operand kinds."""
+    """Narrow instructions with the same operation and operand kinds.
+
+    Instances live in flat arrays in launch order; a launch appends, a finish removes, so
+    nothing is rebuilt while the batch runs.
+    """
 
     def __init__(self, members: list[OpState], pes: int) -> None:
         self.members = members
@@ -55,75 +59,99 @@ class OpGroup:
         self.reads, self.writes = first.reads, first.writes
         self.fab_in, self.fab_out = first.fab_in, first.fab_out
         self.count = 0
-        self.dirty = True
-        self.synced = False
+        self.index = {id(m): j for j, m in enumerate(members)}
+        self.mem_ops = [i for i, o in enumerate(self.operands) if isinstance(o, isa.Mem)]
+        self.fab_ops = [i for i, o in enumerate(self.operands)
+                        if isinstance(o, (isa.FabIn, isa.FabOut))]
+        self.val_ops = [i for i, o in enumerate(self.operands)
+                        if isinstance(o, (isa.Scalar, isa.Arg))]
+        empty_i = np.zeros(0, dtype=np.int64)
+        self.pe, self.member, self.n, self.prog = empty_i, empty_i, empty_i, empty_i
+        self.addr = {i: empty_i for i in self.mem_ops}
+        self.stride = {i: empty_i for i in self.mem_ops}
+        self.queue = {i: empty_i for i in self.fab_ops}
+        self.sval = {i: np.zeros(0, dtype=np.float32) for i in self.val_ops}
+        self.unit_stride = True
+        self.mark = np.zeros(pes, dtype=np.int64)
+        # instances per PE: sharing logic is needed only while some PE has two
+        self.per_pe = np.zeros(pes, dtype=np.int64)
+        self.multi = False
+        self.zero_len = False
         for m in members:
             m.group = self
 
-    # -- batch (re)construction ------------------------------------------------------------
     def writeback(self) -> None:
-        """Return progress to the member instructions (before their running sets change)."""
-        if not self.synced:
-            return
+        """Progress lives here while instances run; members read it back for reports."""
         for j, m in enumerate(self.members):
             sel = self.member == j
             if np.count_nonzero(sel):
                 m.prog[self.pe[sel]] = self.prog[sel]
-        self.synced = False
-        self.dirty = True
 
-    def _sync(self, ce: ComputeEngines) -> None:
-        self.writeback()
-        pe, member, n, prog = [], [], [], []
-        addr: dict[int, list[np.ndarray]] = {i: [] for i, o in enumerate(self.operands)
-                                             if isinstance(o, isa.Mem)}
-        stride: dict[int, list[np.ndarray]] = {i: [] for i in addr}
-        queue: dict[int, list[np.ndarray]] = {i: [] for i, o in enumerate(self.operands)
-                                              if isinstance(o, (isa.FabIn, isa.FabOut))}
-        sval: dict[int, list[np.ndarray]] = {i: [] for i, o in enumerate(self.operands)
-                                             if isinstance(o, (isa.Scalar, isa.Arg))}
-        for j, m in enumerate(self.members):
-            idx = np.flatnonzero(m.running)
-            if idx.size == 0:
-                continue
-            pe.append(idx)
-            member.append(np.full(idx.size, j))
-            n.append(m.n[idx])
-            prog.append(m.prog[idx])
-            for i in addr:
-                addr[i].append(m.address(ce, i, idx))
-                stride[i].append(np.full(idx.size, m.operands[i].stride))  # type: ignore
-            for i in queue:
-                queue[i].append(m.queue[i][idx])
-            for i in sval:
-                sval[i].append(m.sval[i][idx])
-        pe_all = cat(pe)
-        order = np.argsort(pe_all, kind="stable")  # by PE, then by instruction order
-        self.pe = pe_all[order]
-        self.member = cat(member)[order]
-        self.n = cat(n)[order]
-        self.prog = cat(prog)[order]
-        self.addr = {i: cat(v)[order] for i, v in addr.items()}
-        self.stride = {i: cat(v)[order] for i, v in stride.items()}
-        self.unit_stride = all(not np.count_nonzero(s != 1) for s in self.stride.values())
-        self.queue = {i: cat(v)[order] for i, v in queue.items()}
-        self.sval = {i: np.concatenate(v)[order].astype(np.float32) if v else
-                     np.zeros(0, dtype=np.float32) for i, v in sval.items()}
-        # segments of instances on the same PE, for sharing its ports in order
-        size = self.pe.size
-        self.shared = size > 1 and bool(np.count_nonzero(self.pe[1:] == self.pe[:-1]))
-        if self.shared:
-            start = np.ones(size, dtype=bool)
-            start[1:] = self.pe[1:] != self.pe[:-1]
-            self.seg_first = np.flatnonzero(start)
-            self.seg_of = np.cumsum(start) - 1
-        self.dirty = False
-        self.synced = True
+    def append(self, m: OpState, ce: ComputeEngines, sel: np.ndarray) -> None:
+        """Add the instances ``m`` just launched on PEs ``sel``."""
+        size = sel.size
+        self.pe = np.concatenate([self.pe, sel])
+        self.member = np.concatenate([self.member, np.full(size, self.index[id(m)])])
+        self.n = np.concatenate([self.n, m.n[sel]])
+        self.prog = np.concatenate([self.prog, np.zeros(size, dtype=np.int64)])
+        for i in self.mem_ops:
+            self.addr[i] = np.concatenate([self.addr[i], m.address(ce, i, sel)])
+            stride = m.operands[i].stride  # type: ignore[union-attr]
+            self.unit_stride &= stride == 1
+            self.stride[i] = np.concatenate([self.stride[i], np.full(size, stride)])
+        for i in self.fab_ops:
+            self.queue[i] = np.concatenate([self.queue[i], m.queue[i][sel]])
+        for i in self.val_ops:
+            self.sval[i] = np.concatenate([self.sval[i], m.sval[i][sel]])
+        self.count += size
+        self.per_pe[sel] += 1
+        self.multi = self.multi or bool(np.count_nonzero(self.per_pe[sel] > 1))
+        self.zero_len = self.zero_len or bool(np.count_nonzero(m.n[sel] == 0))
 
     # -- one cycle -------------------------------------------------------------------------
+    def _ports(self, ce: ComputeEngines, pes: np.ndarray) -> np.ndarray:
+        """Elements the ports each PE has left allow this group this cycle."""
+        allowed = np.full(pes.size, _BIG)
+        if self.reads:
+            allowed = np.minimum(allowed, ce.rd_left[pes] // self.reads)
+        if self.writes:
+            allowed = np.minimum(allowed, ce.wr_left[pes] // self.writes)
+        if self.fab_out:
+            allowed = np.minimum(allowed, ce.ramp_left[pes])
+        return allowed
+
+    def _spend(self, ce: ComputeEngines, pes: np.ndarray) -> None:
+        """Charge one element's ports to each PE in ``pes`` (distinct)."""
+        if self.reads:
+            ce.rd_left[pes] -= self.reads
+        if self.writes:
+            ce.wr_left[pes] -= self.writes
+        if self.fab_out:
+            ce.ramp_left[pes] -= 1
+
+    def _grant(self, ce: ComputeEngines, cand: np.ndarray) -> np.ndarray:
+        """Which candidates move: per PE, in launch order, while its ports last."""
+        if not self.multi:      # one instance per PE: nothing to share within the group
+            go = cand[self._ports(ce, self.pe[cand]) > 0]
+            self._spend(ce, self.pe[go])
+            return go
+        granted = []
+        rest = cand
+        while rest.size:
+            pes = self.pe[rest]
+            order = np.arange(rest.size)
+            self.mark[pes[::-1]] = order[::-1]
+            first = self.mark[pes] == order
+            head = rest[first]
+            ok = head[self._ports(ce, self.pe[head]) > 0]
+            if ok.size == 0:
+                break
+            self._spend(ce, self.pe[ok])
+            granted.append(ok)
+            rest = rest[~first]
+        return np.sort(np.concatenate(granted)) if granted else cand[:0]
+
     def step(self, ce: ComputeEngines, t: int) -> Finished:
-        if self.dirty:
-            self._sync(ce)
         q, pe, prog = ce.q, self.pe, self.prog
         rem = self.n - prog
         active = rem > 0
@@ -133,59 +161,35 @@ class OpGroup:
         if self.fab_out:
             qo = self.queue[0]
             fab_ok = fab_ok & (q.cnt[qo] < q.cap[qo])
-        # how many elements each PE's remaining ports allow this cycle
-        allowed = _BIG
-        if self.reads:
-            allowed = np.minimum(allowed, ce.rd_left[pe] // self.reads)
-        if self.writes:
-            allowed = np.minimum(allowed, ce.wr_left[pe] // self.writes)
-        if self.fab_out:
-            allowed = np.minimum(allowed, ce.ramp_left[pe])
-        if self.shared:
-            csum = np.cumsum(fab_ok)
-            before = (csum - fab_ok)[self.seg_first][self.seg_of]
-            rank = csum - fab_ok - before
-            go = fab_ok & (rank < allowed)
-        else:
-            go = fab_ok & (allowed > 0)
-        sel = np.flatnonzero(go)
+        sel = self._grant(ce, np.flatnonzero(fab_ok))
         moved = sel.size
+        done = sel[:0]
         if moved:
             pos = prog[sel]
             values = [self._read(ce, i, sel, pos) for i in range(1, len(self.operands))]
             result = self.compute(values).astype(np.float32, copy=False)
             self._write(ce, sel, pos, result, t)
-            prog[sel] = pos + 1
-            pes = pe[sel]
-            if self.shared:
-                used = np.bincount(pes, minlength=self.pes)
-                if self.reads:
-                    ce.rd_left -= used * self.reads
-                if self.writes:
-                    ce.wr_left -= used * self.writes
-                if self.fab_out:
-                    ce.ramp_left -= used
-            else:
-                if self.reads:
-                    ce.rd_left[pes] -= self.reads
-                if self.writes:
-                    ce.wr_left[pes] -= self.writes
-                if self.fab_out:
-                    ce.ramp_left[pes] -= 1
-            ce.flag[pes] |= 1
+            pos += 1
+            prog[sel] = pos
+            ce.flag[pe[sel]] |= 1
             ce.elements += moved
+            done = sel[pos == self.n[sel]]
         if moved < pe.size:
-            waiting = active & ~go
+            waiting = active.copy()
+            waiting[sel] = False
             if np.count_nonzero(waiting):
                 ce.flag[pe[waiting & ~fab_ok]] |= 2
                 ce.flag[pe[waiting & fab_ok]] |= 4
-        done = rem == go
-        if not np.count_nonzero(done):
+            if self.zero_len:
+                done = np.union1d(done, np.flatnonzero(rem == 0))
+        if not done.size:
             return []
         return self._finish(done)
 
-    def _finish(self, done: np.ndarray) -> Finished:
+    def _finish(self, done_idx: np.ndarray) -> Finished:
         out: Finished = []
+        done = np.zeros(self.pe.size, dtype=bool)
+        done[done_idx] = True
         fin_member = self.member[done]
         fin_pe = self.pe[done]
         for j in np.unique(fin_member):
@@ -196,22 +200,18 @@ class OpGroup:
             m.count -= pes.size
             out.append((m, pes))
         self.count -= int(fin_pe.size)
+        self.per_pe[fin_pe] -= 1
+        if self.multi:
+            self.multi = bool(np.count_nonzero(self.per_pe > 1))
+        if self.zero_len:
+            self.zero_len = bool(np.count_nonzero(self.n[~done] == 0))
         keep = ~done
-        # drop finished instances in place: cheaper than a full re-sync
         self.pe, self.member, self.n = self.pe[keep], self.member[keep], self.n[keep]
         self.prog = self.prog[keep]
         self.addr = {i: v[keep] for i, v in self.addr.items()}
         self.stride = {i: v[keep] for i, v in self.stride.items()}
         self.queue = {i: v[keep] for i, v in self.queue.items()}
         self.sval = {i: v[keep] for i, v in self.sval.items()}
-        if self.shared:
-            size = self.pe.size
-            self.shared = size > 1 and bool(np.count_nonzero(self.pe[1:] == self.pe[:-1]))
-            if self.shared:
-                start = np.ones(size, dtype=bool)
-                start[1:] = self.pe[1:] != self.pe[:-1]
-                self.seg_first = np.flatnonzero(start)
-                self.seg_of = np.cumsum(start) - 1
         return out
 
     def _read(self, ce: ComputeEngines, i: int, sel: np.ndarray, pos: np.ndarray

@@ -151,8 +151,7 @@ class OpState:
         self.count += sel.size
         self._dirty = True
         if self.group is not None:
-            self.group.dirty = True
-            self.group.count += sel.size
+            self.group.append(self, ce, sel)
 
     # -- one cycle -------------------------------------------------------------------------
     def address(self, ce: ComputeEngines, i: int, idx: np.ndarray) -> np.ndarray:

@@ -53,6 +53,10 @@ class Queues:
         self.tx = np.zeros(n, dtype=np.uint8)
         self.tx[: ch.nch] = ch.ch_tx
         self.pend = self.tx.copy()
+        # a router channel whose head found every owed queue full sleeps until one of
+        # those queues pops (or its own head changes): the router then skips it
+        self.awake = np.ones(n, dtype=bool)
+        self.feeders = _feeders(ch, n)
 
     def ready(self, idx: np.ndarray, t: int) -> np.ndarray:
         """Whether the head of each queue in ``idx`` has arrived by cycle ``t``."""
@@ -69,7 +73,7 @@ class Queues:
         self.rdy[pos] = ready_at
         self.cnt[idx] = cnt + 1
         empty = cnt == 0
-        if empty.any():
+        if np.count_nonzero(empty):
             at = ready_at[empty] if isinstance(ready_at, np.ndarray) else ready_at
             self.hrdy[idx[empty]] = at
 
@@ -83,9 +87,26 @@ class Queues:
         cnt = self.cnt[idx] - 1
         self.cnt[idx] = cnt
         self.hrdy[idx] = np.where(cnt > 0, self.rdy[base + head], NEVER)
+        self.awake[idx] = True
+        self.awake[self.feeders[idx]] = True
         return values
 
     def next_ready(self, t: int) -> int | None:
         """The earliest future cycle at which some queue head becomes visible."""
         later = self.hrdy[(self.hrdy > t) & (self.hrdy < NEVER)]
         return int(later.min()) if later.size else None
+
+
+def _feeders(ch: Channels, n: int) -> np.ndarray:
+    """[queues, k] router channels that push into each queue (sentinel-padded)."""
+    chans, ports = np.nonzero(ch.dest != ch.sentinel)
+    dst = ch.dest[chans, ports]
+    order = np.argsort(dst, kind="stable")
+    dst, chans = dst[order], chans[order]
+    counts = np.bincount(dst, minlength=n)
+    width = max(int(counts.max()) if counts.size else 1, 1)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(dst.size) - first[dst]
+    out = np.full((n, width), ch.sentinel, dtype=np.int64)
+    out[dst, rank] = chans
+    return out

@@ -62,7 +62,7 @@ class Router:
         if self.occupancy == 0:
             return 0
         q, nch = self.q, self.ch.nch
-        act = np.flatnonzero(q.hrdy[:nch] <= t)
+        act = np.flatnonzero((q.hrdy[:nch] <= t) & q.awake[:nch])
         if act.size == 0:
             return 0
         # one request per port still owed; most heads owe one port, multicasts a few more
@@ -84,7 +84,11 @@ class Router:
         slot = src * 5 + port
         dst = self.slot_dst[slot]
         ok = q.cnt[dst] < q.cap[dst]
-        if not np.count_nonzero(ok):
+        nok = int(np.count_nonzero(ok))
+        if nok < ok.size:
+            q.awake[src[~ok]] = False        # blocked on credit: sleep until a pop
+            q.awake[src[ok]] = True          # ... unless another of its ports can go
+        if not nok:
             return 0
         src, port, slot, dst = src[ok], port[ok], slot[ok], dst[ok]
         link = self.slot_link[slot]
