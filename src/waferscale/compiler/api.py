@@ -1,0 +1,194 @@
+"""`waferscale.compile(model, example_inputs)`: PyTorch model in, wafer program out.
+
+The returned :class:`CompiledModel` is called like the model and returns torch tensors
+computed on the simulated wafer (pipelined mode), and ``.report()`` says how fast the wafer
+would run it. Models too big to execute here (built on the meta device, or over the
+wafer's SRAM) compile in estimate mode: planned and timed with the kernels' ``cost()``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from waferscale.compiler import capture as cap
+from waferscale.compiler import lower
+from waferscale.compiler.errors import CompileError, FallbackError
+from waferscale.compiler.ir import Graph
+from waferscale.compiler.place import place
+from waferscale.compiler.plan import plan as make_plan
+from waferscale.compiler.program import Program, route
+from waferscale.errors import WaferscaleError
+from waferscale.hardware.spec import WaferSpec, get_spec
+
+MODES = ("auto", "pipelined", "estimate")
+
+
+def _fallback_message(fb: list[dict[str, Any]]) -> str:
+    parts = []
+    for f in fb:
+        src = "; ".join(f["sources"][:2]) or "unknown source"
+        parts.append(f"{f['op']} x{f['count']} ({f['reason']}) at {src}")
+    return "; ".join(parts)
+
+
+def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool = False,
+                max_side: int | None = None, t0: float | None = None) -> Program:
+    """Lowering, planning, placement and routing of a captured graph."""
+    t0 = time.perf_counter() if t0 is None else t0
+    if mode not in MODES:
+        raise CompileError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    lower.classify(g)
+    lower.fuse_pointwise(g)
+    fb = lower.fallbacks(g)
+    if strict and fb:
+        raise FallbackError(f"strict mode: {sum(f['count'] for f in fb)} op(s) have no wafer "
+                            f"kernel and would run on the host: {_fallback_message(fb)}")
+    p = make_plan(g, spec, max_side=max_side)
+    meta_weights = any(t.device.type == "meta" for t in g.constants.values()
+                       if isinstance(t, torch.Tensor))
+    notes: list[str] = []
+    placement = {}
+    fits = p.pipelined_fits
+    if fits:
+        try:
+            prog_probe = Program(g, p, spec, "pipelined")
+            placement = place(prog_probe, spec)
+        except WaferscaleError as exc:
+            fits = False
+            p.why_not.append(str(exc))
+    if mode == "pipelined" and not fits:
+        raise CompileError("the model does not fit pipelined mode: " + "; ".join(p.why_not)
+                           + "; weight streaming is the mode for it (use mode='estimate')")
+    if not fits:
+        run_mode = "weight_streaming"
+        notes.append("pipelined mode does not fit: " + "; ".join(p.why_not))
+        notes.append("weight streaming is the mode for this model; its figure is a "
+                     "FIRST-ORDER estimate (weight streaming is not simulated yet)")
+    elif mode == "estimate" or meta_weights:
+        run_mode = "pipelined (estimate)"
+    else:
+        run_mode = "pipelined"
+    if any(s.params.get("assumed_causal") for s in p.stages):
+        notes.append("attention masks built on the meta device are assumed causal")
+    prog = Program(g, p, spec, run_mode, placement=placement, notes=notes)
+    route(prog)
+    prog.compile_seconds = time.perf_counter() - t0
+    return prog
+
+
+class CompiledModel:
+    """A model compiled for the wafer: call it like the model; ``report()`` for figures."""
+
+    def __init__(self, program: Program, example_inputs: Any) -> None:
+        self.program = program
+        self.last_run: dict[str, Any] | None = None
+        self._batch, self._tokens = _batch_tokens(example_inputs)
+
+    @property
+    def mode(self) -> str:
+        return self.program.mode
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from waferscale.runtime.pipelined import execute
+
+        if self.program.mode != "pipelined":
+            raise CompileError(f"this model compiled in {self.program.mode} mode: it can be "
+                               f"timed (report()) but not run here; build it with real "
+                               f"weights that fit the wafer's SRAM to run it")
+        outs, runs = execute(self.program, args, kwargs)
+        self.last_run = {"runs": runs}
+        self._batch, self._tokens = _batch_tokens(args if args else kwargs)
+        if self.program.graph.out_spec is not None:
+            return pytree.tree_unflatten(outs, self.program.graph.out_spec)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def time_only(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run every kernel on a timing-only fabric (clocks, no values) and report."""
+        from waferscale.runtime.pipelined import execute
+
+        _, runs = execute(self.program, args, kwargs, timing_only=True)
+        self.last_run = {"runs": runs}
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        """Mode, throughput, per-stage figures, SRAM, fallbacks (measured after a run)."""
+        from waferscale.runtime.estimate import summarize, weight_streaming_estimate
+
+        prog = self.program
+        measured = self.last_run is not None
+        runs = self.last_run["runs"] if measured else {}
+        cycles = {k: r.cycles for k, r in runs.items()}
+        sram = {k: r.sram_peak for k, r in runs.items() if r.sram_peak}
+        busy = {k: r.busy_fraction for k, r in runs.items()}
+        summary = summarize(prog, cycles, batch=self._batch, tokens=self._tokens, sram=sram,
+                            busy=busy if measured else None, measured=measured)
+        out: dict[str, Any] = {
+            "mode": prog.mode, "spec": prog.spec.name, "clock_hz": prog.spec.clock_hz,
+            "measured": "fabric" if measured else "cost() closed form",
+            "batch": self._batch, "tokens": self._tokens,
+            "compile_seconds": prog.compile_seconds,
+            "parameters": prog.graph.parameter_count(),
+            "weight_bytes": prog.plan.weight_bytes,
+            "sram_needed_bytes": prog.plan.sram_needed_bytes,
+            "wafer_sram_bytes": prog.plan.wafer_sram_bytes,
+            "pipelined_fits": prog.mode.startswith("pipelined"),
+            "fallback_ops": prog.fallback_ops(),
+            "op_counts": prog.graph.op_counts(),
+            "notes": list(prog.notes),
+        }
+        out.update(summary)
+        if prog.mode == "weight_streaming":
+            ws = weight_streaming_estimate(prog, batch=self._batch, tokens=self._tokens)
+            out["weight_streaming"] = ws
+            out["pipelined_samples_per_second_if_it_fit"] = out["samples_per_second"]
+            out["samples_per_second"] = ws["samples_per_second"]
+            out["tokens_per_second"] = ws["tokens_per_second"]
+        if measured:
+            worst = [r for r in summary["stages"] if r["cost_agreement"] is not None]
+            out["cost_agreement_max_deviation"] = max(
+                (abs(r["cost_agreement"] - 1.0) for r in worst), default=0.0)
+        return out
+
+
+def _batch_tokens(inputs: Any) -> tuple[int, int]:
+    leaves = [x for x in pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor)]
+    if not leaves:
+        return 1, 1
+    x = leaves[0]
+    batch = int(x.shape[0]) if x.dim() else 1
+    if x.is_floating_point():
+        tokens = int(x.numel() // x.shape[-1]) if x.dim() > 1 else batch
+    else:
+        tokens = int(x.numel())
+    return batch, tokens
+
+
+def compile(model: torch.nn.Module, example_inputs: Any = None, *,
+            spec: WaferSpec | str | None = "wse2", mode: str = "auto", strict: bool = False,
+            max_side: int | None = None) -> CompiledModel:
+    """Capture ``model`` with torch.export, lower, plan, place and route it for ``spec``.
+
+    ``mode``: 'auto' (pipelined if it fits, else a weight-streaming estimate), 'pipelined'
+    (error if it does not fit) or 'estimate' (plan and time only). ``strict``: an op
+    without a wafer kernel is an error instead of a host fallback. ``max_side`` caps a
+    kernel's rectangle side (keeps simulations of big problems short).
+    """
+    t0 = time.perf_counter()
+    spec = get_spec(spec)
+    if not isinstance(model, torch.nn.Module):
+        raise CompileError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        g = cap.capture(model, example_inputs)
+    finally:
+        model.train(was_training)
+    prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0)
+    return CompiledModel(prog, example_inputs)
+
+
+__all__ = ["CompiledModel", "MODES", "compile", "lower_graph"]

@@ -1,0 +1,95 @@
+"""Step one of placement: how many PEs each block gets, and where free space is.
+
+Areas come before shapes. In a pipeline the slowest stage sets the throughput, so the best
+split of a fixed number of PEs gives every block the same stage time T, except blocks whose
+SRAM needs more PEs than their work does (they sit at their minimum and are faster). That
+is water filling: find T with ``sum_i max(min_i, W_i / (T - L_i)) = free PEs``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waferscale.fabric.grid import Rect
+
+
+def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
+               total_area: float) -> tuple[np.ndarray, float]:
+    """Real-valued areas (summing to ``total_area``) and the common stage time T.
+
+    Bisection on T, vectorised over blocks: the area sum is monotone decreasing in T.
+    """
+    work = np.asarray(work, dtype=float)
+    latency = np.asarray(latency, dtype=float)
+    min_area = np.asarray(min_area, dtype=float)
+    if work.size == 0:
+        return np.zeros(0), 0.0
+    if min_area.sum() >= total_area or not np.any(work > 0):
+        extra = max(total_area - min_area.sum(), 0.0)
+        areas = min_area + extra * (min_area / min_area.sum())
+        return areas, float(np.max(work / areas + latency))
+
+    def areas_at(t: float) -> np.ndarray:
+        slack = np.maximum(t - latency, 1e-300)
+        return np.maximum(min_area, work / slack)
+
+    lo = float(latency.max())
+    hi = max(lo, 1.0)
+    while areas_at(hi).sum() > total_area:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if areas_at(mid).sum() > total_area:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    areas = areas_at(hi)
+    # Hand the rounding slack to the blocks that set T, so the areas sum exactly.
+    slack = total_area - areas.sum()
+    active = areas > min_area
+    if slack > 0 and active.any():
+        areas[active] += slack * areas[active] / areas[active].sum()
+    return areas, hi
+
+
+def free_regions(rows: int, cols: int, obstacles: list[Rect]) -> list[Rect]:
+    """Obstacle-free rectangles that tile the rest of the wafer, in snake order.
+
+    Horizontal slabs at every obstacle's top and bottom edge; within a slab the free column
+    intervals; vertically adjacent pieces with the same interval merge. Obstacles are few
+    (I/O, reserved runtime areas, pinned kernels), so this stays small. Snake order (left to
+    right, then right to left) keeps consecutive regions adjacent, which keeps the pipeline
+    contiguous when its blocks are handed to regions in order.
+    """
+    if not obstacles:
+        return [Rect(0, 0, rows, cols)]
+    cuts = sorted({0, rows, *(o.row for o in obstacles), *(o.row + o.rows for o in obstacles)})
+    slabs: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for top, bottom in zip(cuts[:-1], cuts[1:], strict=False):
+        if bottom <= top:
+            continue
+        blocked = sorted((o.col, o.col + o.cols) for o in obstacles
+                         if o.row < bottom and top < o.row + o.rows)
+        free: list[tuple[int, int]] = []
+        at = 0
+        for c0, c1 in blocked:
+            if c0 > at:
+                free.append((at, c0))
+            at = max(at, c1)
+        if at < cols:
+            free.append((at, cols))
+        slabs.append((top, bottom, free))
+    # Merge vertically where the free intervals of consecutive slabs are identical.
+    merged: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for top, bottom, free in slabs:
+        if merged and merged[-1][2] == free and merged[-1][1] == top:
+            merged[-1] = (merged[-1][0], bottom, free)
+        else:
+            merged.append((top, bottom, free))
+    regions: list[Rect] = []
+    for k, (top, bottom, free) in enumerate(merged):
+        pieces = [Rect(top, c0, bottom - top, c1 - c0) for c0, c1 in free]
+        regions.extend(pieces if k % 2 == 0 else pieces[::-1])
+    return regions

@@ -1,0 +1,201 @@
+"""The abstract placement problem: blocks (kernels), nets (streams) and a wafer.
+
+It is deliberately independent of the compiler's IR, so the placer can be tested and
+benchmarked on synthetic graphs and the compiler only has to translate its nodes into
+:class:`Block` and its edges into :class:`Net`. Validation happens on construction, because a
+contradiction found after minutes of annealing is a contradiction reported too late.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from waferscale.compiler.floorplan.errors import BlockSramError, ConstraintError, PlacementError
+from waferscale.fabric.grid import Rect
+from waferscale.hardware.spec import WaferSpec
+
+
+@dataclass(frozen=True)
+class Block:
+    """A kernel that gets one rectangle of PEs.
+
+    ``work_pe_cycles``: PE-cycles of compute per sample; spread over ``area`` PEs its stage
+    time is ``work_pe_cycles / area + latency_cycles``. ``sram_bytes_total``: the bytes it
+    keeps resident (weights, caches, buffers), spread evenly, so it needs at least
+    ``ceil(sram_bytes_total / spec.sram_bytes)`` PEs. ``min_pes``: any other lower bound
+    (a kernel's smallest grid). ``max_aspect``: a hard limit on long side / short side.
+    ``fixed``: pin the block to this rectangle (the placer does not move it).
+    """
+
+    name: str
+    work_pe_cycles: float
+    sram_bytes_total: float = 0.0
+    min_pes: int = 1
+    max_aspect: float | None = None
+    fixed: Rect | None = None
+    latency_cycles: float = 0.0
+
+    def min_area(self, spec: WaferSpec) -> int:
+        """PEs the block needs at least: its SRAM spread at ``spec.sram_bytes`` per PE."""
+        by_sram = math.ceil(self.sram_bytes_total / spec.sram_bytes) if self.sram_bytes_total else 0
+        return max(1, int(self.min_pes), by_sram)
+
+
+@dataclass(frozen=True)
+class Net:
+    """A stream from ``src`` to ``dst`` of ``wavelets_per_sample`` 32-bit wavelets."""
+
+    src: str
+    dst: str
+    wavelets_per_sample: float
+
+
+def _inside(rect: Rect, spec: WaferSpec) -> bool:
+    return (rect.row >= 0 and rect.col >= 0 and rect.rows > 0 and rect.cols > 0
+            and rect.row + rect.rows <= spec.rows and rect.col + rect.cols <= spec.cols)
+
+
+def overlaps(a: Rect, b: Rect) -> bool:
+    """True when two rectangles share at least one PE."""
+    return (a.row < b.row + b.rows and b.row < a.row + a.rows
+            and a.col < b.col + b.cols and b.col < a.col + a.cols)
+
+
+@dataclass
+class PlacementProblem:
+    """Blocks in pipeline order, nets between them, the wafer and its reserved areas.
+
+    The order of ``blocks`` is taken as the pipeline order (the compiler passes them
+    topologically sorted); the placer keeps consecutive blocks close because most traffic
+    flows between them. ``reserved``: rectangles no block may use (I/O, runtime, defects).
+    """
+
+    blocks: list[Block]
+    nets: list[Net]
+    spec: WaferSpec
+    reserved: list[Rect] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.blocks = list(self.blocks)
+        self.nets = list(self.nets)
+        self.reserved = list(self.reserved)
+        self._validate()
+        self.index = {b.name: i for i, b in enumerate(self.blocks)}
+        self.work = np.array([float(b.work_pe_cycles) for b in self.blocks])
+        self.latency = np.array([float(b.latency_cycles) for b in self.blocks])
+        self.min_areas = np.array([b.min_area(self.spec) for b in self.blocks], dtype=np.int64)
+        self.net_src = np.array([self.index[n.src] for n in self.nets], dtype=np.int64)
+        self.net_dst = np.array([self.index[n.dst] for n in self.nets], dtype=np.int64)
+        self.net_traffic = np.array([float(n.wavelets_per_sample) for n in self.nets])
+
+    # -- validation ------------------------------------------------------------------
+    def _validate(self) -> None:
+        spec = self.spec
+        if not self.blocks:
+            raise PlacementError("placement problem has no blocks; give at least one kernel")
+        names: set[str] = set()
+        for b in self.blocks:
+            if b.name in names:
+                raise ConstraintError(f"block name {b.name!r} is used twice; names must be "
+                                      f"unique", blocks=[b.name])
+            names.add(b.name)
+            if not (b.work_pe_cycles >= 0 and math.isfinite(b.work_pe_cycles)):
+                raise PlacementError(f"block {b.name!r}: work_pe_cycles must be a finite number "
+                                     f">= 0, got {b.work_pe_cycles!r}")
+            if not (b.sram_bytes_total >= 0 and math.isfinite(b.sram_bytes_total)):
+                raise PlacementError(f"block {b.name!r}: sram_bytes_total must be >= 0, got "
+                                     f"{b.sram_bytes_total!r}")
+            if b.max_aspect is not None and b.max_aspect < 1:
+                raise PlacementError(f"block {b.name!r}: max_aspect must be >= 1 (long side / "
+                                     f"short side), got {b.max_aspect!r}")
+        for n in self.nets:
+            for end in (n.src, n.dst):
+                if end not in names:
+                    raise ConstraintError(f"net {n.src}->{n.dst}: block {end!r} is not in the "
+                                          f"problem", blocks=[end])
+            if n.src == n.dst:
+                raise ConstraintError(f"net {n.src}->{n.dst} connects a block to itself; "
+                                      f"keep intra-kernel traffic inside the kernel",
+                                      blocks=[n.src])
+            if not (n.wavelets_per_sample >= 0 and math.isfinite(n.wavelets_per_sample)):
+                raise PlacementError(f"net {n.src}->{n.dst}: wavelets_per_sample must be >= 0")
+        for i, r in enumerate(self.reserved):
+            if not _inside(r, spec):
+                raise ConstraintError(f"reserved area #{i} {r} leaves the {spec.rows}x"
+                                      f"{spec.cols} wafer")
+        pinned = [(b.name, b.fixed) for b in self.blocks if b.fixed is not None]
+        for name, rect in pinned:
+            if not _inside(rect, spec):
+                raise ConstraintError(f"block {name!r} is pinned at {rect}, outside the "
+                                      f"{spec.rows}x{spec.cols} wafer", blocks=[name])
+        for i, (na, ra) in enumerate(pinned):
+            for nb, rb in pinned[i + 1:]:
+                if overlaps(ra, rb):
+                    raise ConstraintError(f"blocks {na!r} ({ra}) and {nb!r} ({rb}) are pinned "
+                                          f"to overlapping rectangles; move one", blocks=[na, nb])
+            for j, r in enumerate(self.reserved):
+                if overlaps(ra, r):
+                    raise ConstraintError(f"block {na!r} is pinned at {ra}, overlapping reserved "
+                                          f"area #{j} {r}; move it", blocks=[na])
+        free_pes = spec.pes - _union_area(self.reserved, spec)
+        for b in self.blocks:
+            need = b.min_area(spec)
+            if b.fixed is not None:
+                if b.fixed.pes < need:
+                    raise BlockSramError(
+                        f"block {b.name!r} is pinned to {b.fixed} ({b.fixed.pes} PEs) but its "
+                        f"{b.sram_bytes_total:,.0f} bytes of SRAM need {need} PEs; pin a larger "
+                        f"rectangle", block=b.name,
+                        excess_bytes=b.sram_bytes_total - b.fixed.pes * spec.sram_bytes)
+                if b.max_aspect is not None:
+                    aspect = max(b.fixed.rows, b.fixed.cols) / min(b.fixed.rows, b.fixed.cols)
+                    if aspect > b.max_aspect + 1e-9:
+                        raise ConstraintError(f"block {b.name!r} is pinned to {b.fixed} (aspect "
+                                              f"{aspect:.2f}) but max_aspect is {b.max_aspect}",
+                                              blocks=[b.name])
+            elif need > free_pes:
+                excess = b.sram_bytes_total - free_pes * spec.sram_bytes
+                raise BlockSramError(
+                    f"block {b.name!r} needs {b.sram_bytes_total:,.0f} bytes of SRAM, "
+                    f"{excess:,.0f} bytes more than the {free_pes} free PEs x "
+                    f"{spec.sram_bytes} bytes hold; stream its weights (weight-streaming mode) "
+                    f"or split the kernel", block=b.name, excess_bytes=max(excess, 0.0))
+        free_after_pins = free_pes - sum(r.pes for _, r in pinned)
+        loose = [b for b in self.blocks if b.fixed is None]
+        total_need = sum(b.min_area(spec) for b in loose)
+        if total_need > free_after_pins:
+            worst = sorted(loose, key=lambda b: -b.min_area(spec))[:3]
+            names_ = ", ".join(f"{b.name!r} ({b.min_area(spec)} PEs)" for b in worst)
+            raise BlockSramError(
+                f"the blocks together need {total_need} PEs for their SRAM but only "
+                f"{free_after_pins} are free; the largest are {names_}; stream weights or "
+                f"use a bigger wafer", block=worst[0].name,
+                excess_bytes=(total_need - free_after_pins) * spec.sram_bytes)
+
+    # -- derived ---------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.blocks)
+
+    def obstacles(self) -> list[Rect]:
+        """Rectangles free blocks may not use: reserved areas and pinned blocks."""
+        return self.reserved + [b.fixed for b in self.blocks if b.fixed is not None]
+
+    def stage_times(self, areas: np.ndarray) -> np.ndarray:
+        """Cycles per sample of every block on ``areas`` PEs (inf where a block has none)."""
+        areas = np.asarray(areas, dtype=float)
+        with np.errstate(divide="ignore"):
+            return np.where(areas > 0, self.work / np.maximum(areas, 1e-300), np.inf) + self.latency
+
+
+def _union_area(rects: list[Rect], spec: WaferSpec) -> int:
+    """PEs covered by the union of ``rects`` (a mask: the reserved list is short)."""
+    if not rects:
+        return 0
+    mask = np.zeros((spec.rows, spec.cols), dtype=bool)
+    for r in rects:
+        mask[r.slices] = True
+    return int(mask.sum())

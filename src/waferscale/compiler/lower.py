@@ -1,0 +1,198 @@
+"""Lowering: every ATen op to a kernel family, a layout change, or a host fallback.
+
+The table below is the whole contract between PyTorch and the wafer (docs/compiler.md
+prints it). Passes write ``node.meta['kind']`` (``gemm``, ``attention``, ``layer_norm``,
+``softmax``, ``embedding``, ``pointwise``, ``relabel``, ``move``, ``fallback``) and, for
+pointwise ops, ``node.meta['pointwise']`` (the elementwise op and its cost passes), then
+``fuse_pointwise`` groups chains of pointwise ops into one pass (``meta['group']``).
+
+Layout ops:
+
+* ``relabel`` (free): view, _unsafe_view, reshape, unsqueeze, squeeze, alias, detach,
+  expand, clone, contiguous, getitem, lift_fresh_copy, _to_copy to the same dtype. The
+  tiles on the PEs do not change; only how the next kernel reads them (an ``expand`` of a
+  replicated operand is served by the fabric's multicast, which the consumer pays).
+* ``move`` (data movement): permute, transpose, t, slice, select, split, split_with_sizes,
+  cat, index_select. On the fabric every element may change PE, so the compiler charges a
+  stream of the tensor across its rectangle (`timing.transfer_cycles` of the elements per
+  PE over the rectangle's width plus height) to the kernel that produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from waferscale.compiler.ir import Graph, Node, Ref
+
+KERNELS: dict[str, str] = {
+    "mm": "gemm", "addmm": "gemm", "bmm": "gemm",
+    "scaled_dot_product_attention": "attention",
+    "native_layer_norm": "layer_norm",
+    "_softmax": "softmax",
+    "embedding": "embedding",
+}
+
+#: ATen pointwise op -> (elementwise kernel op used for cost, value function on fp32 tensors).
+POINTWISE: dict[str, str] = {
+    "add": "add", "sub": "sub", "rsub": "sub", "mul": "mul", "div": "div", "neg": "neg",
+    "relu": "relu", "tanh": "tanh", "exp": "exp", "log": "log", "rsqrt": "rsqrt",
+    "reciprocal": "reciprocal", "sigmoid": "sigmoid", "silu": "silu", "gelu": "gelu",
+    "erf": "erf", "pow": "mul", "maximum": "max", "minimum": "max", "sqrt": "rsqrt",
+    "abs": "max", "square": "square", "clamp_min": "max", "where": "select",
+    "_to_copy": "copy", "copy": "copy", "fill": "copy",
+}
+
+RELABEL = {"view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "alias", "detach",
+           "expand", "clone", "contiguous", "getitem", "lift_fresh_copy", "squeeze_copy",
+           "view_copy", "unsqueeze_copy", "expand_copy", "alias_copy", "dropout"}
+MOVE = {"permute", "transpose", "t", "slice", "select", "split", "split_with_sizes", "cat",
+        "index_select", "permute_copy", "slice_copy", "select_copy", "narrow"}
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _float_out(node: Node) -> bool:
+    d = node.meta.get("dtype")
+    return isinstance(d, str) and d in FLOAT_DTYPES
+
+
+def _pointwise_op(node: Node, g: Graph) -> str | None:
+    """The elementwise op a pointwise node costs as, None if it is not one the PEs run."""
+    op = POINTWISE.get(node.short)
+    if op is None or not _float_out(node):
+        return None
+    if node.short == "gelu" and node.kwargs.get("approximate", "none") == "tanh":
+        return "gelu_fast"
+    if node.short == "_to_copy":
+        src = g.nodes[node.inputs[0]].meta.get("dtype") if node.inputs else None
+        if src not in FLOAT_DTYPES:
+            return None
+        return "copy" if src != node.meta.get("dtype") else None
+    if node.short == "where":
+        cond = node.args[0]
+        if not (isinstance(cond, Ref) and g.nodes[cond.name].op == "const"):
+            return None
+    return op
+
+
+def classify(g: Graph) -> dict[str, int]:
+    """Write ``meta['kind']`` on every call node; returns counts per kind."""
+    counts: dict[str, int] = {}
+    for node in g.calls():
+        kind = "fallback"
+        short = node.short
+        if short in KERNELS and _float_out(node) or short == "native_layer_norm":
+            kind = KERNELS[short]
+            if short == "_softmax" and node.args[1] not in (-1, len(node.meta["shape"]) - 1):
+                kind = "fallback"
+            if short == "scaled_dot_product_attention" and not _causal(node, g):
+                kind = "fallback"
+        elif short == "_to_copy" and node.meta.get("dtype") == g.nodes[node.inputs[0]].meta.get(
+                "dtype"):
+            kind = "relabel"
+        elif short in RELABEL:
+            kind = "relabel"
+        elif short in MOVE:
+            kind = "move"
+        elif _pointwise_op(node, g) is not None:
+            kind = "pointwise"
+            node.meta["pointwise"] = _pointwise_op(node, g)
+        if short == "embedding" and kind == "embedding" and node.meta.get("dtype") \
+                not in FLOAT_DTYPES:
+            kind = "fallback"
+        node.meta["kind"] = kind
+        if kind == "fallback":
+            node.meta["fallback_reason"] = _why(node)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _why(node: Node) -> str:
+    if node.short == "scaled_dot_product_attention":
+        return "attention with a non-causal mask (the kernel is causal only)"
+    if node.short == "_softmax":
+        return "softmax over an axis other than the last"
+    if not _float_out(node):
+        return f"no kernel for {node.meta.get('dtype')} results"
+    return "no wafer kernel for this op"
+
+
+def _causal(node: Node, g: Graph) -> bool:
+    """Causal if ``is_causal`` or the mask is a folded constant equal to a lower triangle.
+
+    A mask built on the meta device has no values; it is assumed causal (decoder models
+    build it from ``arange``) and the assumption is recorded in ``meta['assumed_causal']``.
+    """
+    if node.kwargs.get("is_causal") or (len(node.args) > 5 and node.args[5] is True):
+        return True
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    if mask is None:
+        return False
+    if not isinstance(mask, Ref) or g.nodes[mask.name].op != "const":
+        return False
+    value = g.constants[mask.name]
+    if value.device.type == "meta":
+        node.meta["assumed_causal"] = True
+        return True
+    s_q, s_k = value.shape[-2], value.shape[-1]
+    tril = torch.ones(s_q, s_k, dtype=torch.bool).tril()
+    if value.dtype == torch.bool:
+        return bool((value == tril).all())
+    return bool(((value == 0) == tril).all())
+
+
+def fuse_pointwise(g: Graph) -> int:
+    """Group chains of pointwise ops into one pass; ``meta['group']`` = the group's head.
+
+    A pointwise node joins its producer's group when the producer is pointwise, the node is
+    the producer's only consumer and both have the same shape: the intermediate then never
+    leaves the PE's registers, so the chain reads its inputs and writes its output once.
+    Returns the number of groups.
+    """
+    users = g.users()
+    groups = 0
+    for node in g.calls():
+        if node.meta.get("kind") != "pointwise":
+            continue
+        head = node.name
+        for name in node.inputs:
+            src = g.nodes[name]
+            if src.op == "call" and src.meta.get("kind") == "pointwise" \
+                    and users[name] == [node.name] and src.meta["shape"] == node.meta["shape"]:
+                head = src.meta["group"]
+                break
+        node.meta["group"] = head
+        if head == node.name:
+            groups += 1
+    return groups
+
+
+def fallbacks(g: Graph) -> list[dict[str, Any]]:
+    """Every host-fallback op with its count and the source lines it comes from."""
+    out: dict[str, dict[str, Any]] = {}
+    for node in g.calls():
+        if node.meta.get("kind") != "fallback":
+            continue
+        entry = out.setdefault(node.target, {"op": node.target, "count": 0, "sources": [],
+                                             "reason": node.meta.get("fallback_reason", "")})
+        entry["count"] += 1
+        src = node.meta.get("source", "")
+        if node.meta.get("code"):
+            src = f"{src}: {node.meta['code']}"
+        if src and src not in entry["sources"]:
+            entry["sources"].append(src)
+    return list(out.values())
+
+
+def supported_ops() -> dict[str, list[str]]:
+    """The lowering table by kind, for docs and `waferscale compile --json`."""
+    return {"kernels": sorted(f"aten.{k} -> {v}" for k, v in KERNELS.items()),
+            "pointwise": sorted(f"aten.{k}" for k in POINTWISE),
+            "relabel": sorted(f"aten.{k}" for k in RELABEL),
+            "move": sorted(f"aten.{k}" for k in MOVE)}
+
+
+__all__ = ["KERNELS", "MOVE", "POINTWISE", "RELABEL", "classify", "fallbacks",
+           "fuse_pointwise", "supported_ops"]

@@ -1,0 +1,399 @@
+"""Planning: group nodes into kernel stages, pick each stage's kernel, rectangle and cost.
+
+A *stage* is what gets its own rectangle of the wafer in pipelined execution: one kernel
+node, or one fused chain of pointwise ops. Layout nodes (relabel/move) belong to the stage
+that produced their input; host fallbacks are stages without a rectangle, timed by the
+system I/O their inputs and outputs cross.
+
+Rectangle sizes: stages share the wafer in proportion to their work (FLOPs), so that the
+pipeline is roughly balanced; every stage gets at least what its SRAM needs, and no more
+than its problem can use (a p x p GEMM needs p <= min(m, k, n)). Within its share a GEMM
+takes the grid and algorithm `kernels.choose` finds fastest, attention the number of query
+rows that minimises `attention.cost`. All cycle counts here come from the kernels' closed
+form ``cost()``: the same numbers the estimate mode reports and the fabric run must meet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from waferscale.compiler.ir import Graph, Node, Ref
+from waferscale.errors import KernelError
+from waferscale.fabric.dtypes import BYTES
+from waferscale.fabric.timing import transfer_cycles
+from waferscale.hardware.spec import WaferSpec
+from waferscale.kernels import attention, embedding, norm
+from waferscale.kernels import elementwise as ew
+from waferscale.kernels.choose import choose_gemm
+
+#: Share of the wafer the planner hands out (the strip placer needs slack to pack).
+AREA_FRACTION = 0.6
+#: Density assumed for activations after a ReLU when no values exist (estimate mode).
+RELU_DENSITY = 0.5
+
+TORCH_TO_FABRIC = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+@dataclass
+class Stage:
+    """One kernel on its own rectangle (or a host fallback)."""
+
+    name: str
+    kind: str
+    nodes: list[str]
+    dtype: str = "fp32"
+    params: dict[str, Any] = field(default_factory=dict)
+    flops: float = 0.0
+    weight_bytes: int = 0
+    rect: tuple[int, int] = (0, 0)
+    algorithm: str = ""
+    cost_cycles: float = 0.0
+    move_cycles: float = 0.0
+    sram_per_pe: int = 0
+    fits: bool = True
+    why_not: str = ""
+    inputs: list[str] = field(default_factory=list)     # stages feeding this one
+
+    @property
+    def pes(self) -> int:
+        return self.rect[0] * self.rect[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "nodes": self.nodes, "dtype": self.dtype,
+                "params": self.params, "flops": self.flops, "weight_bytes": self.weight_bytes,
+                "rect": list(self.rect), "algorithm": self.algorithm,
+                "cost_cycles": self.cost_cycles, "move_cycles": self.move_cycles,
+                "sram_per_pe": self.sram_per_pe, "fits": self.fits, "why_not": self.why_not,
+                "inputs": self.inputs}
+
+
+def _fdt(node: Node) -> str:
+    d = node.meta.get("dtype")
+    d = d[0] if isinstance(d, list) else d
+    return TORCH_TO_FABRIC.get(str(d), "fp32")
+
+
+def _shape(g: Graph, x: Any) -> list[int]:
+    if isinstance(x, Ref):
+        s = g.nodes[x.name].meta.get("shape")
+        return list(s) if s and isinstance(s[0], int) else list(s[0]) if s else []
+    return []
+
+
+def _rows_cols(shape: list[int]) -> tuple[int, int]:
+    """[..., H] -> (tokens, H): activations are laid out 2-D, tokens over PE rows."""
+    if not shape:
+        return 1, 1
+    return max(1, math.prod(shape[:-1])), max(1, shape[-1])
+
+
+def home_of(g: Graph, name: str, stage_of: dict[str, str]) -> str | None:
+    """The stage whose output a value is (looking through layout nodes)."""
+    seen = 0
+    while name not in stage_of and seen < 1000:
+        node = g.nodes[name]
+        if node.op != "call" or not node.inputs:
+            return None
+        refs = [i for i in node.inputs if g.nodes[i].op != "const"]
+        if not refs:
+            return None
+        name = refs[0]
+        seen += 1
+    return stage_of.get(name)
+
+
+def build_stages(g: Graph) -> tuple[list[Stage], dict[str, str]]:
+    """Stages in topological order and the map node -> stage for kernel and layout nodes."""
+    stages: dict[str, Stage] = {}
+    stage_of: dict[str, str] = {}
+    for node in g.calls():
+        kind = node.meta.get("kind")
+        if kind in ("relabel", "move"):
+            continue
+        head = node.meta.get("group", node.name) if kind == "pointwise" else node.name
+        if head not in stages:
+            stages[head] = Stage(head, kind, [], _fdt(node))
+        stages[head].nodes.append(node.name)
+        stage_of[node.name] = head
+    for st in stages.values():
+        _describe(g, st)
+        feeds: list[str] = []
+        members = set(st.nodes)
+        for n in st.nodes:
+            for i in g.nodes[n].inputs:
+                if i in members or g.nodes[i].op == "const":
+                    continue
+                h = home_of(g, i, stage_of)
+                if h and h != st.name and h not in feeds:
+                    feeds.append(h)
+                if h is None and g.nodes[i].op == "input" and "<input>" not in feeds:
+                    feeds.append("<input>")
+        st.inputs = feeds
+    # layout nodes are charged to their producer's stage
+    for node in g.calls():
+        if node.meta.get("kind") in ("relabel", "move"):
+            h = home_of(g, node.name, stage_of) if node.inputs else None
+            node.meta["stage"] = h
+    for name, st in stage_of.items():
+        g.nodes[name].meta["stage"] = st
+    return list(stages.values()), stage_of
+
+
+def _describe(g: Graph, st: Stage) -> None:
+    """Kernel parameters, FLOPs and resident weight bytes of a stage."""
+    node = g.nodes[st.nodes[0]]
+    consts = {i for n in st.nodes for i in g.nodes[n].inputs if g.nodes[i].op == "const"}
+    st.weight_bytes = int(sum(g.constants[c].numel() * BYTES[st.dtype] for c in consts
+                              if c in g.constants and hasattr(g.constants[c], "numel")))
+    short = node.short
+    if st.kind == "gemm":
+        if short == "addmm":
+            a, b = _shape(g, node.args[1]), _shape(g, node.args[2])
+            batch, m, k, n = 1, a[0], a[1], b[1]
+        elif short == "mm":
+            a, b = _shape(g, node.args[0]), _shape(g, node.args[1])
+            batch, m, k, n = 1, a[0], a[1], b[1]
+        else:
+            a, b = _shape(g, node.args[0]), _shape(g, node.args[1])
+            batch, m, k, n = a[0], a[1], a[2], b[2]
+        a_arg = node.args[1] if short == "addmm" else node.args[0]
+        st.params = {"op": short, "batch": batch, "m": m, "k": k, "n": n,
+                     "bias": short == "addmm", "skip": _relu_fed(g, a_arg)}
+        st.flops = 2.0 * batch * m * k * n
+    elif st.kind == "attention":
+        b, h, s, d = _shape(g, node.args[0])
+        st.params = {"groups": b * h, "seq": s, "head_dim": d, "batch": b, "heads": h,
+                     "assumed_causal": bool(node.meta.get("assumed_causal"))}
+        st.flops = attention.flops(b * h, s, d)
+    elif st.kind in ("layer_norm", "softmax"):
+        t, h = _rows_cols(_shape(g, node.args[0]))
+        st.params = {"tokens": t, "hidden": h}
+        if st.kind == "layer_norm":
+            st.params.update(weight=node.args[2] is not None, bias=node.args[3] is not None,
+                             eps=float(node.args[4]))
+        st.flops = (8.0 if st.kind == "layer_norm" else 5.0) * t * h
+    elif st.kind == "embedding":
+        v, h = _shape(g, node.args[0])
+        tokens = math.prod(_shape(g, node.args[1]) or [1])
+        st.params = {"tokens": tokens, "vocab": v, "hidden": h}
+        st.flops = float(tokens * h)
+    elif st.kind == "pointwise":
+        t, h = _rows_cols(node.meta["shape"])
+        ops = [g.nodes[n].meta["pointwise"] for n in st.nodes]
+        external = {i for n in st.nodes for i in g.nodes[n].inputs if i not in st.nodes}
+        st.params = {"tokens": t, "hidden": h, "ops": ops, "reads": max(1, len(external))}
+        st.flops = float(t * h * sum(ew.OP_COSTS[o].flops for o in ops))
+    else:  # fallback
+        io = sum(g.nodes[i].meta.get("out_bytes", 0) for n in st.nodes
+                 for i in g.nodes[n].inputs if g.nodes[i].op != "const")
+        io += sum(g.nodes[n].meta.get("out_bytes", 0) for n in st.nodes)
+        st.params = {"io_bytes": int(io), "op": node.target}
+    for n in st.nodes:
+        g.nodes[n].meta["flops"] = st.flops / len(st.nodes)
+
+
+def _relu_fed(g: Graph, x: Any) -> bool:
+    """Whether a GEMM's activation comes (through layout nodes) from a ReLU."""
+    name = x.name if isinstance(x, Ref) else None
+    while name is not None:
+        node = g.nodes[name]
+        if node.op != "call":
+            return False
+        if node.short in ("relu",) or (node.short == "clamp_min" and node.args[1] == 0):
+            return True
+        if node.meta.get("kind") in ("relabel", "move"):
+            refs = [i for i in node.inputs if g.nodes[i].op != "const"]
+            name = refs[0] if refs else None
+            continue
+        return False
+    return False
+
+
+# ------------------------------------------------------------------ per-kind sizing -------
+def fused_cycles(spec: WaferSpec, elements: float, dtype: str, ops: list[str], reads: int
+                 ) -> float:
+    """A fused pointwise chain: every op's passes back to back in registers; the SRAM is read
+    ``reads`` times and written once per element (`timing.vector_cycles`'s formula)."""
+    word = spec.mem_word_bits / 8
+    per = sum(ew.OP_COSTS[o].passes / spec.simd.width(dtype, ew.OP_COSTS[o].simd) for o in ops)
+    per = max(per, reads * BYTES[dtype] / (spec.mem_reads_per_cycle * word),
+              BYTES[dtype] / (spec.mem_writes_per_cycle * word))
+    return float(math.ceil(elements * per))
+
+
+def _row_rect(spec: WaferSpec, t: int, h: int, area: float, bytes_of) -> tuple[int, int]:
+    c = max(1, min(h, spec.cols, int(math.sqrt(max(area, 1)))))
+    r = max(1, min(t, spec.rows, int(max(area, 1) // c)))
+    while bytes_of(r, c) > spec.sram_bytes:
+        if r < min(t, spec.rows):
+            r = min(t, spec.rows, r * 2)
+        elif c < min(h, spec.cols):
+            c = min(h, spec.cols, c * 2)
+        else:
+            break
+    return r, c
+
+
+@lru_cache(maxsize=4096)
+def _gemm_choice(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str,
+                 skip: str | None, density: float) -> tuple[int, str, float, int]:
+    plan = choose_gemm(m, k, n, spec=spec, rect=(limit, limit), dtype=dtype,
+                       accumulate="fp32", algorithms=("meshgemm",), skip=skip,
+                       a_density=density)
+    return int(plan.grid), plan.algorithm, float(plan.cycles), int(plan.sram_bytes)
+
+
+def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None) -> None:
+    """Rectangle, algorithm, closed-form cycles and SRAM per PE of one stage."""
+    dt, p = st.dtype, st.params
+    side_cap = min(spec.rows, spec.cols, max_side or 10 ** 9)
+    eb = BYTES[dt]
+    try:
+        if st.kind == "gemm":
+            skip = "a" if p["skip"] else None
+            limit = max(1, min(int(math.sqrt(max(area, 1))), side_cap, p["m"], p["k"], p["n"]))
+            try:
+                grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], limit, dt,
+                                                    skip, RELU_DENSITY if skip else 1.0)
+            except KernelError:
+                full = min(side_cap, p["m"], p["k"], p["n"])
+                grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], full, dt,
+                                                    skip, RELU_DENSITY if skip else 1.0)
+            st.rect, st.algorithm, st.sram_per_pe = (grid, grid), alg, sram
+            st.cost_cycles = cyc * p["batch"]
+            if p["bias"]:
+                mb, nb = -(-p["m"] // grid), -(-p["n"] // grid)
+                st.cost_cycles += float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
+                st.sram_per_pe += nb * eb
+            if p["batch"] > 1:
+                st.algorithm += f" x{p['batch']} (time-multiplexed)"
+        elif st.kind == "attention":
+            g_, s, d = p["groups"], p["seq"], p["head_dim"]
+            cols = max(1, min(g_, spec.cols, side_cap))
+            best: tuple[float, int] | None = None
+            cap_rows = max(1, min(s, spec.rows, int(max(area, 1) // cols)))
+            cands = sorted({min(s, 2 ** i) for i in range(0, 11)} | {cap_rows, s})
+            for rows in cands:
+                if rows > min(s, spec.rows):
+                    continue
+                try:
+                    c = attention.cost(spec, g_, s, d, (rows, cols), dtype=dt)
+                except KernelError:
+                    continue
+                if rows > cap_rows and best is not None:
+                    continue
+                if best is None or c < best[0]:
+                    best = (c, rows)
+            if best is None:
+                raise KernelError(f"attention {g_}x{s}x{d} fits no rectangle of the wafer")
+            st.rect = (best[1], cols)
+            st.cost_cycles = best[0]
+            st.sram_per_pe = attention.plan(spec, g_, s, d, st.rect, dtype=dt).sram()["peak"]
+            st.algorithm = "flash, K/V streamed south"
+        elif st.kind == "layer_norm":
+            t, h = p["tokens"], p["hidden"]
+
+            def ln_bytes(r: int, c: int) -> int:
+                tile = -(-t // r) * -(-h // c)
+                return 2 * tile * eb + 2 * -(-h // c) * eb + 16 * -(-t // r)
+            st.rect = _row_rect(spec, t, h, area, ln_bytes)
+            st.cost_cycles = norm.cost(spec, [t, h], st.rect, dtype=dt, weight=p["weight"],
+                                       bias=p["bias"])
+            st.sram_per_pe = ln_bytes(*st.rect)
+            st.algorithm = "two-pass, chain allreduce"
+        elif st.kind == "softmax":
+            t, h = p["tokens"], p["hidden"]
+
+            def sm_bytes(r: int, c: int) -> int:
+                tile = -(-t // r) * -(-h // c)
+                return 2 * tile * eb + 4 * tile + 16 * -(-t // r) * max(1, c)
+            st.rect = _row_rect(spec, t, h, area, sm_bytes)
+            st.cost_cycles = ew.softmax_cost(spec, [t, h], st.rect, dtype=dt)
+            st.sram_per_pe = sm_bytes(*st.rect)
+            st.algorithm = "max/exp/sum, chain allreduce"
+        elif st.kind == "embedding":
+            t, v, h = p["tokens"], p["vocab"], p["hidden"]
+            st.rect = _row_rect(spec, t, h, area,
+                                lambda r, c: embedding.sram_bytes(t, v, h, (r, c), dt))
+            embedding.check(spec, t, v, h, st.rect, dt)
+            st.cost_cycles = embedding.cost(spec, t, v, h, st.rect, dtype=dt)
+            st.sram_per_pe = embedding.sram_bytes(t, v, h, st.rect, dt)
+            st.algorithm = "local gather, table replicated down rows"
+        elif st.kind == "pointwise":
+            t, h = p["tokens"], p["hidden"]
+
+            def pw_bytes(r: int, c: int) -> int:
+                return (p["reads"] + 1) * -(-t // r) * -(-h // c) * eb
+            st.rect = _row_rect(spec, t, h, area, pw_bytes)
+            tile = -(-t // st.rect[0]) * -(-h // st.rect[1])
+            st.cost_cycles = fused_cycles(spec, tile, dt, p["ops"], p["reads"])
+            st.sram_per_pe = pw_bytes(*st.rect)
+            st.algorithm = "fused: " + "+".join(p["ops"])
+        else:
+            st.rect = (0, 0)
+            st.cost_cycles = p["io_bytes"] * 8 / spec.io_bits_per_s * spec.clock_hz
+            st.algorithm = "host (PyTorch), over system I/O"
+        if st.sram_per_pe > spec.sram_bytes:
+            st.fits = False
+            st.why_not = (f"needs {st.sram_per_pe} B per PE on {st.rect[0]}x{st.rect[1]} PEs, "
+                          f"over the {spec.sram_bytes} B SRAM")
+    except KernelError as exc:
+        st.fits = False
+        st.why_not = str(exc)
+        st.rect = st.rect if st.rect != (0, 0) else (1, 1)
+
+
+def move_cycles(spec: WaferSpec, g: Graph, st: Stage, node: Node) -> float:
+    """A data-moving layout op on the stage's rectangle: each PE's share of the tensor
+    streams at most the rectangle's width plus height (`timing.transfer_cycles`)."""
+    pes = max(1, st.pes)
+    per_pe = math.ceil(node.meta.get("numel", 0) / pes)
+    return float(transfer_cycles(spec, per_pe, max(1, st.rect[0] + st.rect[1] - 2)))
+
+
+@dataclass
+class Plan:
+    """The planned program: stages, their order, and what the model needs of the wafer."""
+
+    stages: list[Stage]
+    stage_of: dict[str, str]
+    spec: WaferSpec
+    weight_bytes: int
+    sram_needed_bytes: int
+    wafer_sram_bytes: int
+    pipelined_fits: bool
+    why_not: list[str]
+
+
+def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None) -> Plan:
+    """Stages sized by their work share of the wafer; feasibility of pipelined mode."""
+    stages, stage_of = build_stages(g)
+    on_wafer = [s for s in stages if s.kind != "fallback"]
+    total = sum(max(s.flops, 1.0) for s in on_wafer) or 1.0
+    budget = AREA_FRACTION * spec.rows * spec.cols
+    for st in stages:
+        size_stage(spec, st, budget * max(st.flops, 1.0) / total, max_side)
+    for node in g.calls():
+        if node.meta.get("kind") == "move" and node.meta.get("stage"):
+            st = next(s for s in stages if s.name == node.meta["stage"])
+            c = move_cycles(spec, g, st, node)
+            node.meta["cycles"] = c
+            st.move_cycles += c
+    weight_bytes = sum(s.weight_bytes for s in stages)
+    needed = sum(s.sram_per_pe * s.pes for s in on_wafer)
+    wafer = spec.rows * spec.cols * spec.sram_bytes
+    why = [f"{s.name} ({s.kind}): {s.why_not}" for s in stages if not s.fits]
+    pes = sum(s.pes for s in on_wafer)
+    if pes > spec.rows * spec.cols:
+        why.append(f"the stages need {pes} PEs, the wafer has {spec.rows * spec.cols}")
+    if max(needed, weight_bytes) > wafer:
+        why.insert(0, f"needs {max(needed, weight_bytes) / 1e9:.2f} GB of SRAM (weights "
+                      f"{weight_bytes / 1e9:.2f} GB) but the wafer has {wafer / 1e9:.2f} GB")
+    return Plan(stages, stage_of, spec, weight_bytes, needed, wafer, not why, why)
+
+
+__all__ = ["AREA_FRACTION", "Plan", "Stage", "build_stages", "fused_cycles", "home_of", "plan",
+           "size_stage"]

@@ -1,0 +1,109 @@
+"""The compiled program: graph + stages + placement + routes, serialisable as JSON.
+
+This is what the runtime executes and what reports read. Routes are the streams between a
+producer stage's rectangle and each consumer's: their hop count comes from the placement
+(X then Y between the rectangles' corners) and their cycles from `timing.stream_cycles`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from waferscale.compiler.ir import Graph
+from waferscale.compiler.lower import fallbacks
+from waferscale.compiler.plan import Plan, Stage
+from waferscale.fabric.grid import Rect
+from waferscale.fabric.timing import stream_cycles
+from waferscale.hardware.spec import WaferSpec
+
+
+@dataclass
+class Route:
+    """A stream of activations from one stage's rectangle to another's."""
+
+    src: str
+    dst: str
+    hops: int
+    wavelets_per_pe: float
+    cycles: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Program:
+    graph: Graph
+    plan: Plan
+    spec: WaferSpec
+    mode: str
+    placement: dict[str, Rect] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)
+    compile_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[Stage]:
+        return self.plan.stages
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.plan.stages if s.name == name)
+
+    def fallback_ops(self) -> list[dict[str, Any]]:
+        return fallbacks(self.graph)
+
+    def to_json(self) -> dict[str, Any]:
+        nodes = []
+        for n in self.graph.nodes.values():
+            meta = {k: v for k, v in n.meta.items() if isinstance(v, (int, float, str, bool,
+                                                                      list, type(None)))}
+            nodes.append({"name": n.name, "op": n.op, "target": n.target,
+                          "inputs": n.inputs, "meta": meta})
+        return {
+            "spec": self.spec.name, "mode": self.mode,
+            "stages": [s.to_json() for s in self.stages],
+            "placement": {k: [r.row, r.col, r.rows, r.cols] for k, r in self.placement.items()},
+            "routes": [r.to_json() for r in self.routes],
+            "nodes": nodes, "fallback_ops": self.fallback_ops(),
+            "compile_seconds": self.compile_seconds, "notes": self.notes,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, default=str)
+
+
+def route(program: Program) -> list[Route]:
+    """Streams between placed stages (input feeds and fallbacks are I/O, not routes)."""
+    spec = program.spec
+    routes: list[Route] = []
+    for st in program.stages:
+        dst = program.placement.get(st.name)
+        if dst is None:
+            continue
+        for src_name in st.inputs:
+            src = program.placement.get(src_name)
+            if src is None:
+                continue
+            numel = _out_numel(program, src_name)
+            per_pe = math.ceil(numel / max(1, dst.pes))
+            d_rows, d_cols = dst.row - src.row, dst.col - src.col
+            cyc = stream_cycles(spec, per_pe, d_rows, d_cols, dst.rows, dst.cols)
+            routes.append(Route(src_name, st.name, abs(d_rows) + abs(d_cols), per_pe, cyc))
+    program.routes = routes
+    return routes
+
+
+def _out_numel(program: Program, stage_name: str) -> int:
+    st = program.stage(stage_name)
+    node = program.graph.nodes[st.nodes[-1]]
+    n = node.meta.get("numel", 0)
+    if isinstance(node.meta.get("shape"), list) and node.meta["shape"] and \
+            isinstance(node.meta["shape"][0], list):
+        n = math.prod(node.meta["shape"][0])
+    return int(n)
+
+
+__all__ = ["Program", "Route", "route"]

@@ -1,0 +1,255 @@
+"""Run one planned stage on its own fabric rectangle: real values (or timing only) + cycles.
+
+Each stage gets a fresh `Fabric` the size of its rectangle, so its clocks start at zero and
+``fabric.elapsed()`` is the stage's time; the kernels' ``run()`` compute the values. This
+module is the bridge from torch tensors (what the graph carries) to MeshTensors and back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from waferscale.compiler.plan import Stage
+from waferscale.fabric import Fabric, MeshTensor
+from waferscale.fabric.dtypes import to_storage
+from waferscale.hardware.spec import WaferSpec
+from waferscale.kernels import attention, embedding, gemm, norm
+from waferscale.kernels import elementwise as ew
+
+
+def to_np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(torch.float32).cpu().numpy() if x.is_floating_point() \
+        else x.detach().cpu().numpy()
+
+
+def to_torch(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype)
+
+
+class StageRun:
+    """What running a stage measured."""
+
+    def __init__(self, cycles: float, sram_peak: int, busy: float, nnz_fraction: float | None
+                 = None) -> None:
+        self.cycles = cycles
+        self.sram_peak = sram_peak
+        self.busy_fraction = busy
+        self.density = nnz_fraction
+
+
+def _fabric(spec: WaferSpec, st: Stage, timing_only: bool) -> Fabric:
+    return Fabric(spec, st.rect[0], st.rect[1], timing_only=timing_only)
+
+
+def _done(fab: Fabric, extra: float = 0.0, density: float | None = None) -> StageRun:
+    s = fab.stats()
+    return StageRun(fab.elapsed() + extra, int(fab.sram.peak()), s["busy_fraction"], density)
+
+
+def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
+             bias: torch.Tensor | None, alpha: float = 1.0, beta: float = 1.0,
+             timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
+    """mm / addmm / bmm via `gemm.run` (MeshGEMM, fp32 accumulate); bmm time-multiplexes the
+    batch on the rectangle, one GEMM after another."""
+    p = st.rect[0]
+    skip = "a" if st.params.get("skip") else None
+    a3 = a if a.dim() == 3 else a.unsqueeze(0)
+    b3 = b if b.dim() == 3 else b.unsqueeze(0)
+    outs, cycles, peak, busy = [], 0.0, 0, []
+    density = None
+    for i in range(a3.shape[0]):
+        fab = _fabric(spec, st, timing_only)
+        if timing_only:
+            res = gemm.run(tuple(a3.shape[1:]), tuple(b3.shape[1:]), grid=p, fabric=fab,
+                           dtype=st.dtype, accumulate="fp32", skip=skip)
+        else:
+            an = to_np(a3[i])
+            if skip:
+                density = float(np.count_nonzero(an)) / max(1, an.size)
+            res = gemm.run(an, to_np(b3[i]), grid=p, fabric=fab, dtype=st.dtype,
+                           accumulate="fp32", skip=skip)
+            outs.append(res.value)
+        cycles += res.cycles
+        peak = max(peak, int(fab.sram.peak()))
+        busy.append(fab.stats()["busy_fraction"])
+    extra = 0.0
+    if bias is not None:
+        mb, nb = -(-a3.shape[1] // p), -(-b3.shape[2] // p)
+        extra = float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
+        peak += nb * (2 if st.dtype != "fp32" else 4)
+    run = StageRun(cycles + extra, peak, float(np.mean(busy)), density)
+    if timing_only:
+        return None, run
+    out = np.stack(outs) if a.dim() == 3 else outs[0]
+    if alpha != 1.0:
+        out = out * np.float32(alpha)
+    if bias is not None:
+        out = out + np.float32(beta) * to_np(bias)
+    out = to_storage(out.astype(np.float32), st.dtype)
+    return to_torch(out, a.dtype), run
+
+
+def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
+                  v: torch.Tensor, scale: float | None, timing_only: bool = False
+                  ) -> tuple[torch.Tensor | None, StageRun]:
+    fab = _fabric(spec, st, timing_only)
+    b, h, s, d = q.shape
+    if timing_only:
+        z = np.broadcast_to(np.float32(0), (b, h, s, d))
+        attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale)
+        return None, _done(fab)
+    out = attention.run(fab, to_np(q), to_np(k), to_np(v), dtype=st.dtype, causal=True,
+                        scale=scale)
+    val = out.to_numpy().reshape(b, h, s, d)
+    return to_torch(val, q.dtype), _done(fab)
+
+
+def _mesh(fab: Fabric, x2: np.ndarray | tuple[int, int], dtype: str) -> MeshTensor:
+    if isinstance(x2, tuple):
+        return MeshTensor.empty(fab, x2, dtype=dtype)
+    return MeshTensor.from_numpy(fab, x2, dtype=dtype)
+
+
+def run_layer_norm(spec: WaferSpec, st: Stage, x: torch.Tensor, w: torch.Tensor | None,
+                   b: torch.Tensor | None, eps: float, timing_only: bool = False
+                   ) -> tuple[torch.Tensor | None, StageRun]:
+    fab = _fabric(spec, st, timing_only)
+    h = x.shape[-1]
+    t = x.numel() // h
+    if timing_only:
+        xm = _mesh(fab, (t, h), st.dtype)
+        norm.run(xm, None if w is None else np.zeros(h, np.float32),
+                 None if b is None else np.zeros(h, np.float32), eps=eps)
+        return None, _done(fab)
+    xm = _mesh(fab, to_np(x).reshape(t, h), st.dtype)
+    out = norm.run(xm, None if w is None else to_np(w), None if b is None else to_np(b),
+                   eps=eps)
+    return to_torch(out.to_numpy().reshape(x.shape), x.dtype), _done(fab)
+
+
+def run_softmax(spec: WaferSpec, st: Stage, x: torch.Tensor, timing_only: bool = False
+                ) -> tuple[torch.Tensor | None, StageRun]:
+    fab = _fabric(spec, st, timing_only)
+    h = x.shape[-1]
+    t = x.numel() // h
+    xm = _mesh(fab, (t, h) if timing_only else to_np(x).reshape(t, h), st.dtype)
+    out = ew.softmax(xm)
+    if timing_only:
+        return None, _done(fab)
+    return to_torch(out.to_numpy().reshape(x.shape), x.dtype), _done(fab)
+
+
+def run_embedding(spec: WaferSpec, st: Stage, table: torch.Tensor, ids: torch.Tensor,
+                  timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
+    fab = _fabric(spec, st, timing_only)
+    flat = ids.reshape(-1)
+    if timing_only:
+        return None, StageRun(embedding.cost(spec, flat.numel(), table.shape[0], table.shape[1],
+                                             st.rect, dtype=st.dtype),
+                              embedding.sram_bytes(flat.numel(), table.shape[0],
+                                                   table.shape[1], st.rect, st.dtype), 1.0)
+    out = embedding.run(fab, flat.numpy(), to_np(table), dtype=st.dtype)
+    val = out.to_numpy().reshape(*ids.shape, table.shape[1])
+    return to_torch(val, table.dtype), _done(fab)
+
+
+# ------------------------------------------------------------------ fused pointwise -------
+def _pw_value(short: str, node_args: tuple[Any, ...], kwargs: dict[str, Any],
+              vals: list[Any]) -> np.ndarray:
+    """An ATen pointwise op on fp32 NumPy tiles (the elementwise kernels' value functions)."""
+    fns = ew.POINTWISE
+    x = vals[0]
+    y = vals[1] if len(vals) > 1 else None
+    if short in ("add", "sub"):
+        alpha = kwargs.get("alpha", 1)
+        r = y * np.float32(alpha) if alpha != 1 else y
+        return fns[short][1](x, r)
+    if short == "rsub":
+        return np.subtract(y, x)
+    if short in ("mul", "maximum", "minimum"):
+        return {"mul": np.multiply, "maximum": np.maximum, "minimum": np.minimum}[short](x, y)
+    if short == "div":
+        mode = kwargs.get("rounding_mode")
+        q = np.divide(x, y)
+        return np.trunc(q) if mode == "trunc" else np.floor(q) if mode == "floor" else q
+    if short == "pow":
+        return np.power(x, y)
+    if short == "sqrt":
+        return np.sqrt(x)
+    if short == "abs":
+        return np.abs(x)
+    if short == "clamp_min":
+        return np.maximum(x, y)
+    if short == "where":
+        return np.where(x.astype(bool), y, vals[2])
+    if short in ("_to_copy", "copy", "fill"):
+        return (y if short != "_to_copy" else x) * np.float32(1)
+    if short == "gelu":
+        key = "gelu_fast" if kwargs.get("approximate", "none") == "tanh" else "gelu"
+        return fns[key][1](x)
+    return fns[short][1](x)
+
+
+def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
+                  timing_only: bool = False) -> tuple[dict[str, torch.Tensor], StageRun]:
+    """A fused chain: operands are distributed over the rectangle with the output's layout
+    ([tokens, last]), every op runs on the PE tiles with the kernels' value functions,
+    rounded to the storage dtype after each op (as PyTorch does), and the whole chain is
+    charged as one pass (`plan.fused_cycles`)."""
+    from waferscale.compiler.ir import Ref
+    from waferscale.compiler.plan import fused_cycles
+
+    fab = _fabric(spec, st, timing_only)
+    last = graph.nodes[st.nodes[-1]]
+    shape = tuple(last.meta["shape"])
+    h = shape[-1] if shape else 1
+    t = max(1, math.prod(shape) // max(1, h))
+    probe = MeshTensor(fab, fab.full, (t, h), st.dtype, 0, 1, None, allocate=False)
+    tile = float(np.prod(probe.tile_shape))
+    cyc = fused_cycles(spec, tile, st.dtype, st.params["ops"], st.params["reads"])
+    members = set(st.nodes)
+    # operands: SRAM for each external tensor operand and the output
+    for i in range(st.params["reads"] + 1):
+        fab.sram.alloc(f"pw{i}", 0, 0, probe.bytes_per_pe())
+    end = fab.execute(fab.full, cyc, 0.0)
+    out_vals: dict[str, torch.Tensor] = {}
+    if not timing_only:
+        local: dict[str, np.ndarray] = {}
+
+        def tiles_of(v: Any) -> Any:
+            if isinstance(v, torch.Tensor):
+                full = np.broadcast_to(to_np(v), shape) if v.dim() else to_np(v)
+                if full.ndim == 0:
+                    return full.astype(np.float32)
+                m = MeshTensor.from_numpy(fab, np.asarray(full, np.float32).reshape(t, h),
+                                          dtype="fp32")
+                m.free()
+                return m.tiles
+            return np.float32(v) if isinstance(v, (int, float, bool)) else v
+
+        for name in st.nodes:
+            node = graph.nodes[name]
+            vals = []
+            for a in node.args:
+                if isinstance(a, Ref):
+                    vals.append(local[a.name] if a.name in members else tiles_of(env[a.name]))
+                else:
+                    vals.append(tiles_of(a) if not isinstance(a, (list, tuple)) else a)
+            with np.errstate(all="ignore"):
+                res = _pw_value(node.short, node.args, node.kwargs, vals)
+            out_dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[
+                node.meta["dtype"]]
+            local[name] = to_storage(np.asarray(res, np.float32), out_dt).astype(np.float32)
+        res_t = MeshTensor(fab, fab.full, (t, h), "fp32", 0, 1,
+                           np.ascontiguousarray(local[last.name]), end, allocate=False)
+        dtype = getattr(torch, last.meta["dtype"])
+        out_vals[last.name] = to_torch(res_t.to_numpy().reshape(shape), dtype)
+    return out_vals, _done(fab)
+
+
+__all__ = ["StageRun", "run_attention", "run_embedding", "run_gemm", "run_layer_norm",
+           "run_pointwise", "run_softmax", "to_np", "to_torch"]
