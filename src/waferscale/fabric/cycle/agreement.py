@@ -158,11 +158,15 @@ def implied_formulas() -> dict[str, str]:
     before it can enter the ramp, which HPDC'24 also counts per dependent step)."""
     return {
         "transfer": "B + H*hop + 2*T_R + 1",
-        "shift": "B + hop + 2*T_R + 1 (distance 1)",
-        "shift cyclic": "B + (P-1)*hop + 2*T_R + 1 (the wrap travels back P-1 hops)",
-        "multicast": "B + (P-1)*hop + 2*T_R + 1 (root at one end)",
+        "interleaved": ("share*B + H*hop + 2*T_R + 2 - share, when `share` flows that start "
+                        "at consecutive PEs interleave on their busiest link"),
+        "shift": "interleaved with H = d, share = min(d, P-d); d = 1: B + hop + 2*T_R + 1",
+        "shift cyclic": "max(forward with H = d, wrap with H = P-d), each interleaved",
+        "multicast": "B + (P-1)*hop + 2*T_R + 1 (root at one end; else its farthest PE)",
         "chain reduce": "B + (2*T_R + hop + 1)*(P-1)",
-        "tree reduce": "sum over levels l < ceil(log2 P) of (B + 2**l*hop + 2*T_R + 1)",
+        "tree reduce": ("sum over levels l < log2 P of (B + 2**l*hop + 2*T_R + 1) for P a "
+                        "power of two; otherwise senders whose subtree is done start early"),
         "allreduce": "chain reduce(C) + chain reduce(R) + multicast(R) + multicast(C)",
-        "stream": "share*B + H*hop + 2*T_R + 1 (share = flows on the busiest link)",
+        "stream": ("interleaved, share = max(min(|dc|, w), min(|dr|, h), 1), for flows along "
+                   "one axis; X-then-Y streams can take one cycle more"),
     }

@@ -17,7 +17,6 @@ import numpy as np
 
 from waferscale.errors import ProgramError, RouteError
 from waferscale.fabric.cycle import isa
-from waferscale.fabric.cycle.grid import pe_name
 
 if TYPE_CHECKING:
     from waferscale.fabric.cycle.ce import ComputeEngines
@@ -286,6 +285,3 @@ class OpState:
                          f"full ({int(ce.q.cnt[qo])}/{int(ce.q.cap[qo])})")
         return text
 
-
-def describe_pe(pe: int, cols: int) -> str:
-    return pe_name(pe, cols)

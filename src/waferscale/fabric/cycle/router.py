@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from waferscale.fabric.cycle.ports import BIT
 from waferscale.fabric.cycle.queues import Queues
 from waferscale.fabric.cycle.routing import Channels
 
@@ -46,7 +45,6 @@ class Router:
         self.rr = np.zeros(nlinks, dtype=np.int64)
         self.best = np.full(nlinks, _BIG, dtype=np.int64)
         self.mark = np.zeros(max(queues.n, nlinks), dtype=np.int64)
-        self.ports = np.arange(5, dtype=np.uint8)
         self.occupancy = 0          # wavelets held in router channels
         self.moved = 0              # link transfers so far (a progress measure)
         self.trace: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None
@@ -121,5 +119,3 @@ class Router:
                                self.ch.ch_color[src], values.copy()))
         return int(src.size)
 
-
-__all__ = ["BIT", "Router"]
