@@ -101,3 +101,23 @@ def test_stream_between_rectangles(src, dst):
 def test_single_stream_is_a_transfer():
     run = run_stream(SPEC, 8, 8, 20, (1, 1, 1, 1), (6, 4, 1, 1))
     assert run.cycles == 20 + 8 * HOP + 2 * TR + 1
+
+
+@pytest.mark.parametrize("src, dst, share", [
+    ((0, 0, 1, 4), (0, 6, 1, 4), 4),
+    ((0, 0, 1, 3), (0, 3, 1, 3), 3),
+    ((1, 8, 1, 4), (1, 1, 1, 4), 4),
+    ((0, 0, 4, 1), (8, 0, 4, 1), 4),
+])
+def test_interleaved_flows_share_the_busiest_link(src, dst, share):
+    run = run_stream(SPEC, 12, 12, 6, src, dst)
+    hops = abs(dst[0] - src[0]) + abs(dst[1] - src[1])
+    assert run.ok()
+    assert run.cycles == share * 6 + hops * HOP + 2 * TR + 2 - share
+
+
+@pytest.mark.parametrize("length, distance", [(8, 3), (16, 2), (4, 2)])
+def test_shift_by_distance_formula(length, distance):
+    run = run_shift(SPEC, 1, length, 16, "east", distance, False)
+    share = min(distance, length - distance)
+    assert run.cycles == share * 16 + distance * HOP + 2 * TR + 2 - share
