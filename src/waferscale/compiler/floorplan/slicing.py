@@ -69,7 +69,14 @@ class Slicer:
             return None
         wl, wr = self.cw[k] - self.cw[lo], self.cw[hi] - self.cw[k]
         frac = wl / (wl + wr) if wl + wr > 0 else (k - lo) / (hi - lo)
-        x = int(round(length * frac))
+        # Of the two integer cuts around the ideal one, take the one whose worse side is
+        # less short of its target area (rounding to nearest starves small blocks).
+        x = int(math.floor(length * frac))
+        if 0 < x < length - 1 and wl > 0 and wr > 0:
+            if max(wl / (x + 1), wr / (length - x - 1)) < max(wl / x, wr / (length - x)):
+                x += 1
+        elif x == 0:
+            x = 1
         x_min = max(1, -(-(self.cn[k] - self.cn[lo]) // breadth))
         x_max = length - max(1, -(-(self.cn[hi] - self.cn[k]) // breadth))
         if x_min > x_max:

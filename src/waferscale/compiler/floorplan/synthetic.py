@@ -27,7 +27,7 @@ def random_pipeline(n: int, spec: WaferSpec, seed: int = 0, skip_prob: float = 0
     sram_share = rng.lognormal(mean=0.0, sigma=1.0, size=n)
     sram = sram_share / sram_share.sum() * sram_fill * spec.sram_bytes * spec.pes
     blocks = [Block(f"k{i}", float(work[i]), float(sram[i])) for i in range(n)]
-    traffic = rng.lognormal(mean=6.0, sigma=0.7, size=n)
+    traffic = rng.lognormal(mean=3.0, sigma=0.7, size=n)
     nets = [Net(f"k{i}", f"k{i + 1}", float(traffic[i])) for i in range(n - 1)]
     for i in range(n):
         if rng.random() < skip_prob:
