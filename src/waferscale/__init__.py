@@ -4,8 +4,19 @@ Layers, lowest first (a layer never imports a higher one):
 hardware <- fabric <- kernels <- compiler <- runtime <- report/cli.
 """
 
+from typing import Any
+
 from waferscale.errors import WaferscaleError
 from waferscale.hardware import WaferSpec, get_spec
 
-__all__ = ["WaferSpec", "WaferscaleError", "get_spec"]
+
+def compile(model: Any, example_inputs: Any = None, **kwargs: Any) -> Any:  # noqa: A001
+    """``waferscale.compile(model, example_inputs, spec="wse2", mode="auto")``: see
+    :func:`waferscale.compiler.api.compile` (imported lazily: torch loads on first use)."""
+    from waferscale.compiler.api import compile as _compile
+
+    return _compile(model, example_inputs, **kwargs)
+
+
+__all__ = ["WaferSpec", "WaferscaleError", "compile", "get_spec"]
 __version__ = "0.1.0"

@@ -194,28 +194,111 @@ def _print_stencil(r: dict[str, Any]) -> None:
     console.print(f"simulation wall time {r['wall_seconds']:.2f} s")
 
 
+# --------------------------------------------------------------------- compile / run -----
+ModelArg = Annotated[str, typer.Argument(help="preset (genslm-25m, genslm-250m, genslm-2.5b, "
+                                              "genslm-25b, gpt2) or path/file.py:factory")]
+
+
+def _print_compiled(r: dict[str, Any], limit: int = 12) -> None:
+    table = Table(title=f"{r.get('model', 'model')} on {r['spec']}: {r['mode']} "
+                        f"({r['measured']})")
+    for c in ("stage", "kind", "rect", "sram/PE", "cycles", "cost()", "util"):
+        table.add_column(c, justify="right" if c not in ("stage", "kind") else "left")
+    stages = sorted(r["stages"], key=lambda s: -s["stage_cycles"])
+    for s in stages[:limit]:
+        table.add_row(s["stage"], s["kind"], s["rect"], f"{s['sram_per_pe']:,}",
+                      f"{s['cycles']:,.0f}", f"{s['cost_cycles']:,.0f}",
+                      f"{s['utilisation']:.2f}")
+    console.print(table)
+    if len(stages) > limit:
+        console.print(f"({len(stages) - limit} more stages; --json lists all)")
+    console.print(f"samples/s {r['samples_per_second']:,.1f}   tokens/s "
+                  f"{r['tokens_per_second']:,.0f}   bottleneck {r['bottleneck']} "
+                  f"({r['bottleneck_kind']})   pipeline fill "
+                  f"{r['pipeline_fill_seconds'] * 1e6:,.1f} us")
+    console.print(f"SRAM {r['sram_bytes'] / 1e6:,.1f} MB of {r['wafer_sram_bytes'] / 1e9:.1f} GB"
+                  f" (weights {r['weight_bytes'] / 1e6:,.1f} MB), {r['pes_used']:,} PEs; "
+                  f"compiled in {r['compile_seconds']:.1f} s")
+    if "weight_streaming" in r:
+        ws = r["weight_streaming"]
+        console.print(f"[bold]{ws['label']}[/bold]: {ws['samples_per_second']:,.2f} samples/s "
+                      f"({ws['bound']}-bound)")
+    for note in r.get("notes", []):
+        console.print(f"note: {note}")
+    for f in r.get("fallback_ops", []):
+        console.print(f"host fallback: {f['op']} x{f['count']} at {'; '.join(f['sources'])}")
+
+
+@app.command(name="compile")
+def compile_(model: ModelArg,
+             seq: Annotated[int, typer.Option("--seq", help="tokens per sample")] = 2048,
+             batch: Annotated[int, typer.Option("--batch", help="samples per batch")] = 1,
+             estimate: Annotated[bool, typer.Option(
+                 "--estimate", help="plan and time only (meta device, no weights)")] = False,
+             strict: Annotated[bool, typer.Option(
+                 "--strict", help="an op without a wafer kernel is an error")] = False,
+             json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
+    """Compile a PyTorch model for the wafer and report its plan and throughput."""
+    def body() -> None:
+        from waferscale.cli_compile import compile_report
+        r = compile_report(model, seq=seq, batch=batch, estimate=estimate, strict=strict,
+                           spec=spec)
+        if json_out:
+            _emit(r)
+            return
+        _print_compiled(r)
+    _guard(body)
+
+
+@app.command()
+def run(model: ModelArg,
+        fasta: Annotated[str, typer.Option("--fasta", help="genomes (FASTA) to read")],
+        seq: Annotated[int, typer.Option("--seq", help="tokens per sample")] = 64,
+        batch: Annotated[int, typer.Option("--batch", help="samples per batch")] = 2,
+        json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
+    """Forward + loss on the simulated wafer (values from the fabric), eager loss beside it."""
+    def body() -> None:
+        from waferscale.cli_compile import run_report
+        r = run_report(model, fasta, seq=seq, batch=batch, spec=spec)
+        if json_out:
+            _emit(r)
+            return
+        _print_run(r)
+    _guard(body)
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    _print_compiled(r)
+    console.print(f"loss on the wafer {r['loss']:.6f}   eager PyTorch {r['eager_loss']:.6f}   "
+                  f"|diff| {r['loss_abs_error']:.2e}   max logit error "
+                  f"{r['max_logit_error']:.2e}")
+    console.print(f"wall: fabric simulation {r['wall_fabric_s']:.1f} s, eager "
+                  f"{r['wall_eager_s'] * 1e3:.1f} ms, compile {r['wall_compile_s']:.1f} s")
+
+
 # ------------------------------------------------------------------------------ demo -----
 @app.command()
 def demo(json_out: JsonOpt = False) -> None:
-    """The stencil run in full on a small grid, then timed on the full wafer."""
+    """GenSLM-25M reads real genomes on a simulated WSE-2; then the stencil on the full wafer."""
     def body() -> None:
-        small = stencil_report("wse2", "64x64x256", 20, estimate=False)
+        from waferscale.cli_compile import run_report
+        from waferscale.workloads import data_path
+
+        seq, batch, layers = 64, 2, 2
+        fasta = str(data_path("example_genomes.fasta"))
+        if not json_out:
+            console.print(f"[bold]waferscale demo[/bold]: GenSLM-25M ({layers} of its layers, "
+                          f"to finish in minutes) on {batch} genomes x {seq} codons, forward + "
+                          f"loss on a simulated WSE-2 (values computed by the fabric)\n")
+        r = run_report("genslm-25m", fasta, seq=seq, batch=batch, layers=layers)
         full = stencil_report("wse2", "755x994x1000", 1000, estimate=True)
-        weak = stencil_report("wse2", "200x200x1000", 1000, estimate=True)
         if json_out:
-            _emit({"small_run": small, "full_wafer": full, "weak_scaling_200x200": weak})
+            _emit({"genslm": r, "stencil_full_wafer": full})
             return
-        console.print("[bold]waferscale demo[/bold]: the SC22 25-point stencil on a simulated "
-                      "WSE-2\n")
-        console.print("1. Full simulation (values and cycles) of a 64x64x256 grid, 20 steps:")
-        _print_stencil(small)
-        console.print("\n2. The full wafer, 755x994x1000, 1000 steps (closed-form cost, which "
-                      "the tests prove equal to the simulated cycles):")
+        _print_run(r)
+        console.print("\nThe SC22 25-point stencil, 755x994x1000, 1000 steps, full wafer "
+                      "(closed-form cost, equal to the simulated cycles in the tests):")
         _print_stencil(full)
-        err = full["seconds"] / full["published"]["seconds"] - 1
-        flat = weak["seconds"] / full["seconds"] - 1
-        console.print(f"\nOurs vs SC22: {100 * err:+.1f}% in time. Weak scaling 200x200 -> "
-                      f"755x994: {100 * flat:+.2f}% (published: flat, 0.0750-0.0764 s).")
     _guard(body)
 
 

@@ -354,6 +354,13 @@ def move_cycles(spec: WaferSpec, g: Graph, st: Stage, node: Node) -> float:
     return float(transfer_cycles(spec, per_pe, max(1, st.rect[0] + st.rect[1] - 2)))
 
 
+def _work(g: Graph, st: Stage) -> float:
+    """What a stage's area share follows: its FLOPs, but at least a few passes over its
+    output (a pointwise op with few FLOPs still has to sweep every element)."""
+    numel = g.nodes[st.nodes[-1]].meta.get("numel", 0) or 0
+    return max(st.flops, 16.0 * numel, 1.0)
+
+
 @dataclass
 class Plan:
     """The planned program: stages, their order, and what the model needs of the wafer."""
@@ -372,10 +379,11 @@ def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None) -> Plan:
     """Stages sized by their work share of the wafer; feasibility of pipelined mode."""
     stages, stage_of = build_stages(g)
     on_wafer = [s for s in stages if s.kind != "fallback"]
-    total = sum(max(s.flops, 1.0) for s in on_wafer) or 1.0
+    weight = {s.name: _work(g, s) for s in stages}
+    total = sum(weight[s.name] for s in on_wafer) or 1.0
     budget = AREA_FRACTION * spec.rows * spec.cols
     for st in stages:
-        size_stage(spec, st, budget * max(st.flops, 1.0) / total, max_side)
+        size_stage(spec, st, budget * weight[st.name] / total, max_side)
     for node in g.calls():
         if node.meta.get("kind") == "move" and node.meta.get("stage"):
             st = next(s for s in stages if s.name == node.meta["stage"])

@@ -225,10 +225,7 @@ def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
                 full = np.broadcast_to(to_np(v), shape) if v.dim() else to_np(v)
                 if full.ndim == 0:
                     return full.astype(np.float32)
-                m = MeshTensor.from_numpy(fab, np.asarray(full, np.float32).reshape(t, h),
-                                          dtype="fp32")
-                m.free()
-                return m.tiles
+                return probe._scatter(np.asarray(full, np.float32).reshape(t, h))
             return np.float32(v) if isinstance(v, (int, float, bool)) else v
 
         for name in st.nodes:
