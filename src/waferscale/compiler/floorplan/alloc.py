@@ -93,3 +93,25 @@ def free_regions(rows: int, cols: int, obstacles: list[Rect]) -> list[Rect]:
         pieces = [Rect(top, c0, bottom - top, c1 - c0) for c0, c1 in free]
         regions.extend(pieces if k % 2 == 0 else pieces[::-1])
     return regions
+
+
+def io_floor(problem_traffic_in: np.ndarray, problem_traffic_out: np.ndarray, t_stage: float,
+             lane_load: float, budget: float) -> np.ndarray:
+    """PEs a block needs so its busiest stream fits through one side of it.
+
+    A stream of ``v`` wavelets per sample through ``lanes`` parallel links takes ``v/lanes``
+    cycles per sample; to keep that below ``lane_load x t_stage`` the facing side needs
+    ``v / (lane_load x t_stage)`` PEs, so a squarish block needs that side squared. Tiny
+    kernels on a big stream (an embedding feeding a residual, a GELU between two GEMMs)
+    otherwise end up one PE wide and the fabric, not compute, sets the pace. The floors are
+    scaled down together if they would take more than ``budget`` PEs.
+    """
+    v = np.maximum(problem_traffic_in, problem_traffic_out)
+    if t_stage <= 0 or lane_load <= 0:
+        return np.zeros_like(v)
+    side = np.ceil(v / (lane_load * t_stage))
+    floor = side * side
+    total = floor.sum()
+    if total > budget > 0:
+        floor = np.floor(floor * budget / total)
+    return floor.astype(np.int64)

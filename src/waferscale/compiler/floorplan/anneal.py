@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from waferscale.compiler.floorplan.alloc import free_regions, water_fill
+from waferscale.compiler.floorplan.alloc import free_regions, io_floor, water_fill
 from waferscale.compiler.floorplan.errors import PlacementError
 from waferscale.compiler.floorplan.objective import FloorplanConfig, Geometry, Scorer
 from waferscale.compiler.floorplan.problem import PlacementProblem
@@ -77,8 +77,9 @@ def _deal_to_regions(slicer: Slicer, regions: list[Rect]) -> list[tuple[int, int
     return runs
 
 
-def initial_layout(problem: PlacementProblem) -> Layout:
+def initial_layout(problem: PlacementProblem, config: FloorplanConfig | None = None) -> Layout:
     """Water-filled areas and a recursive-bisection placement (no annealing yet)."""
+    cfg = config or FloorplanConfig()
     spec = problem.spec
     obstacles = problem.obstacles()
     regions = [r for r in free_regions(spec.rows, spec.cols, obstacles) if r.pes > 0]
@@ -91,15 +92,27 @@ def initial_layout(problem: PlacementProblem) -> Layout:
             geometry.H[i], geometry.W[i] = b.fixed.rows, b.fixed.cols
     targets = np.zeros(problem.n)
     t_ref = 0.0
+    need = problem.min_areas.copy()
     if order.size:
         areas, t_ref = water_fill(problem.work[order], problem.latency[order],
-                                  problem.min_areas[order], free_area)
+                                  need[order], free_area)
+        if cfg.io_lane_load > 0 and len(problem.nets):
+            t_in = np.zeros(problem.n)
+            t_out = np.zeros(problem.n)
+            np.maximum.at(t_in, problem.net_dst, problem.net_traffic)
+            np.maximum.at(t_out, problem.net_src, problem.net_traffic)
+            budget = cfg.io_area_budget * free_area
+            floor = io_floor(t_in[order], t_out[order], t_ref, cfg.io_lane_load,
+                             max(budget - float(need[order].sum()), 0.0))
+            need[order] = np.maximum(need[order], floor)
+            areas, t_ref = water_fill(problem.work[order], problem.latency[order],
+                                      need[order], free_area)
         targets[order] = areas
     fixed = [i for i, b in enumerate(problem.blocks) if b.fixed is not None]
     if fixed and not order.size:
         t_ref = float(np.max(problem.stage_times(geometry.H[fixed] * geometry.W[fixed])))
     max_aspect = np.array([b.max_aspect if b.max_aspect else np.inf for b in problem.blocks])
-    slicer = Slicer(order, targets, problem.min_areas, max_aspect,
+    slicer = Slicer(order, targets, need, max_aspect,
                     geometry.R, geometry.C, geometry.H, geometry.W)
     roots: list[Node] = []
     if order.size:

@@ -15,8 +15,8 @@ Terms (each dimensionless, so weights compare):
   enforced by legalisation, not by this term.)
 * ``congestion``: mean over nets of ``max(0, load / T_ref - congestion_target)**2`` where
   ``load = wavelets / lanes`` estimates the busiest link of the net (its traffic spread over
-  the width of the facing edges). Off by default; the router turns it on when the real link
-  load map shows a link busier than the bottleneck stage.
+  the width of the facing edges). The router raises its weight when the real link-load
+  map shows a link busier than the bottleneck stage.
 * SRAM fit is not a term: it is a hard constraint (no cut leaves a side fewer PEs than its
   blocks' SRAM needs), so no weight can trade it away.
 """
@@ -38,9 +38,14 @@ class FloorplanConfig:
     (beta of the log-sum-exp: larger is closer to the max, smaller smoother),
     ``wire_weight`` (weight of traffic x Manhattan distance), ``aspect_weight`` and
     ``soft_max_aspect`` (penalty on rectangles longer than this ratio), ``congestion_weight``
-    (weight of the per-net link-load estimate; 0 until the router asks for it) and
-    ``congestion_target`` (link load, as a fraction of the ideal stage time, below which a
-    net costs nothing).
+    (weight of the per-net link-load estimate; the router raises it when the real map is
+    too hot), ``congestion_target`` (link load, as a fraction of the ideal stage time, below
+    which a net costs nothing).
+
+    Areas: ``io_lane_load`` (a block gets at least ``(v / (io_lane_load x T))**2`` PEs for
+    its busiest stream of ``v`` wavelets, so one side of it is wide enough to carry the
+    stream at that fraction of the stage time; 0 turns the floor off) and
+    ``io_area_budget`` (the most of the free wafer these floors may take together).
 
     Optimiser: ``seed`` (random moves are reproducible), ``moves_per_block`` (annealing
     moves per free block), ``max_moves`` (a cap for huge graphs), ``time_limit_s`` (wall
@@ -50,9 +55,9 @@ class FloorplanConfig:
 
     Router: ``route_orientation`` ("auto": per net the of XY or YX whose busiest link is
     less loaded, "xy" or "yx"), ``congestion_limit`` (peak link load / bottleneck stage time
-    above which placement is redone with a congestion term), ``congestion_rounds`` (how many
-    times at most), ``congestion_boost`` (the congestion weight used on the first redo; each
-    further redo multiplies it by this factor again).
+    above which placement is annealed again with a heavier congestion term),
+    ``congestion_rounds`` (how many times at most), ``congestion_boost`` (each redo
+    multiplies the congestion weight by this factor).
     """
 
     balance_weight: float = 1.0
@@ -60,8 +65,10 @@ class FloorplanConfig:
     wire_weight: float = 0.1
     aspect_weight: float = 0.05
     soft_max_aspect: float = 4.0
-    congestion_weight: float = 0.0
+    congestion_weight: float = 0.5
     congestion_target: float = 0.5
+    io_lane_load: float = 0.5
+    io_area_budget: float = 0.1
     seed: int = 0
     moves_per_block: float = 40.0
     max_moves: int = 400_000
@@ -71,7 +78,7 @@ class FloorplanConfig:
     route_orientation: str = "auto"
     congestion_limit: float = 1.0
     congestion_rounds: int = 2
-    congestion_boost: float = 1.0
+    congestion_boost: float = 4.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -66,7 +66,7 @@ def place_and_route(problem: PlacementProblem, config: FloorplanConfig | None = 
     cfg = config or FloorplanConfig()
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    layout = initial_layout(problem)
+    layout = initial_layout(problem, cfg)
     history: list[dict[str, float]] = []
     annealer = Annealer(layout, cfg)
     stats = annealer.run(rng)
@@ -78,10 +78,8 @@ def place_and_route(problem: PlacementProblem, config: FloorplanConfig | None = 
         q = best[2]
         if q.congestion <= cfg.congestion_limit:
             break
-        weight = (cfg.congestion_boost * cfg.congestion_boost ** k
-                  if cfg.congestion_weight == 0 else cfg.congestion_weight
-                  * cfg.congestion_boost ** (k + 1))
-        round_cfg = dataclasses.replace(round_cfg, congestion_weight=max(weight, 1e-3))
+        weight = max(cfg.congestion_weight, 0.1) * cfg.congestion_boost ** (k + 1)
+        round_cfg = dataclasses.replace(round_cfg, congestion_weight=weight)
         annealer = Annealer(layout, round_cfg)
         stats = annealer.run(rng, time_limit_s=cfg.time_limit_s / 2)
         history.append({"round": k + 1, **stats, **annealer.terms()})

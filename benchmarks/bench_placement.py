@@ -1,0 +1,106 @@
+"""Benchmark: place and route kernel graphs on a WSE-2; every figure against strips.
+
+Run: ``python benchmarks/bench_placement.py [--spec wse2] [--sizes 100 1000 10000]
+[--out DIR]``. Instances: random pipelines with skip connections (random work and SRAM)
+of each size, and the layer graphs of GenSLM-25M (from the GPT-NeoX config in
+``shared/data/genslm/neox-25m.json`` when present, else its published shape: 8 layers,
+d=512, FFN 2048, 8 heads, vocabulary 69) and GPT-2 small (12 layers, d=768). Per instance
+it prints utilisation (busy / all PE-cycles at the slowest stage), the fabric-limited
+utilisation, bottleneck stage cycles, traffic x wirelength, peak link load, colours used
+and wall time, for the placement and for the strip baseline, and the goals:
+GenSLM-25M utilisation >= 1.5x strips and > 60 %; 10,000 kernels placed and routed < 60 s.
+With ``--out`` it also writes a JSON of all figures and a PNG per model graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from waferscale.compiler.floorplan import FloorplanConfig, place_and_route
+from waferscale.compiler.floorplan.synthetic import genslm_like, gpt2_small, random_pipeline
+from waferscale.hardware import get_spec
+
+GENSLM_25M = {"num_hidden_layers": 8, "hidden_size": 512, "intermediate_size": 2048,
+              "num_attention_heads": 8, "max_position_embeddings": 2048, "vocab_size": 69}
+
+
+def _genslm_config() -> dict:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        path = parent / "shared" / "data" / "genslm" / "neox-25m.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return GENSLM_25M
+
+
+def _row(name: str, kind: str, q: dict) -> str:
+    return (f"{name:<14} {kind:<7} {q['utilisation']:>6.1%} {q['utilisation_fabric']:>7.1%} "
+            f"{q['bottleneck_cycles']:>11.2f} {q['wire_traffic']:>12.3e} "
+            f"{q['peak_link_load']:>9.1f} {q['colors_used']:>6d} {q['wall_s']:>7.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default="wse2")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000, 10000])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="annealing seconds per round (default: the config's)")
+    args = ap.parse_args()
+    spec = get_spec(args.spec)
+    cfg = FloorplanConfig() if args.time_limit is None else FloorplanConfig(
+        time_limit_s=args.time_limit)
+    instances = [(f"random-{n}", lambda n=n: random_pipeline(n, spec, seed=0))
+                 for n in args.sizes]
+    instances += [("genslm-25m", lambda: genslm_like(spec, _genslm_config())),
+                  ("gpt2-small", lambda: gpt2_small(spec))]
+    print(f"spec {spec.name}: {spec.rows}x{spec.cols} PEs, {spec.routable_colors} routable "
+          f"colours")
+    print(f"{'instance':<14} {'':<7} {'util':>6} {'fabric':>7} {'bottleneck':>11} "
+          f"{'wire x traf':>12} {'peak link':>9} {'colors':>6} {'wall s':>7}")
+    report: dict[str, dict] = {}
+    goals: list[str] = []
+    for name, make in instances:
+        problem = make()
+        t0 = time.perf_counter()
+        res = place_and_route(problem, cfg)
+        wall = time.perf_counter() - t0
+        q = res.quality.to_dict()
+        q["wall_s"] = wall
+        print(_row(f"{name} ({problem.n})", "placed", q))
+        base = res.baseline.to_dict() if res.baseline else None
+        if base:
+            print(_row("", "strips", base))
+            ratio = q["utilisation"] / base["utilisation"]
+            fab = q["utilisation_fabric"] / max(base["utilisation_fabric"], 1e-30)
+            print(f"{'':<14} {'ratio':<7} {ratio:>5.2f}x {fab:>6.2f}x "
+                  f"{q['bottleneck_cycles'] / base['bottleneck_cycles']:>11.3f} "
+                  f"{q['wire_traffic'] / max(base['wire_traffic'], 1e-30):>12.3f} "
+                  f"{q['peak_link_load'] / max(base['peak_link_load'], 1e-30):>9.2f}")
+        report[name] = {"blocks": problem.n, "nets": len(problem.nets), "placed": q,
+                        "strips": base, "terms": res.terms, "history": res.history}
+        if name == "genslm-25m" and base:
+            ratio = q["utilisation"] / base["utilisation"]
+            ok = q["utilisation"] > 0.6 and ratio >= 1.5
+            goals.append(f"GenSLM-25M utilisation {q['utilisation']:.1%} vs strips "
+                         f"{base['utilisation']:.1%} ({ratio:.2f}x): "
+                         f"{'met' if ok else 'MISSED'} (goal >= 1.5x and > 60 %)")
+        if name == "random-10000":
+            goals.append(f"10,000 kernels placed and routed in {wall:.1f} s: "
+                         f"{'met' if wall < 60 else 'MISSED'} (goal < 60 s)")
+        if args.out and not name.startswith("random-1000"):
+            from waferscale.compiler.floorplan.plot import plot_floorplan
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            plot_floorplan(res, args.out / f"placement-{name}.png", baseline=True)
+    for line in goals:
+        print(line)
+    if args.out:
+        (args.out / "placement.json").write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
