@@ -13,9 +13,10 @@ Terms (each dimensionless, so weights compare):
 * ``aspect``: mean over blocks of ``max(0, ln(aspect / soft_max_aspect))**2``; skinny
   rectangles make kernels' own collectives long. (A block's ``max_aspect`` is a hard limit,
   enforced by legalisation, not by this term.)
-* ``congestion``: mean over nets of ``max(0, load / T_ref - congestion_target)**2`` where
+* ``congestion``: sum over nets of ``max(0, load / T_ref - congestion_target)**2`` where
   ``load = wavelets / lanes`` estimates the busiest link of the net (its traffic spread over
-  the width of the facing edges). The router raises its weight when the real link-load
+  the width of the facing edges); a sum, not a mean, because one starved stream throttles
+  the whole pipeline. The router raises its weight when the real link-load
   map shows a link busier than the bottleneck stage.
 * SRAM fit is not a term: it is a hard constraint (no cut leaves a side fewer PEs than its
   blocks' SRAM needs), so no weight can trade it away.
@@ -157,13 +158,13 @@ class Scorer:
     def combine(self, sum_exp: float, sum_wire: float, sum_aspect: float,
                 sum_cong: float) -> dict[str, float]:
         """Named terms (unweighted) and the weighted total from the four sums."""
-        n, m = max(self.p.n, 1), max(len(self.p.nets), 1)
+        n = max(self.p.n, 1)
         cfg = self.cfg
         terms = {
             "balance": float(np.log(max(sum_exp, 1e-300)) / self.beta + 1.0),
             "wire": sum_wire / self.wire_norm,
             "aspect": sum_aspect / n,
-            "congestion": sum_cong / m,
+            "congestion": sum_cong,
         }
         terms["total"] = (cfg.balance_weight * terms["balance"] + cfg.wire_weight * terms["wire"]
                           + cfg.aspect_weight * terms["aspect"]
