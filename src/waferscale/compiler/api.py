@@ -53,13 +53,20 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
     notes: list[str] = []
     placement = {}
     fits = p.pipelined_fits
-    if fits:
+    # the strip placer wastes area: if it cannot pack the shares, shrink them and retry
+    for fraction in (0.45, 0.3, 0.2, None):
+        if not fits:
+            break
         try:
-            prog_probe = Program(g, p, spec, "pipelined")
-            placement = place(prog_probe, spec)
+            placement = place(Program(g, p, spec, "pipelined"), spec)
+            break
         except WaferscaleError as exc:
-            fits = False
-            p.why_not.append(str(exc))
+            if fraction is None:
+                fits = False
+                p.why_not.append(str(exc))
+                break
+            p = make_plan(g, spec, max_side=max_side, area_fraction=fraction)
+            fits = p.pipelined_fits
     if mode == "pipelined" and not fits:
         raise CompileError("the model does not fit pipelined mode: " + "; ".join(p.why_not)
                            + "; weight streaming is the mode for it (use mode='estimate')")

@@ -375,13 +375,14 @@ class Plan:
     why_not: list[str]
 
 
-def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None) -> Plan:
+def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None,
+         area_fraction: float = AREA_FRACTION) -> Plan:
     """Stages sized by their work share of the wafer; feasibility of pipelined mode."""
     stages, stage_of = build_stages(g)
     on_wafer = [s for s in stages if s.kind != "fallback"]
     weight = {s.name: _work(g, s) for s in stages}
     total = sum(weight[s.name] for s in on_wafer) or 1.0
-    budget = AREA_FRACTION * spec.rows * spec.cols
+    budget = area_fraction * spec.rows * spec.cols
     for st in stages:
         size_stage(spec, st, budget * weight[st.name] / total, max_side)
     for node in g.calls():
