@@ -44,16 +44,18 @@ def test_values_match_torch(algorithm, dtype, acc):
     assert normwise(r.value, reference(a, b, dtype)) < TOL[(dtype, acc)]
 
 
-@pytest.mark.parametrize("algorithm", gemm.ALGORITHMS)
-@pytest.mark.parametrize("p", [1, 2, 3, 5, 8, 13])
-@pytest.mark.parametrize("shape", [(8, 8, 8), (40, 24, 56), (13, 29, 17), (96, 96, 96)])
-@pytest.mark.parametrize("dtype,acc", [("fp32", "fp32"), ("fp16", "fp32"), ("fp16", "fp16")])
+SWEEP = [(algorithm, p, shape, dtype, acc)
+         for algorithm in gemm.ALGORITHMS
+         for p in (1, 2, 3, 5, 8, 13)
+         for shape in ((8, 8, 8), (40, 24, 56), (13, 29, 17), (96, 96, 96))
+         for dtype, acc in (("fp32", "fp32"), ("fp16", "fp32"), ("fp16", "fp16"))
+         if p <= min(shape)
+         and gemm.sram_bytes(*shape, p, dtype, acc, algorithm) <= SPEC.sram_bytes]
+
+
+@pytest.mark.parametrize("algorithm,p,shape,dtype,acc", SWEEP)
 def test_cost_equals_fabric_cycles(algorithm, p, shape, dtype, acc):
     m, k, n = shape
-    if p > min(shape):
-        pytest.skip("grid larger than a dimension")
-    if gemm.sram_bytes(m, k, n, p, dtype, acc, algorithm) > SPEC.sram_bytes:
-        pytest.skip("blocks do not fit the SRAM")
     run = gemm.run((m, k), (k, n), algorithm=algorithm, grid=p, spec=SPEC, dtype=dtype,
                    accumulate=acc)
     est = gemm.cost(m, k, n, algorithm=algorithm, grid=p, spec=SPEC, dtype=dtype,
