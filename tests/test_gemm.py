@@ -207,3 +207,32 @@ def test_chooser_picks_a_fitting_grid_and_run_uses_it():
     assert r.grid == choose_gemm(64, 64, 64, spec=SPEC, algorithms=(plan.algorithm,)).grid
     with pytest.raises(KernelFitError, match=r"no square grid"):
         choose_gemm(4096, 4096, 4096, spec=SPEC, rect=(8, 8))
+
+
+def test_weight_mask_zeroes_skips_and_counts_per_block():
+    p, m, k, n = 4, 16, 30, 26            # blocks do not divide: the padded edge is counted
+    a = RNG.standard_normal((m, k)).astype(np.float32)
+    b = RNG.standard_normal((k, n)).astype(np.float32)
+    mask = RNG.random((k, n)) < 0.2
+    valued = gemm.run(a, b, grid=p, spec=SPEC, mask=mask)
+    np.testing.assert_allclose(valued.value, a @ np.where(mask, b, 0), rtol=1e-5, atol=1e-4)
+    timed = gemm.run((m, k), (k, n), grid=p, spec=SPEC, mask=mask)
+    assert timed.cycles == valued.cycles
+    assert valued.cycles < gemm.run(a, b, grid=p, spec=SPEC).cycles
+    with pytest.raises(KernelShapeError, match=r"mask of shape \(26, 30\) does not match the "
+                                               r"weight \[30,26\]"):
+        gemm.run(a, b, grid=p, spec=SPEC, mask=mask.T)
+
+
+def test_runs_on_a_rectangle_of_a_shared_fabric():
+    from waferscale.fabric import Fabric
+
+    f = Fabric(SPEC, 12, 12)
+    a = RNG.standard_normal((20, 20)).astype(np.float32)
+    alone = gemm.run(a, a, algorithm="cannon", grid=5, spec=SPEC)
+    placed = gemm.run(a, a, algorithm="cannon", grid=5, fabric=f, origin=(3, 6))
+    np.testing.assert_allclose(placed.value, a @ a, rtol=1e-5, atol=1e-4)
+    assert placed.cycles == alone.cycles
+    assert f.ce_clock[:3].max() == 0 and f.ce_clock[:, :6].max() == 0
+    with pytest.raises(KernelFitError, match=r"does not fit the 9x6 rectangle"):
+        gemm.run(a, a, grid=7, fabric=f, origin=(3, 6))

@@ -157,3 +157,15 @@ def test_chooser_uses_every_column_and_searches_rows():
     r = gemv.run(np.ones(4096, np.float32), np.ones((4096, 1024), np.float32), spec=SPEC,
                  algorithm=plan.algorithm)
     assert r.grid == plan.grid
+
+
+def test_weight_mask_zeroes_skips_and_counts_per_block():
+    x = RNG.standard_normal(50).astype(np.float32)
+    w = RNG.standard_normal((50, 20)).astype(np.float32)
+    mask = RNG.random((50, 20)) < 0.3
+    valued = gemv.run(x, w, grid=(6, 4), spec=SPEC, mask=mask)
+    np.testing.assert_allclose(valued.value, x @ np.where(mask, w, 0), rtol=1e-5, atol=1e-5)
+    timed = gemv.run((50,), (50, 20), grid=(6, 4), spec=SPEC, mask=mask)
+    assert timed.cycles == valued.cycles
+    with pytest.raises(KernelShapeError, match=r"mask of shape \(20, 50\)"):
+        gemv.run(x, w, grid=(6, 4), spec=SPEC, mask=mask.T)

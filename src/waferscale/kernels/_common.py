@@ -93,3 +93,28 @@ def check_nnz(kernel: str, name: str, nnz: np.ndarray | None, shape: tuple[int, 
         raise KernelShapeError(f"{kernel}: {name} counts must lie in [0, {capacity}] (the "
                                f"elements of one block)")
     return nnz
+
+
+def mask_blocks(kernel: str, mask: np.ndarray | None, shape: tuple[int, int],
+                parts: tuple[int, int], block: tuple[int, int]) -> np.ndarray | None:
+    """Validate a weight mask against the weight's shape; return nonzeros per block.
+
+    ``parts`` blocks of ``block`` elements cut the (zero-padded) weight, as the kernels
+    lay it out, so a timing-only run charges every PE the nonzeros its block really has.
+    """
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise KernelShapeError(f"{kernel}: mask of shape {mask.shape} does not match the "
+                               f"weight [{shape[0]},{shape[1]}]; pass a boolean "
+                               f"[{shape[0]},{shape[1]}] array (True = kept)")
+    (pr, pc), (rb, cb) = parts, block
+    padded = np.zeros((pr * rb, pc * cb), dtype=bool)
+    padded[: shape[0], : shape[1]] = mask.astype(bool)
+    return padded.reshape(pr, rb, pc, cb).sum(axis=(1, 3)).astype(float)
+
+
+def skip_with_mask(skip: str | None) -> str:
+    """A weight mask means zero weights are skipped (on top of any activation skipping)."""
+    return "both" if skip in ("a", "both") else "b"

@@ -37,6 +37,7 @@ PE's cycles follow its own nonzeros and load imbalance shows up in the step time
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ from waferscale.kernels._common import (
     fabric_accumulate,
     fmac_cycles,
     fmacs_per_cycle,
+    mask_blocks,
+    skip_with_mask,
     sparse_wavelets,
 )
 from waferscale.kernels._lines import line_permute
@@ -249,11 +252,15 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
         spec: WaferSpec | str | None = None, dtype: str = "fp32",
         accumulate: str | None = "fp32", skip: str | None = None,
         a_nnz: np.ndarray | None = None, b_nnz: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
         fabric: Fabric | None = None, origin: tuple[int, int] = (0, 0)) -> GemmResult:
     """Multiply on the fabric: real values for arrays, clocks only for shapes.
 
     ``a``/``b`` are matrices, or ``(rows, cols)`` tuples for a timing-only run (then
     ``a_nnz``/``b_nnz`` may give each [p, p] block's nonzeros for a sparse timing run).
+    ``mask`` is an unstructured weight mask ([k, n], True = kept): masked weights are
+    zeroed and skipped (``skip`` becomes 'b', or 'both' with 'a'); in a timing-only run
+    each block's nonzeros are counted from it.
     ``grid`` is p (default: the chooser's pick). ``fabric``/``origin`` place the kernel on
     an existing fabric; otherwise a p x p fabric is made (timing-only for shapes).
     """
@@ -279,6 +286,16 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
     if not timing_only and (a_nnz is not None or b_nnz is not None):
         raise KernelShapeError(f"{KERNEL}: a_nnz/b_nnz are for timing-only runs; with real "
                                f"operands the nonzeros are counted from the values")
+    if mask is not None:
+        if b_nnz is not None:
+            raise KernelShapeError(f"{KERNEL}: give a weight mask or b_nnz, not both")
+        mask_nnz = mask_blocks(KERNEL, mask, (k, n), (p, p), (kb, nb))
+        prob = dataclasses.replace(prob, skip=skip_with_mask(skip))
+        if b_val is not None:
+            b_val = np.where(np.asarray(mask, dtype=bool), b_val, 0)
+        else:
+            b_nnz = mask_nnz
+    skip = prob.skip
     a_nnz = check_nnz(KERNEL, "a_nnz", a_nnz, (p, p), mb * kb)
     b_nnz = check_nnz(KERNEL, "b_nnz", b_nnz, (p, p), kb * nb)
     if fabric is None:

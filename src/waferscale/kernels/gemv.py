@@ -49,6 +49,8 @@ from waferscale.kernels._common import (
     fabric_accumulate,
     fmac_cycles,
     fmacs_per_cycle,
+    mask_blocks,
+    skip_with_mask,
 )
 from waferscale.kernels._lines import ktree_reduce, ktree_reduce_cycles
 
@@ -179,12 +181,15 @@ def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
         spec: WaferSpec | str | None = None, dtype: str = "fp32",
         accumulate: str | None = "fp32", skip: str | None = None, levels: int = 2,
         x_nnz: np.ndarray | None = None, w_nnz: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
         fabric: Fabric | None = None, origin: tuple[int, int] = (0, 0)) -> GemvResult:
     """``y = x @ w`` on the fabric: real values for arrays, clocks only for shapes.
 
     ``x`` is [K] or [M, K]; ``w`` is [K, N]. For a timing-only run pass shape tuples, and
     optionally ``w_nnz`` ([rows, cols]: nonzeros of each W block) and ``x_nnz`` ([rows]:
     nonzeros of each x block). ``grid`` is (rows, cols); default: the chooser's pick.
+    ``mask`` is an unstructured weight mask ([K, N], True = kept): masked weights are zeroed
+    and skipped; in a timing-only run each block's nonzeros are counted from it.
     """
     spec = fabric.spec if fabric is not None else get_spec(spec)
     x_shape, x_val = _as_operand(x, "x", (1, 2))
@@ -211,6 +216,15 @@ def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
     if not timing_only and (x_nnz is not None or w_nnz is not None):
         raise KernelShapeError(f"{KERNEL}: x_nnz/w_nnz are for timing-only runs; with real "
                                f"operands the nonzeros are counted from the values")
+    if mask is not None:
+        if w_nnz is not None:
+            raise KernelShapeError(f"{KERNEL}: give a weight mask or w_nnz, not both")
+        mask_nnz = mask_blocks(KERNEL, mask, (k, n), (rows, cols), (kb, nb))
+        skip = skip_with_mask(skip)
+        if w_val is not None:
+            w_val = np.where(np.asarray(mask, dtype=bool), w_val, 0)
+        else:
+            w_nnz = mask_nnz
     w_nnz = check_nnz(KERNEL, "w_nnz", w_nnz, (rows, cols), kb * nb)
     if x_nnz is not None:
         x_nnz = check_nnz(KERNEL, "x_nnz", np.asarray(x_nnz)[:, None], (rows, 1), m * kb)
