@@ -169,3 +169,14 @@ def test_weight_mask_zeroes_skips_and_counts_per_block():
     assert timed.cycles == valued.cycles
     with pytest.raises(KernelShapeError, match=r"mask of shape \(20, 50\)"):
         gemv.run(x, w, grid=(6, 4), spec=SPEC, mask=mask.T)
+
+
+def test_timing_only_activation_nonzeros_per_block():
+    x = np.maximum(RNG.standard_normal(64), 0).astype(np.float32)
+    w = RNG.standard_normal((64, 32)).astype(np.float32)
+    valued = gemv.run(x, w, grid=(4, 4), spec=SPEC, skip="a")
+    per_block = (x.reshape(4, 16) != 0).sum(axis=1)
+    timed = gemv.run((64,), (64, 32), grid=(4, 4), spec=SPEC, skip="a", x_nnz=per_block)
+    assert timed.cycles == valued.cycles
+    with pytest.raises(KernelShapeError, match=r"x_nnz must give one nonzero count per x block"):
+        gemv.run((64,), (64, 32), grid=(4, 4), spec=SPEC, skip="a", x_nnz=np.ones(3))

@@ -519,7 +519,8 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
         sram_bytes(m, k, n, p, dtype, prob.accumulate, algorithm),
         {"spec": spec.name, "clock_hz": spec.clock_hz, "skip": skip,
          "a_density": a_density, "b_density": b_density,
-         "buffers": "double (one receive buffer per operand)",
+         "steps": "p synchronous steps; the next blocks travel during the product "
+                  "(double buffering); a step ends when the slowest PE is done",
          "placement": "skew/interleave at load time, not timed"})
 
 

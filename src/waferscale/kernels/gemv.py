@@ -227,7 +227,11 @@ def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
             w_nnz = mask_nnz
     w_nnz = check_nnz(KERNEL, "w_nnz", w_nnz, (rows, cols), kb * nb)
     if x_nnz is not None:
-        x_nnz = check_nnz(KERNEL, "x_nnz", np.asarray(x_nnz)[:, None], (rows, 1), m * kb)
+        x_nnz = np.asarray(x_nnz, dtype=float)
+        if x_nnz.shape != (rows,):
+            raise KernelShapeError(f"{KERNEL}: x_nnz must give one nonzero count per x block, "
+                                   f"shape ({rows},), got {x_nnz.shape}")
+        x_nnz = check_nnz(KERNEL, "x_nnz", x_nnz[:, None], (rows, 1), m * kb)
     if fabric is None:
         fabric = Fabric(spec, rows, cols, timing_only=timing_only)
     elif fabric.timing_only != timing_only:
