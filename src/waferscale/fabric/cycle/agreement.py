@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from waferscale.errors import SramOverflowError
 from waferscale.fabric import movement as mv
 from waferscale.fabric.cycle import runs
 from waferscale.fabric.grid import Fabric, Rect
@@ -101,7 +102,15 @@ def agreement_row(spec: WaferSpec, primitive: str, n: int, b: int, seed: int = 0
     wall = time.perf_counter()
     run, cycle_values = _cycle(spec, primitive, n, b)
     x = np.random.default_rng(seed).standard_normal((n, n, b)).astype(np.float32)
-    fast_cycles, fast_values = _fast(spec, primitive, n, x)
+    note = ""
+    try:
+        fast_cycles, fast_values = _fast(spec, primitive, n, x)
+    except SramOverflowError as exc:
+        # the fast model keeps intermediates the in-place wavelet program does not; timing
+        # does not depend on SRAM size, so compare on a PE with room for them
+        note = f"fast model ran with 4x SRAM: {exc}"
+        fast_cycles, fast_values = _fast(spec.replace(sram_bytes=4 * spec.sram_bytes),
+                                         primitive, n, x)
     error = (fast_cycles - run.cycles) / run.cycles
     return {
         "primitive": primitive,
@@ -116,6 +125,7 @@ def agreement_row(spec: WaferSpec, primitive: str, n: int, b: int, seed: int = 0
             cycle_values, fast_values, rtol=1e-5,
             atol=4e-6 * max(float(np.abs(fast_values).max()), 1e-30))),
         "wall_s": time.perf_counter() - wall,
+        "note": note,
     }
 
 
@@ -146,6 +156,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         flag = "" if r["within_tolerance"] else "  <-- over 5%"
         values = "ok" if r["values_match_numpy"] and r["values_match_fast"] else "MISMATCH"
+        if r.get("note"):
+            values += " (fast model needed more SRAM)"
         lines.append(f"{r['primitive']:14s} {r['grid']:>6s} {r['wavelets']:>8d} "
                      f"{r['fast_cycles']:>9.0f} {r['cycle_cycles']:>9d} "
                      f"{100 * r['error']:>7.2f}%  {values}{flag}")
