@@ -3,7 +3,8 @@
 Runs a full-grid allreduce (row chain reduce, column chain reduce, column and row
 broadcast) and one 25-point stencil step on 32 x 32 and 64 x 64 grids, checks the numbers
 against NumPy, and prints where the wall time went. The last line is the slowest run's
-rate: ``PE-cycles/s: <number>``.
+rate in wall time: ``PE-cycles/s: <number>``. Each run also shows its rate per CPU second,
+which is what to compare when other jobs share the machine (the load average is printed).
 
     python benchmarks/bench_cycle_sim.py [--wavelets 256] [--nz 64] [--grids 32 64]
 """
@@ -11,6 +12,7 @@ rate: ``PE-cycles/s: <number>``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from waferscale.fabric.cycle.runs import run_allreduce
@@ -39,12 +41,15 @@ def main(argv: list[str] | None = None) -> float:
             rate = result.pe_cycles_per_s
             rates.append(rate)
             print(f"{n}x{n} {what}: {result.cycles} cycles, {result.wall_s:.2f} s wall, "
-                  f"{rate:,.0f} PE-cycles/s, values {'ok' if ok else 'WRONG'}")
+                  f"{rate:,.0f} PE-cycles/s ({result.pe_cycles_per_cpu_s:,.0f} per CPU "
+                  f"second), values {'ok' if ok else 'WRONG'}")
             for line in result.profile_lines():
                 print(f"    {line}")
             if not ok:
                 print("values disagree with NumPy", file=sys.stderr)
                 sys.exit(1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average {load:.2f} on {os.cpu_count()} CPUs")
     slowest = min(rates)
     print(f"PE-cycles/s: {slowest:.0f}")
     return slowest
