@@ -95,9 +95,13 @@ class ComputeEngines:
         self.wr_left = np.zeros(pes, dtype=np.int64)
         self.ramp_left = np.zeros(pes, dtype=np.int64)
         self.flag = np.zeros(pes, dtype=np.uint8)
+        # vector instructions in flight per PE: a PE with some and no progress is stalled
+        self.inflight = np.zeros(pes, dtype=np.int64)
         self.stats = np.zeros((4, pes), dtype=np.int64)
         self.stats_flat = self.stats.reshape(-1)
-        # flag bits (1 busy, 2 fabric stall, 4 memory stall) -> state row, busy first
+        # flag bits (1 busy, 2 waiting on in-flight work) -> state row, busy first. Memory
+        # ports are bandwidth spent in order, so a PE denied memory has used it (busy):
+        # the memory-stall row stays for a finer memory model
         codes = [BUSY if f & 1 else FABRIC_STALL if f & 2 else MEMORY_STALL if f & 4 else IDLE
                  for f in range(8)]
         self.code_base = np.array(codes, dtype=np.int64) * pes
@@ -153,6 +157,7 @@ class ComputeEngines:
 
     def account(self, cycles: int = 1) -> None:
         """Fold this cycle's flags into the per-PE state counters (``cycles`` times)."""
+        self.flag |= (self.inflight > 0).view(np.uint8) << 1
         self.stats_flat[self.code_base[self.flag] + self.ar] += cycles
         self.flag.fill(0)
 
@@ -273,6 +278,7 @@ class ComputeEngines:
             self.blocked[target, sel] = False
 
     def _finish(self, op: OpState, fin: np.ndarray) -> None:
+        self.inflight[fin] -= 1
         if self.events is not None:
             self.events.append((self.t, "end", fin.copy(), op.oid, None))
         if op.ins.async_:

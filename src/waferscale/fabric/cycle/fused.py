@@ -154,8 +154,7 @@ class OpGroup:
     def step(self, ce: ComputeEngines, t: int) -> Finished:
         q, pe, prog = ce.q, self.pe, self.prog
         rem = self.n - prog
-        active = rem > 0
-        fab_ok = active
+        fab_ok = rem > 0
         for i in self.fab_in:
             fab_ok = fab_ok & (q.hrdy[self.queue[i]] <= t)
         if self.fab_out:
@@ -174,14 +173,8 @@ class OpGroup:
             ce.flag[pe[sel]] |= 1
             ce.elements += moved
             done = sel[pos == self.n[sel]]
-        if moved < pe.size:
-            waiting = active.copy()
-            waiting[sel] = False
-            if np.count_nonzero(waiting):
-                ce.flag[pe[waiting & ~fab_ok]] |= 2
-                ce.flag[pe[waiting & fab_ok]] |= 4
-            if self.zero_len:
-                done = np.union1d(done, np.flatnonzero(rem == 0))
+        if self.zero_len:
+            done = np.union1d(done, np.flatnonzero(rem == 0))
         if not done.size:
             return []
         return self._finish(done)

@@ -148,6 +148,7 @@ class OpState:
         self.n[sel] = n
         self.running[sel] = True
         self.count += sel.size
+        ce.inflight[sel] += 1
         self._dirty = True
         if self.group is not None:
             self.group.append(self, ce, sel)
@@ -189,21 +190,15 @@ class OpState:
             k = np.minimum(k, ce.rd_left[idx] // self.reads)
         if self.writes:
             k = np.minimum(k, ce.wr_left[idx] // self.writes)
-        mem_ok = k > 0
         for i in self.fab_in:
             k = np.where(q.hrdy[self._q[i]] <= t, np.minimum(k, 1), 0)
         if self.fab_out:
             qo = self._q[0]
             k = np.where((q.cnt[qo] < q.cap[qo]) & (ce.ramp_left[idx] > 0), np.minimum(k, 1), 0)
         moving = k > 0
-        stalled = ~moving & (rem > 0)
         nmov = int(np.count_nonzero(moving))
-        if nmov < moving.size and np.count_nonzero(stalled):
-            flag = moving.astype(np.uint8) | (stalled & mem_ok).astype(np.uint8) << 1 \
-                | (stalled & ~mem_ok).astype(np.uint8) << 2
-            ce.flag[idx] |= flag
-        else:
-            ce.flag[idx] |= moving.astype(np.uint8)
+        if nmov:
+            ce.flag[idx[moving]] |= 1
         if self.narrow:
             kmax = 1 if nmov else 0
         else:

@@ -3,8 +3,9 @@
 The trace lists every wavelet that crossed a link or a ramp, with its cycle, PE, port,
 colour and value, plus the compute engines' task starts and vector instruction starts and
 ends: enough to follow one wavelet through the fabric by hand. The summary counts, for each
-PE, the cycles it was busy, stalled on the fabric (an instruction waiting for a wavelet or
-for queue space), stalled on memory ports, or idle.
+PE, the cycles it was busy, stalled on the fabric (an instruction in flight waiting for a
+wavelet or for queue space), or idle. (A memory-stall row is kept for a finer memory
+model; with memory as in-order bandwidth a PE denied memory has used it, so it is busy.)
 """
 
 from __future__ import annotations
