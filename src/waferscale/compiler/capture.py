@@ -20,7 +20,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from waferscale.compiler.errors import CaptureError, MissingInputsError, UnsupportedDtypeError
-from waferscale.compiler.ir import Graph, Node, Ref, map_refs, source_of, tensor_meta
+from waferscale.compiler.ir import Graph, Node, Ref, iter_refs, map_refs, source_of, tensor_meta
 
 #: Ops never folded: they would make a constant out of something that changes per call.
 _NO_FOLD = ("rand", "randn", "randint", "bernoulli", "dropout", "native_dropout", "empty")
@@ -223,14 +223,235 @@ def map_refs_list(outputs: list[Any]) -> list[Ref]:
     return [o for o in outputs if isinstance(o, Ref)]
 
 
-def capture(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False) -> Graph:
-    """torch.export -> core ATen -> :class:`Graph`, constants folded, dead code removed."""
-    ep = export(model, example_inputs, strict=strict)
-    g = from_exported(ep)
+# ------------------------------------------------------------ repeated-layer capture -------
+def repeated_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
+    """The model's stack of identical layers: ``(path, ModuleList)``, or None.
+
+    Identical means same class and the same parameter/buffer names, shapes and dtypes, so
+    one layer's graph is every layer's graph. The largest such stack (by parameters) is
+    the decoder; smaller ones are left alone.
+    """
+    best: tuple[int, str, torch.nn.ModuleList] | None = None
+    for path, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.ModuleList) or len(mod) < 3 or not path:
+            continue
+        first = mod[0]
+
+        def signature(m: torch.nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+            return [(n, tuple(t.shape), t.dtype) for n, t in
+                    list(m.named_parameters()) + list(m.named_buffers())]
+
+        sig = signature(first)
+        if any(type(m) is not type(first) or signature(m) != sig for m in mod):
+            continue
+        size = sum(t.numel() for _, t in first.named_parameters()) * len(mod)
+        if best is None or size > best[0]:
+            best = (size, path, mod)
+    return None if best is None else (best[1], best[2])
+
+
+def _layer_of(path_prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(path_prefix)}\.(\d+)(?:\.|$)")
+
+
+def _layer_tags(ep: torch.export.ExportedProgram, prefix: str) -> dict[str, int]:
+    """Node name -> index of the repeated layer it belongs to (untagged: outside layers).
+
+    Call nodes carry the exporter's ``nn_module_stack``; parameter/buffer placeholders are
+    tagged by the state-dict name they stand for.
+    """
+    pat = _layer_of(prefix)
+    tags: dict[str, int] = {}
+    sig = ep.graph_signature
+    targets = dict(sig.inputs_to_parameters)
+    targets.update(sig.inputs_to_buffers)
+    for name, target in targets.items():
+        m = pat.match(target)
+        if m:
+            tags[name] = int(m.group(1))
+    for n in ep.graph.nodes:
+        if n.op != "call_function":
+            continue
+        for path, _ in (n.meta.get("nn_module_stack") or {}).values():
+            m = pat.match(str(path))
+            if m:
+                tags[n.name] = int(m.group(1))
+                break
+    return tags
+
+
+def _shape_key(obj: Any) -> Any:
+    """Args with every Ref blanked: two layers' nodes must agree on everything else."""
+    return repr(map_refs(obj, lambda r: "%"))
+
+
+def _replicate(g: Graph, tags: dict[str, int], n_layers: int, prefix: str,
+               tensors: dict[str, torch.Tensor], param_target: dict[str, str]) -> Graph | None:
+    """Grow a graph captured with layers 0 and 1 into the ``n_layers`` graph.
+
+    Layer 1 is the template: copy ``k`` (2 <= k < n) is layer 1 with its own parameters
+    (``prefix.k.*``), its reads of layer-0 values redirected to copy ``k-1`` (the carried
+    hidden state) and its reads of values from outside the layers (rotary tables, masks)
+    kept. Nodes after the layers read copy ``n-1`` instead of layer 1. Returns None when the
+    graph does not have that shape (the caller then exports the whole model).
+    """
+    order = list(g.nodes)
+    pos = {name: i for i, name in enumerate(order)}
+    l0 = [n for n in order if tags.get(n) == 0]
+    l1 = [n for n in order if tags.get(n) == 1]
+    if not l0 or len(l0) != len(l1) or any(t not in (0, 1) for t in tags.values()):
+        return None
+    calls0 = [n for n in l0 if g.nodes[n].op == "call"]
+    calls1 = [n for n in l1 if g.nodes[n].op == "call"]
+    if not calls1 or len(calls0) != len(calls1):
+        return None
+    # the two layers run back to back: no outside call node in between or inside them
+    lo, hi = pos[calls0[0]], pos[calls1[-1]]
+    for name in order[lo:hi + 1]:
+        if g.nodes[name].op == "call" and name not in tags:
+            return None
+    index1 = {n: j for j, n in enumerate(l1)}
+    partner = dict(zip(l0, l1, strict=True))
+    for a, b in zip(l0, l1, strict=True):
+        na, nb = g.nodes[a], g.nodes[b]
+        # (a parameter's target is its own name)
+        ta, tb = (na.target, nb.target) if na.op == "call" else ("", "")
+        if (na.op, ta, _shape_key(na.args), _shape_key(na.kwargs),
+                na.meta.get("shape"), na.meta.get("dtype")) != (
+                nb.op, tb, _shape_key(nb.args), _shape_key(nb.kwargs),
+                nb.meta.get("shape"), nb.meta.get("dtype")):
+            return None
+        # layer 1 reads layer 1 where layer 0 reads layer 0, and layer-0 values (the carried
+        # state) only where layer 0 reads the layers' input
+        for ra, rb in zip(iter_refs((na.args, na.kwargs)), iter_refs((nb.args, nb.kwargs)),
+                          strict=True):
+            if tags.get(ra.name) == 0 and partner[ra.name] != rb.name:
+                return None
+            if tags.get(ra.name) is None and tags.get(rb.name) == 1:
+                return None
+    # after the layers, nothing may read layer 0 directly (e.g. all hidden states)
+    users_after = [n for n in order if n not in tags and pos[n] > hi]
+    for name in users_after:
+        if any(tags.get(r) == 0 for r in g.nodes[name].inputs):
+            return None
+    if any(tags.get(r.name) == 0 for r in iter_refs(g.outputs)):
+        return None
+
+    taken = set(order)
+    pat = _layer_of(prefix)
+
+    def fresh(stem: str, k: int) -> str:
+        name = f"{stem}_l{k}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    index0 = {n: j for j, n in enumerate(l0)}
+    copies: list[list[str]] = [l0, l1]
+    new_nodes: list[Node] = []
+    for k in range(2, n_layers):
+        names = [fresh(n, k) for n in l1]
+        prev = copies[k - 1]
+
+        def remap(r: Ref, names: list[str] = names, prev: list[str] = prev) -> Ref:
+            if r.name in index1:
+                return Ref(names[index1[r.name]])
+            if r.name in index0:
+                return Ref(prev[index0[r.name]])
+            return r
+
+        for j, src in enumerate(l1):
+            node = g.nodes[src]
+            new = Node(names[j], node.op, target=node.target, args=map_refs(node.args, remap),
+                       kwargs=map_refs(node.kwargs, remap), meta=dict(node.meta), fn=node.fn)
+            if node.op == "const":
+                target = param_target.get(src)
+                if target is None or not pat.match(target):
+                    return None
+                own = pat.sub(f"{prefix}.{k}.", target, count=1)
+                if own not in tensors:
+                    return None
+                new.target = new.name
+                g.constants[new.name] = tensors[own]
+            new_nodes.append(new)
+        copies.append(names)
+    last = copies[-1]
+
+    def remap_after(r: Ref) -> Ref:
+        return Ref(last[index1[r.name]]) if r.name in index1 else r
+
+    out = Graph(user_inputs=list(g.user_inputs), out_spec=g.out_spec, source=g.source,
+                constants=g.constants)
+    for name in order:
+        node = g.nodes[name]
+        if pos[name] > hi and name not in tags:
+            node.args = map_refs(node.args, remap_after)
+            node.kwargs = map_refs(node.kwargs, remap_after)
+        out.add(node)
+        if name == calls1[-1]:
+            for new in new_nodes:
+                out.add(new)
+    out.outputs = [map_refs(o, remap_after) for o in g.outputs]
+    return out
+
+
+def capture_replicated(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
+                       ) -> Graph | None:
+    """Capture a model whose decoder is N identical layers by exporting it with 2 of them.
+
+    ``torch.export`` costs time per op traced, so a 64-layer model costs 32 times a 2-layer
+    one; the graph of layers 2..N-1 is layer 1's, replicated (with each layer's own
+    parameters). The result is the same graph the full export gives (same ops, shapes,
+    FLOPs and bytes; node names differ), so planning and timing see the whole model.
+    Returns None when the model has no such stack or its graph does not have that shape.
+    """
+    found = repeated_blocks(model)
+    if found is None:
+        return None
+    prefix, blocks = found
+    n_layers = len(blocks)
+    parent_path, _, attr = prefix.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    config = getattr(model, "config", None)
+    cfg_layers = getattr(config, "num_hidden_layers", None)
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+    parent._modules[attr] = torch.nn.ModuleList(list(blocks)[:2])
+    if cfg_layers == n_layers:
+        config.num_hidden_layers = 2
+    try:
+        ep = export(model, example_inputs, strict=strict)
+    finally:
+        parent._modules[attr] = blocks
+        if cfg_layers == n_layers:
+            config.num_hidden_layers = cfg_layers
+    tags = _layer_tags(ep, prefix)
+    sig = ep.graph_signature
+    param_target = dict(sig.inputs_to_parameters)
+    param_target.update(sig.inputs_to_buffers)
+    return _replicate(from_exported(ep), tags, n_layers, prefix, tensors, param_target)
+
+
+def capture(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False,
+            replicate: bool | None = None) -> Graph:
+    """torch.export -> core ATen -> :class:`Graph`, constants folded, dead code removed.
+
+    ``replicate``: export one copy of the repeated decoder layer pair and replicate it
+    (:func:`capture_replicated`). ``None`` (default) does so for meta-device models, whose
+    compile is estimate-only and where a full export of a billions-of-parameters model
+    costs most of the compile time; real-weight models are exported whole, op by op.
+    """
+    if replicate is None:
+        replicate = any(p.device.type == "meta" for p in model.parameters())
+    g = capture_replicated(model, example_inputs, strict=strict) if replicate else None
+    if g is None:
+        ep = export(model, example_inputs, strict=strict)
+        g = from_exported(ep)
     fold_constants(g)
     eliminate_dead(g)
     return g
 
 
-__all__ = ["capture", "decomposition_table", "eliminate_dead", "export", "fold_constants",
-           "from_exported", "from_fx"]
+__all__ = ["capture", "capture_replicated", "decomposition_table", "eliminate_dead", "export",
+           "fold_constants", "from_exported", "from_fx", "repeated_blocks"]
