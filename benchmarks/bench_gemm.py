@@ -4,8 +4,8 @@ For every (size, grid, algorithm): simulated time and compute efficiency from `g
 (the closed form the tests check against the fabric) and the wall time that took. Then,
 for the grids named by ``--fabric``, the same kernels run on timing-only fabrics (every
 PE's clocks and ports, no values) with their wall time. A timing-only run costs about
-p steps x p^2 PEs of vectorised work, so it grows as p^3: about 12 s at 360^2 on one core
-of the build machine, about 8x that at 720^2; the default runs only the 360^2 grid.
+p steps x p^2 PEs of vectorised work, so it grows as p^3: 8-18 s per algorithm at 360^2 on
+the build machine, 70-290 s at 720^2; the default runs only the 360^2 grid.
 
     python benchmarks/bench_gemm.py [--dtype fp32] [--fabric 360 [720 ...]]
 """
