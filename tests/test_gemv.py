@@ -101,6 +101,8 @@ def test_chain_into_contiguous_is_the_fabric_chain_reduce():
         done = chain_into(b, b.full, "col", False, np.zeros((3, n)), wav, np.arange(n))
         np.testing.assert_array_equal(done, ref.ready[0])
         np.testing.assert_array_equal(a.ce_clock, b.ce_clock)
+        np.testing.assert_array_equal(a.port_wavelets, b.port_wavelets)
+        np.testing.assert_array_equal(a.port_clock, b.port_clock)
 
 
 @pytest.mark.parametrize("direction", ["west", "north"])
@@ -114,6 +116,7 @@ def test_line_permute_by_a_rotation_is_the_cyclic_shift(direction):
     permuted = line_permute(tb, axis, (np.arange(n) - 1) % n)
     np.testing.assert_array_equal(shifted.tiles, permuted.tiles)
     np.testing.assert_array_equal(shifted.ready, permuted.ready)
+    np.testing.assert_array_equal(a.port_wavelets, b.port_wavelets)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 27, 64, 100])

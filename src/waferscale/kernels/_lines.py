@@ -153,9 +153,10 @@ def chain_into(fabric: Fabric, rect: Rect, axis: str, reverse: bool, ready: np.n
     # links between consecutive members carry the sender's wavelets from its emit time
     load = np.zeros((lines, n))
     link_start = np.zeros((lines, n))
-    for i in range(hops.size):  # a loop over chain stages, vectorised over lines
-        load[:, s[i]:s[i + 1]] = m_wav[:, i:i + 1]
-        link_start[:, s[i]:s[i + 1]] = emit[:, i:i + 1]
+    span = np.arange(s[0], s[-1])
+    stage = np.searchsorted(s, span, side="right") - 1    # the member sending over each link
+    load[:, span] = m_wav[:, stage]
+    link_start[:, span] = emit[:, stage]
     _load_links(fabric, view, port, link_start, load)
     recv = np.zeros((lines, n), dtype=bool)
     recv[:, s[1:]] = True
