@@ -237,12 +237,17 @@ def compile_(model: ModelArg,
                  "--estimate", help="plan and time only (meta device, no weights)")] = False,
              strict: Annotated[bool, typer.Option(
                  "--strict", help="an op without a wafer kernel is an error")] = False,
+             reserve: Annotated[list[str] | None, typer.Option(
+                 "--reserve", help="r,c,h,w: a rectangle no kernel may use (repeatable)")] = None,
+             map_out: Annotated[str | None, typer.Option(
+                 "--map", help="write the wafer map (kernels, link load) to this PNG")] = None,
              json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Compile a PyTorch model for the wafer and report its plan and throughput."""
     def body() -> None:
-        from waferscale.cli_compile import compile_report
+        from waferscale.cli_compile import compile_report, parse_rect
         r = compile_report(model, seq=seq, batch=batch, estimate=estimate, strict=strict,
-                           spec=spec)
+                           spec=spec, reserve=[parse_rect(x) for x in reserve or []],
+                           map_path=map_out)
         if json_out:
             _emit(r)
             return

@@ -81,18 +81,46 @@ def _truncate_layers(m: torch.nn.Module, layers: int) -> None:
         m.config.num_hidden_layers = layers
 
 
+def parse_rect(text: str) -> tuple[int, int, int, int]:
+    """``r,c,h,w`` (row, column, rows, columns) from the command line."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        r, c, h, w = (int(p) for p in parts)
+    except ValueError as exc:
+        raise WaferscaleError(f"--reserve {text!r}: expected r,c,h,w (four integers: row, "
+                              f"column, rows, columns)") from exc
+    return r, c, h, w
+
+
+def write_map(cm: Any, path: str | Path) -> Path:
+    """The wafer map of a compiled model: every kernel's rectangle coloured by pipeline
+    position (so by layer), beside the routed link load (``floorplan.plot``)."""
+    from waferscale.compiler.floorplan.plot import plot_floorplan
+
+    placed = cm.program.placed
+    if placed is None:
+        raise CompileError(f"no placement to draw: the model compiled in {cm.program.mode} "
+                           f"mode ({'; '.join(cm.program.notes)[:300]})")
+    return plot_floorplan(placed.result, path, baseline=True)
+
+
 def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: bool,
-                   spec: str = "wse2") -> dict[str, Any]:
+                   spec: str = "wse2", reserve: list[tuple[int, int, int, int]] | None = None,
+                   pin: dict[str, tuple[int, int, int, int]] | None = None,
+                   map_path: str | Path | None = None, layers: int | None = None
+                   ) -> dict[str, Any]:
     import waferscale
 
     if seq < 1 or batch < 1:
         raise WaferscaleError(f"--seq {seq} and --batch {batch} must be at least 1")
     meta = estimate and model in PRESETS or (model in PRESETS
                                              and _preset_params(model) > META_ABOVE)
-    m, example, _ = load_model(model, seq=seq, batch=batch, meta=meta)
+    m, example, _ = load_model(model, seq=seq, batch=batch, meta=meta, layers=layers)
     cm = waferscale.compile(m, example, spec=spec, mode="estimate" if estimate else "auto",
-                            strict=strict)
+                            strict=strict, reserve=reserve, pin=pin)
     rep = cm.report()
+    if map_path is not None:
+        rep["map"] = str(write_map(cm, map_path))
     rep["model"] = model
     rep["seq"] = seq
     return rep
@@ -143,4 +171,5 @@ def run_report(model: str, fasta: str, *, seq: int, batch: int, spec: str = "wse
     return rep
 
 
-__all__ = ["PRESETS", "compile_report", "load_model", "run_report"]
+__all__ = ["PRESETS", "compile_report", "load_model", "parse_rect", "run_report",
+           "write_map"]

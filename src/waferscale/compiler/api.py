@@ -17,11 +17,12 @@ import torch.utils._pytree as pytree
 from waferscale.compiler import capture as cap
 from waferscale.compiler import lower
 from waferscale.compiler.errors import CompileError, FallbackError
+from waferscale.compiler.floorplan import BlockSramError, ConstraintError, FloorplanConfig
 from waferscale.compiler.ir import Graph
-from waferscale.compiler.place import place
+from waferscale.compiler.place import RectLike, place_plan
 from waferscale.compiler.plan import plan as make_plan
 from waferscale.compiler.program import Program, route
-from waferscale.errors import WaferscaleError
+from waferscale.errors import RouteError, WaferscaleError
 from waferscale.hardware.spec import WaferSpec, get_spec
 
 MODES = ("auto", "pipelined", "estimate")
@@ -35,9 +36,21 @@ def _fallback_message(fb: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+#: Report keys of the placement (zero when the model was not placed).
+PLACEMENT_KEYS = ("utilization", "baseline_utilization", "colors_used", "peak_link_load",
+                  "place_seconds")
+
+
 def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool = False,
-                max_side: int | None = None, t0: float | None = None) -> Program:
-    """Lowering, planning, placement and routing of a captured graph."""
+                max_side: int | None = None, t0: float | None = None,
+                reserve: list[RectLike] | None = None, pin: dict[str, RectLike] | None = None,
+                placer_config: FloorplanConfig | None = None) -> Program:
+    """Lowering, planning, placement and routing of a captured graph.
+
+    Contradicting ``reserve``/``pin`` constraints raise :class:`ConstraintError` (naming the
+    stages and rectangles); a model that does not fit raises :class:`CompileError` in
+    ``mode="pipelined"`` and becomes a weight-streaming estimate otherwise.
+    """
     t0 = time.perf_counter() if t0 is None else t0
     if mode not in MODES:
         raise CompileError(f"mode {mode!r}: use one of {', '.join(MODES)}")
@@ -52,21 +65,33 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
                        if isinstance(t, torch.Tensor))
     notes: list[str] = []
     placement = {}
+    placed = None
     fits = p.pipelined_fits
-    # the strip placer wastes area: if it cannot pack the shares, shrink them and retry
-    for fraction in (0.45, 0.3, 0.2, None):
-        if not fits:
-            break
+    t_place = time.perf_counter()
+    if fits:
         try:
-            placement = place(Program(g, p, spec, "pipelined"), spec)
-            break
-        except WaferscaleError as exc:
-            if fraction is None:
+            placed = place_plan(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
+                                config=placer_config)
+        except ConstraintError:
+            raise
+        except BlockSramError as exc:
+            if pin and exc.block in pin:  # a pinned rectangle too small: the user's to fix
+                raise ConstraintError(str(exc), blocks=[exc.block]) from exc
+            fits = False
+            p.why_not.append(str(exc))
+        except (WaferscaleError, RouteError) as exc:
+            fits = False
+            p.why_not.append(f"placement: {exc}")
+        else:
+            placement = placed.rects
+            bad = [s for s in p.stages if not s.fits]
+            if bad:
                 fits = False
-                p.why_not.append(str(exc))
-                break
-            p = make_plan(g, spec, max_side=max_side, area_fraction=fraction)
-            fits = p.pipelined_fits
+                p.why_not.extend(f"{s.name} ({s.kind}) in its placed rectangle "
+                                 f"{placement.get(s.name)}: {s.why_not}" for s in bad)
+            p.sram_needed_bytes = sum(s.sram_per_pe * s.pes for s in p.stages
+                                      if s.kind != "fallback")
+    place_seconds = time.perf_counter() - t_place
     if mode == "pipelined" and not fits:
         raise CompileError("the model does not fit pipelined mode: " + "; ".join(p.why_not)
                            + "; weight streaming is the mode for it (use mode='estimate')")
@@ -82,6 +107,14 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
     if any(s.params.get("assumed_causal") for s in p.stages):
         notes.append("attention masks built on the meta device are assumed causal")
     prog = Program(g, p, spec, run_mode, placement=placement, notes=notes)
+    prog.figures = {k: 0 for k in PLACEMENT_KEYS}
+    if placed is not None:
+        from waferscale.compiler.floorplan.serialize import to_dict
+
+        prog.placed = placed
+        prog.floorplan = to_dict(placed.result)
+        prog.figures.update(placed.figures)
+    prog.figures["place_seconds"] = place_seconds
     route(prog)
     prog.compile_seconds = time.perf_counter() - t0
     return prog
@@ -147,6 +180,7 @@ class CompiledModel:
             "op_counts": prog.graph.op_counts(),
             "notes": list(prog.notes),
         }
+        out.update(prog.figures)
         out.update(summary)
         if prog.mode == "weight_streaming":
             ws = weight_streaming_estimate(prog, batch=self._batch, tokens=self._tokens)
@@ -176,13 +210,19 @@ def _batch_tokens(inputs: Any) -> tuple[int, int]:
 
 def compile(model: torch.nn.Module, example_inputs: Any = None, *,
             spec: WaferSpec | str | None = "wse2", mode: str = "auto", strict: bool = False,
-            max_side: int | None = None) -> CompiledModel:
+            max_side: int | None = None, reserve: list[RectLike] | None = None,
+            pin: dict[str, RectLike] | None = None,
+            placer_config: FloorplanConfig | None = None) -> CompiledModel:
     """Capture ``model`` with torch.export, lower, plan, place and route it for ``spec``.
 
     ``mode``: 'auto' (pipelined if it fits, else a weight-streaming estimate), 'pipelined'
     (error if it does not fit) or 'estimate' (plan and time only). ``strict``: an op
     without a wafer kernel is an error instead of a host fallback. ``max_side`` caps a
-    kernel's rectangle side (keeps simulations of big problems short).
+    kernel's rectangle side (keeps simulations of big problems short). ``reserve``:
+    rectangles ``(row, col, rows, cols)`` no kernel may use; ``pin``: ``{stage name:
+    (row, col, rows, cols)}`` fixes a kernel's rectangle (stage names as in
+    ``report()["stages"]``); contradicting ones raise ``floorplan.ConstraintError``.
+    ``placer_config``: the floorplanner's settings (``compiler.place.COMPILE_CONFIG``).
     """
     t0 = time.perf_counter()
     spec = get_spec(spec)
@@ -194,8 +234,9 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
         g = cap.capture(model, example_inputs)
     finally:
         model.train(was_training)
-    prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0)
+    prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0,
+                       reserve=reserve, pin=pin, placer_config=placer_config)
     return CompiledModel(prog, example_inputs)
 
 
-__all__ = ["CompiledModel", "MODES", "compile", "lower_graph"]
+__all__ = ["CompiledModel", "MODES", "PLACEMENT_KEYS", "compile", "lower_graph"]

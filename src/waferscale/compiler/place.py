@@ -1,47 +1,333 @@
-"""A first, simple, correct placer: shelf ("strip") packing in pipeline order.
+"""Placement of a planned program: the compiler's side of the EDA-style floorplanner.
 
-Why this simple: pipelined execution only needs every stage on its own, non-overlapping
-rectangle; placing producers next to consumers shortens the streams but is an optimisation
-(a later, EDA-grade placer replaces this module behind the same interface). Stages are laid
-left to right in topological order along horizontal strips; a strip is as tall as its
-tallest rectangle, and the next strip starts below it, so consecutive stages are
-neighbours and the stream between them is short.
+The planner sizes every stage once at a nominal share of the wafer; that is only a
+calibration. Here each stage becomes a :class:`~waferscale.compiler.floorplan.Block`:
+
+* ``work_pe_cycles`` and ``latency_cycles``: the stage's total cycles (kernel ``cost()`` plus
+  the data-moving layout ops charged to it) at two areas, fitted to ``t(a) = W / a + L`` so
+  the floorplanner's water filling sizes areas by *total* stage cycles and sees the part of
+  a kernel that does not shrink with more PEs (a GEMM's systolic fill, a reduction chain);
+* ``sram_bytes_total``: weights plus the buffers the kernel keeps on its rectangle;
+* nets: every producer -> consumer activation stream, in 32-bit wavelets per sample (one
+  sample = one compiled batch).
+
+``floorplan.place_and_route`` places and routes them; every kernel is then re-sized inside
+its placed rectangle (``plan.size_stage(bounds=)``), so the runtime's rectangle sizes and
+the report come from the placement, and stream times use the routed distances.
+
+The naive baseline every figure is compared against is ``floorplan.strip`` (full-height
+strips in pipeline order); :func:`place` returns it for callers of the old interface.
+There is one strip implementation, the floorplanner's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from waferscale.compiler.errors import FitError
-from waferscale.fabric.grid import Rect
+from waferscale.compiler.floorplan import (
+    Block,
+    BlockSramError,
+    ConstraintError,
+    FloorplanConfig,
+    FloorplanResult,
+    Net,
+    PlacementProblem,
+    Routing,
+    place_and_route,
+    strip_placement,
+)
+from waferscale.compiler.ir import Graph
+from waferscale.compiler.plan import Plan, Stage, move_cycles, size_stage
+from waferscale.fabric.dtypes import BYTES
+from waferscale.fabric.grid import EAST, WEST, Rect
+from waferscale.fabric.timing import stream_cycles
 from waferscale.hardware.spec import WaferSpec
 
+#: The compiler's floorplanner settings: annealing time-boxed so compiles stay short; a
+#: larger I/O-floor budget because the floors are dropped (not scaled) once the SRAM
+#: minimums alone exceed it (`floorplan.alloc.io_floor` with a zero budget).
+#: Squarer rectangles than the library's default (soft aspect 2, weighted 10x): GEMMs run
+#: on square grids and the row kernels' buffers grow along a skinny side, so a 1 x 180
+#: strip wastes most of itself. (A hard ``max_aspect`` makes the slicer's cuts fail.)
+COMPILE_CONFIG = FloorplanConfig(time_limit_s=5.0, io_area_budget=0.25, soft_max_aspect=2.0,
+                                 aspect_weight=5.0)
+#: Smallest rectangle of any kernel: below this the slicer's cuts leave one-PE-wide slivers
+#: that no kernel layout can use.
+MIN_PES = 256
 
-def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
-    """``{stage name: Rect}`` for every on-wafer stage of ``program`` (a plan or program with
-    ``.stages``, each having ``name``, ``kind`` and ``rect`` = (rows, cols)).
+#: Head-room on a stage's SRAM: a kernel re-sized inside a non-square rectangle uses less of
+#: it (a p x p GEMM grid in a p x 2p rectangle), so its bytes per used PE are higher.
+SRAM_MARGIN = 2.0
+#: A kernel that uses less than 1/RESHAPE_BELOW of its placed rectangle (or does not fit
+#: it: a 1 x 60 sliver for a [1024, 8] tensor) is re-sized to the rectangle's area in the
+#: shape its layout needs; FIRST-ORDER, counted as ``reshaped_stages`` in the figures.
+RESHAPE_BELOW = 4
 
-    Raises :class:`FitError` naming the first stage that does not fit.
-    """
-    out: dict[str, Rect] = {}
-    row = col = shelf = 0
-    for st in program.stages:
-        if st.kind == "fallback":
-            continue
-        r, c = st.rect
-        if r > spec.rows or c > spec.cols:
-            raise FitError(f"stage {st.name} ({st.kind}) needs {r}x{c} PEs, larger than the "
-                           f"{spec.rows}x{spec.cols} wafer")
-        if col + c > spec.cols:
-            row, col, shelf = row + shelf, 0, 0
-        if row + r > spec.rows:
-            raise FitError(f"stage {st.name} ({st.kind}, {r}x{c} PEs) does not fit: the strips "
-                           f"already fill {row} of {spec.rows} rows; the model needs weight "
-                           f"streaming or smaller rectangles")
-        out[st.name] = Rect(row, col, r, c)
-        col += c
-        shelf = max(shelf, r)
+RectLike = Rect | tuple[int, int, int, int] | list[int]
+
+
+def as_rect(r: RectLike, what: str) -> Rect:
+    """A user rectangle ``(row, col, rows, cols)`` as a :class:`Rect` (typed error if not)."""
+    if isinstance(r, Rect):
+        return r
+    try:
+        row, col, rows, cols = (int(v) for v in r)
+    except (TypeError, ValueError) as exc:
+        raise ConstraintError(f"{what}: {r!r} is not (row, col, rows, cols)") from exc
+    if rows <= 0 or cols <= 0:
+        raise ConstraintError(f"{what}: {r!r} has no PEs (rows and cols must be > 0)")
+    return Rect(row, col, rows, cols)
+
+
+@dataclass
+class Calibration:
+    """What the floorplanner needs to know about one stage (see the module docstring)."""
+
+    work: float
+    latency: float
+    sram: float
+
+
+@dataclass
+class PlacedProgram:
+    """The result of placing a plan: rectangles, routing, realised figures, baseline."""
+
+    result: FloorplanResult
+    rects: dict[str, Rect]
+    offsets: dict[tuple[str, str], tuple[int, int]]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _moves(g: Graph) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for node in g.calls():
+        if node.meta.get("kind") == "move" and node.meta.get("stage"):
+            out.setdefault(node.meta["stage"], []).append(node.name)
     return out
 
 
-__all__ = ["place"]
+def _timed(spec: WaferSpec, g: Graph, st: Stage, moves: list[str], *, area: float = 0.0,
+           bounds: tuple[int, int] | None = None, max_side: int | None = None) -> Stage:
+    """A copy of ``st`` sized at ``area`` PEs (or inside ``bounds``), moves included."""
+    c = dataclasses.replace(st)
+    size_stage(spec, c, area, max_side, bounds)
+    c.move_cycles = sum(move_cycles(spec, g, c, g.nodes[n]) for n in moves)
+    return c
+
+
+def calibrate(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
+              max_side: int | None = None) -> Calibration:
+    """Fit ``t(a) = W / a + L`` through the stage's total cycles at its planned area and at a
+    quarter of it; a stage that is no slower on fewer PEs (capped by its problem size) is
+    all work at its planned area."""
+    a1, t1 = max(1, st.pes), st.cost_cycles + st.move_cycles
+    small = _timed(spec, g, st, moves, area=a1 / 4, max_side=max_side)
+    a2, t2 = max(1, small.pes), small.cost_cycles + small.move_cycles
+    sram = float(min(st.sram_per_pe * a1, small.sram_per_pe * a2) if small.fits
+                 else st.sram_per_pe * a1)
+    sram = max(sram, float(st.weight_bytes))
+    if a2 < a1 and t2 > t1:
+        w = (t2 - t1) / (1.0 / a2 - 1.0 / a1)
+        lat = max(0.0, t1 - w / a1)
+    else:
+        w, lat = t1 * a1, 0.0
+    return Calibration(max(w, 1.0), lat, sram)
+
+
+def out_numel(g: Graph, st: Stage) -> int:
+    """Elements of a stage's output (the first output of a multi-output kernel)."""
+    node = g.nodes[st.nodes[-1]]
+    shape = node.meta.get("shape")
+    n = node.meta.get("numel", 0) or 0
+    if isinstance(shape, list) and shape and isinstance(shape[0], list):
+        n = math.prod(shape[0])
+    return int(n)
+
+
+def wavelets(g: Graph, st: Stage) -> float:
+    """32-bit wavelets of a stage's output per sample (16-bit values travel two per wavelet)."""
+    return out_numel(g, st) * BYTES[st.dtype] / 4.0
+
+
+def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None = None,
+                  pin: dict[str, RectLike] | None = None, max_side: int | None = None
+                  ) -> tuple[PlacementProblem, dict[str, Calibration]]:
+    """The placement problem of a plan's on-wafer stages (pipeline order) and their nets.
+
+    Raises :class:`ConstraintError` for pins of unknown stages or contradicting pins and
+    reserved rectangles, :class:`BlockSramError` when the stages do not fit.
+    """
+    on_wafer = [s for s in p.stages if s.kind != "fallback"]
+    names = {s.name for s in on_wafer}
+    pins = {k: as_rect(v, f"pin {k!r}") for k, v in (pin or {}).items()}
+    unknown = [k for k in pins if k not in names]
+    if unknown:
+        raise ConstraintError(f"pin: no on-wafer stage named {', '.join(map(repr, unknown))}; "
+                              f"stages are e.g. {', '.join(list(names)[:6])} (see the report's "
+                              f"stage list)", blocks=unknown)
+    reserved = [as_rect(r, f"reserve #{i}") for i, r in enumerate(reserve or [])]
+    moves = _moves(g)
+    cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
+    blocks = [Block(s.name, cal[s.name].work, cal[s.name].sram * SRAM_MARGIN,
+                    min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
+                    latency_cycles=cal[s.name].latency) for s in on_wafer]
+    traffic: dict[tuple[str, str], float] = {}
+    by_name = {s.name: s for s in on_wafer}
+    for s in on_wafer:
+        for src in s.inputs:
+            if src in by_name and src != s.name:
+                traffic[(src, s.name)] = wavelets(g, by_name[src])
+    nets = [Net(a, b, v) for (a, b), v in traffic.items()]
+    try:
+        problem = PlacementProblem(blocks, nets, spec, reserved=reserved)
+    except BlockSramError as exc:
+        raise BlockSramError(f"{exc}. {_too_big(g, cal, spec, reserved)}", block=exc.block,
+                             excess_bytes=exc.excess_bytes) from exc
+    return problem, cal
+
+
+def _too_big(g: Graph, cal: dict[str, Calibration], spec: WaferSpec, reserved: list[Rect]
+             ) -> str:
+    """Which layers do not fit and by how much (largest SRAM first), and what to do."""
+    free = spec.pes - sum(r.pes for r in reserved)
+    total = sum(c.sram for c in cal.values())
+    cap = free * spec.sram_bytes
+    worst = sorted(cal.items(), key=lambda kv: -kv[1].sram)[:5]
+    src = {n: g.nodes[n].meta.get("source", "") if n in g.nodes else "" for n in cal}
+    items = "; ".join(f"{n} ({src[n] or 'stage'}) {c.sram / 1e6:,.1f} MB = "
+                      f"{math.ceil(c.sram / spec.sram_bytes):,} PEs" for n, c in worst)
+    over = max(0.0, total - cap)
+    return (f"The stages need {total / 1e9:.2f} GB of SRAM in all, {over / 1e9:.2f} GB more than "
+            f"the {free:,} free PEs hold; largest: {items}. Use weight streaming "
+            f"(mode='auto' or 'estimate') for this model")
+
+
+def routed_offsets(problem: PlacementProblem, routing: Routing) -> dict[tuple[str, str],
+                                                                           tuple[int, int]]:
+    """(rows, cols) hops each net's routed bundle travels between the two rectangles."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for r in routing.routes:
+        net = problem.nets[r.net]
+        dr = dc = 0
+        for b in r.bands:
+            if b.direction in (EAST, WEST):
+                dc += b.rect.cols
+            else:
+                dr += b.rect.rows
+        out[(net.src, net.dst)] = (dr, dc)
+    return out
+
+
+def _geometry_rects(problem: PlacementProblem, geom: Any) -> dict[str, Rect]:
+    return {b.name: Rect(int(geom.R[i]), int(geom.C[i]), int(geom.H[i]), int(geom.W[i]))
+            for i, b in enumerate(problem.blocks)}
+
+
+def fit_into(spec: WaferSpec, g: Graph, p: Plan, rects: dict[str, Rect],
+             offsets: dict[tuple[str, str], tuple[int, int]], max_side: int | None = None
+             ) -> tuple[dict[str, Stage], dict[str, float]]:
+    """Every on-wafer stage re-sized inside its rectangle (copies) and its stage time:
+    kernel + data movement + the slowest inbound stream over its routed distance."""
+    moves = _moves(g)
+    sized: dict[str, Stage] = {}
+    reshaped: list[str] = []
+    for s in p.stages:
+        if s.name not in rects:
+            continue
+        r = rects[s.name]
+        st = _timed(spec, g, s, moves.get(s.name, []), bounds=(r.rows, r.cols),
+                    max_side=max_side)
+        if not st.fits or st.pes * RESHAPE_BELOW < r.pes:
+            alt = _timed(spec, g, s, moves.get(s.name, []), area=r.pes, max_side=max_side)
+            if alt.fits and (not st.fits or alt.cost_cycles + alt.move_cycles
+                             < st.cost_cycles + st.move_cycles):
+                st = alt
+                reshaped.append(s.name)
+        sized[s.name] = st
+    times: dict[str, float] = {}
+    for name, st in sized.items():
+        inbound = 0.0
+        for src in st.inputs:
+            if src not in sized:
+                continue
+            dr, dc = offsets.get((src, name), (1, 1))
+            per_pe = math.ceil(out_numel(g, sized[src]) / max(1, st.pes))
+            inbound = max(inbound, stream_cycles(spec, per_pe, max(dr, 0), max(dc, 1),
+                                                 st.rect[0], st.rect[1]))
+        times[name] = st.cost_cycles + st.move_cycles + inbound
+    for name in reshaped:
+        sized[name].algorithm += " [reshaped: kernel grid sized by its rectangle's area]"
+    return sized, times
+
+
+def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None = None,
+               pin: dict[str, RectLike] | None = None, max_side: int | None = None,
+               config: FloorplanConfig | None = None) -> PlacedProgram:
+    """Place and route a plan's stages; re-size every kernel inside its rectangle (the
+    plan's stages are updated in place) and measure placed vs strip utilisation.
+
+    Utilisation (both figures the same way) = sum of the blocks' work / (wafer PEs x the
+    slowest realised stage time), the realised times coming from the kernels' ``cost()``
+    inside the rectangles they got, so the figure is what the pipeline would achieve.
+    """
+    t0 = time.perf_counter()
+    problem, cal = build_problem(g, p, spec, reserve=reserve, pin=pin, max_side=max_side)
+    result = place_and_route(problem, config or COMPILE_CONFIG)
+    rects = result.rects
+    offsets = routed_offsets(problem, result.routing)
+    sized, times = fit_into(spec, g, p, rects, offsets, max_side)
+    for st in p.stages:
+        if st.name in sized:
+            for f in dataclasses.fields(st):
+                setattr(st, f.name, getattr(sized[st.name], f.name))
+    work = sum(c.work for c in cal.values())
+    period = max(times.values()) if times else 0.0
+    figures: dict[str, Any] = {
+        "utilization": work / (spec.pes * period) if period else 0.0,
+        "bottleneck_stage": max(times, key=times.get) if times else "",
+        "bottleneck_cycles": period,
+        "colors_used": result.routing.colors_used,
+        "peak_link_load": result.routing.peak_link_load,
+        "wire_traffic": result.quality.wire_traffic,
+        "placer_utilization": result.quality.utilisation,
+        "reshaped_stages": sum("[reshaped" in s.algorithm for s in sized.values()),
+        "blocks": problem.n, "nets": len(problem.nets),
+    }
+    if result.baseline_geometry is not None and result.baseline_routing is not None:
+        b_rects = _geometry_rects(problem, result.baseline_geometry)
+        _, b_times = fit_into(spec, g, p, b_rects,
+                              routed_offsets(problem, result.baseline_routing), max_side)
+        b_period = max(b_times.values()) if b_times else 0.0
+        figures.update(
+            baseline_utilization=work / (spec.pes * b_period) if b_period else 0.0,
+            baseline_bottleneck_stage=max(b_times, key=b_times.get) if b_times else "",
+            baseline_bottleneck_cycles=b_period,
+            baseline_colors_used=result.baseline_routing.colors_used,
+            baseline_peak_link_load=result.baseline_routing.peak_link_load,
+            baseline_wire_traffic=result.baseline.wire_traffic if result.baseline else 0.0)
+    else:
+        figures.update(baseline_utilization=0.0, baseline_note="strips do not fit the SRAM")
+    figures["place_seconds"] = time.perf_counter() - t0
+    return PlacedProgram(result, rects, offsets, figures)
+
+
+def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
+    """The strip baseline, ``{stage name: Rect}`` for every on-wafer stage of ``program``
+    (a :class:`~waferscale.compiler.program.Program`): ``floorplan.strip`` over the
+    program's calibrated blocks. Kept for callers of the first compiler's interface; the
+    compiler itself places with :func:`place_plan`."""
+    problem, _ = build_problem(program.graph, program.plan, spec)
+    geom = strip_placement(problem)
+    if geom is None:
+        raise BlockSramError("the stages' SRAM does not fit in full-height strips",
+                             block=problem.blocks[0].name, excess_bytes=0.0)
+    return _geometry_rects(problem, geom)
+
+
+__all__ = ["COMPILE_CONFIG", "Calibration", "PlacedProgram", "as_rect", "build_problem",
+           "calibrate", "fit_into", "out_numel", "place", "place_plan", "routed_offsets",
+           "wavelets"]

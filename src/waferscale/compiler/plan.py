@@ -1,9 +1,12 @@
 """Planning: group nodes into kernel stages, pick each stage's kernel, rectangle and cost.
 
 A *stage* is what gets its own rectangle of the wafer in pipelined execution: one kernel
-node, or one fused chain of pointwise ops. Layout nodes (relabel/move) belong to the stage
-that produced their input; host fallbacks are stages without a rectangle, timed by the
-system I/O their inputs and outputs cross.
+node, or one fused chain of pointwise ops. Free layout nodes (relabel) belong to the stage
+that produced their input; data-moving layout nodes (move) are charged to the bigger of
+their producing and consuming stages (a slice or cat streamed over a GEMM's rectangle is
+cheap; the same stream over a one-op ``neg`` stage's few PEs made it the pipeline's
+bottleneck). Host fallbacks are stages without a rectangle, timed by the system I/O their
+inputs and outputs cross.
 
 Rectangle sizes: stages share the wafer in proportion to their work (FLOPs), so that the
 pipeline is roughly balanced; every stage gets at least what its SRAM needs, and no more
@@ -11,6 +14,9 @@ than its problem can use (a p x p GEMM needs p <= min(m, k, n)). Within its shar
 takes the grid and algorithm `kernels.choose` finds fastest, attention the number of query
 rows that minimises `attention.cost`. All cycle counts here come from the kernels' closed
 form ``cost()``: the same numbers the estimate mode reports and the fabric run must meet.
+These first sizes are a calibration: `compiler.place` turns them into placement blocks,
+the floorplanner decides the final rectangles, and `size_stage(..., bounds=)` re-sizes
+every kernel inside the rectangle it was given.
 """
 
 from __future__ import annotations
@@ -224,7 +230,12 @@ def fused_cycles(spec: WaferSpec, elements: float, dtype: str, ops: list[str], r
     return float(math.ceil(elements * per))
 
 
-def _row_rect(spec: WaferSpec, t: int, h: int, area: float, bytes_of) -> tuple[int, int]:
+def _row_rect(spec: WaferSpec, t: int, h: int, area: float,
+              bounds: tuple[int, int] | None, bytes_of) -> tuple[int, int]:
+    """Tokens over rows, hidden over columns: about ``area`` PEs, grown until the tiles fit
+    the SRAM; inside ``bounds`` the whole placed rectangle (as far as the tensor spans it)."""
+    if bounds is not None:
+        return max(1, min(t, bounds[0])), max(1, min(h, bounds[1]))
     c = max(1, min(h, spec.cols, int(math.sqrt(max(area, 1)))))
     r = max(1, min(t, spec.rows, int(max(area, 1) // c)))
     while bytes_of(r, c) > spec.sram_bytes:
@@ -246,19 +257,33 @@ def _gemm_choice(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str
     return int(plan.grid), plan.algorithm, float(plan.cycles), int(plan.sram_bytes)
 
 
-def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None) -> None:
-    """Rectangle, algorithm, closed-form cycles and SRAM per PE of one stage."""
+def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
+               bounds: tuple[int, int] | None = None) -> None:
+    """Rectangle, algorithm, closed-form cycles and SRAM per PE of one stage.
+
+    ``bounds`` = (rows, cols) of a placed rectangle the kernel must fit inside (its shape
+    is then chosen within it); without it the kernel takes a shape of about ``area`` PEs.
+    """
     dt, p = st.dtype, st.params
     side_cap = min(spec.rows, spec.cols, max_side or 10 ** 9)
+    if bounds is not None:
+        if max_side:
+            bounds = (min(bounds[0], max_side), min(bounds[1], max_side))
+        side_cap = min(side_cap, max(bounds))
+        area = float(bounds[0] * bounds[1])
     eb = BYTES[dt]
     try:
         if st.kind == "gemm":
             skip = "a" if p["skip"] else None
             limit = max(1, min(int(math.sqrt(max(area, 1))), side_cap, p["m"], p["k"], p["n"]))
+            if bounds is not None:
+                limit = max(1, min(min(bounds), p["m"], p["k"], p["n"]))
             try:
                 grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], limit, dt,
                                                     skip, RELU_DENSITY if skip else 1.0)
             except KernelError:
+                if bounds is not None:
+                    raise
                 full = min(side_cap, p["m"], p["k"], p["n"])
                 grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], full, dt,
                                                     skip, RELU_DENSITY if skip else 1.0)
@@ -273,11 +298,15 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None) ->
         elif st.kind == "attention":
             g_, s, d = p["groups"], p["seq"], p["head_dim"]
             cols = max(1, min(g_, spec.cols, side_cap))
+            if bounds is not None:
+                cols = max(1, min(g_, bounds[1]))
             best: tuple[float, int] | None = None
             cap_rows = max(1, min(s, spec.rows, int(max(area, 1) // cols)))
+            if bounds is not None:
+                cap_rows = max(1, min(s, bounds[0]))
             cands = sorted({min(s, 2 ** i) for i in range(0, 11)} | {cap_rows, s})
             for rows in cands:
-                if rows > min(s, spec.rows):
+                if rows > min(s, spec.rows) or (bounds is not None and rows > cap_rows):
                     continue
                 try:
                     c = attention.cost(spec, g_, s, d, (rows, cols), dtype=dt)
@@ -299,7 +328,7 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None) ->
             def ln_bytes(r: int, c: int) -> int:
                 tile = -(-t // r) * -(-h // c)
                 return 2 * tile * eb + 2 * -(-h // c) * eb + 16 * -(-t // r)
-            st.rect = _row_rect(spec, t, h, area, ln_bytes)
+            st.rect = _row_rect(spec, t, h, area, bounds, ln_bytes)
             st.cost_cycles = norm.cost(spec, [t, h], st.rect, dtype=dt, weight=p["weight"],
                                        bias=p["bias"])
             st.sram_per_pe = ln_bytes(*st.rect)
@@ -310,13 +339,13 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None) ->
             def sm_bytes(r: int, c: int) -> int:
                 tile = -(-t // r) * -(-h // c)
                 return 2 * tile * eb + 4 * tile + 16 * -(-t // r) * max(1, c)
-            st.rect = _row_rect(spec, t, h, area, sm_bytes)
+            st.rect = _row_rect(spec, t, h, area, bounds, sm_bytes)
             st.cost_cycles = ew.softmax_cost(spec, [t, h], st.rect, dtype=dt)
             st.sram_per_pe = sm_bytes(*st.rect)
             st.algorithm = "max/exp/sum, chain allreduce"
         elif st.kind == "embedding":
             t, v, h = p["tokens"], p["vocab"], p["hidden"]
-            st.rect = _row_rect(spec, t, h, area,
+            st.rect = _row_rect(spec, t, h, area, bounds,
                                 lambda r, c: embedding.sram_bytes(t, v, h, (r, c), dt))
             embedding.check(spec, t, v, h, st.rect, dt)
             st.cost_cycles = embedding.cost(spec, t, v, h, st.rect, dtype=dt)
@@ -327,7 +356,7 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None) ->
 
             def pw_bytes(r: int, c: int) -> int:
                 return (p["reads"] + 1) * -(-t // r) * -(-h // c) * eb
-            st.rect = _row_rect(spec, t, h, area, pw_bytes)
+            st.rect = _row_rect(spec, t, h, area, bounds, pw_bytes)
             tile = -(-t // st.rect[0]) * -(-h // st.rect[1])
             st.cost_cycles = fused_cycles(spec, tile, dt, p["ops"], p["reads"])
             st.sram_per_pe = pw_bytes(*st.rect)
@@ -352,6 +381,52 @@ def move_cycles(spec: WaferSpec, g: Graph, st: Stage, node: Node) -> float:
     pes = max(1, st.pes)
     per_pe = math.ceil(node.meta.get("numel", 0) / pes)
     return float(transfer_cycles(spec, per_pe, max(1, st.rect[0] + st.rect[1] - 2)))
+
+
+def consumer_stage(g: Graph, name: str, stage_of: dict[str, str],
+                   users: dict[str, list[str]]) -> str | None:
+    """The first kernel stage that reads a value (looking through layout nodes)."""
+    todo, seen = [name], set()
+    while todo:
+        n = todo.pop(0)
+        for u in users.get(n, []):
+            if u in seen or u == "<output>":
+                continue
+            seen.add(u)
+            if u in stage_of:
+                return stage_of[u]
+            todo.append(u)
+    return None
+
+
+def charge_moves(g: Graph, stages: list[Stage], stage_of: dict[str, str],
+                 weight: dict[str, float]) -> None:
+    """Charge each data-moving layout node to the heavier of its producing and consuming
+    stages: moving a tensor costs its per-PE share times the rectangle's span, so it belongs
+    on the big rectangle, not on a one-op pointwise stage that would become the bottleneck."""
+    users = g.users()
+    fallback = {s.name for s in stages if s.kind == "fallback"}
+    for node in g.calls():
+        if node.meta.get("kind") != "move":
+            continue
+        prod = node.meta.get("stage")
+        cons = consumer_stage(g, node.name, stage_of, users)
+        options = [s for s in (prod, cons) if s and s not in fallback]
+        if options:
+            node.meta["stage"] = max(options, key=lambda s: weight.get(s, 0.0))
+
+
+def add_move_cycles(spec: WaferSpec, g: Graph, stages: list[Stage]) -> None:
+    """(Re)compute every stage's data-movement cycles on its current rectangle."""
+    by_name = {s.name: s for s in stages}
+    for st in stages:
+        st.move_cycles = 0.0
+    for node in g.calls():
+        if node.meta.get("kind") == "move" and node.meta.get("stage") in by_name:
+            st = by_name[node.meta["stage"]]
+            c = move_cycles(spec, g, st, node)
+            node.meta["cycles"] = c
+            st.move_cycles += c
 
 
 def _work(g: Graph, st: Stage) -> float:
@@ -385,12 +460,8 @@ def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None,
     budget = area_fraction * spec.rows * spec.cols
     for st in stages:
         size_stage(spec, st, budget * weight[st.name] / total, max_side)
-    for node in g.calls():
-        if node.meta.get("kind") == "move" and node.meta.get("stage"):
-            st = next(s for s in stages if s.name == node.meta["stage"])
-            c = move_cycles(spec, g, st, node)
-            node.meta["cycles"] = c
-            st.move_cycles += c
+    charge_moves(g, stages, stage_of, weight)
+    add_move_cycles(spec, g, stages)
     weight_bytes = sum(s.weight_bytes for s in stages)
     needed = sum(s.sram_per_pe * s.pes for s in on_wafer)
     wafer = spec.rows * spec.cols * spec.sram_bytes
@@ -404,5 +475,5 @@ def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None,
     return Plan(stages, stage_of, spec, weight_bytes, needed, wafer, not why, why)
 
 
-__all__ = ["AREA_FRACTION", "Plan", "Stage", "build_stages", "fused_cycles", "home_of", "plan",
-           "size_stage"]
+__all__ = ["AREA_FRACTION", "Plan", "Stage", "add_move_cycles", "build_stages", "charge_moves",
+           "fused_cycles", "home_of", "plan", "size_stage"]

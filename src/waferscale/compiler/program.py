@@ -1,8 +1,12 @@
 """The compiled program: graph + stages + placement + routes, serialisable as JSON.
 
-This is what the runtime executes and what reports read. Routes are the streams between a
-producer stage's rectangle and each consumer's: their hop count comes from the placement
-(X then Y between the rectangles' corners) and their cycles from `timing.stream_cycles`.
+This is what the runtime executes and what reports read. ``placement`` holds the
+rectangle the floorplanner gave each stage (the kernel's own grid, ``Stage.rect``, lies
+inside it); routes are the streams between a producer stage's rectangle and each
+consumer's: their hop counts are the routed bundle's lengths (``compiler.place``) and their
+cycles come from `timing.stream_cycles`. ``floorplan`` is the floorplanner's serialised
+result (rectangles, routed bands, colours, figures) and ``figures`` the placed-vs-strip
+figures, both recorded in ``dumps()``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ class Route:
     hops: int
     wavelets_per_pe: float
     cycles: float
+    color: int = -1
+    lanes: int = 0
+    kind: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -44,6 +51,9 @@ class Program:
     routes: list[Route] = field(default_factory=list)
     compile_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    floorplan: dict[str, Any] | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    placed: Any = None  # compiler.place.PlacedProgram (not serialised; for maps)
 
     @property
     def stages(self) -> list[Stage]:
@@ -67,6 +77,7 @@ class Program:
             "stages": [s.to_json() for s in self.stages],
             "placement": {k: [r.row, r.col, r.rows, r.cols] for k, r in self.placement.items()},
             "routes": [r.to_json() for r in self.routes],
+            "floorplan": self.floorplan, "placement_figures": self.figures,
             "nodes": nodes, "fallback_ops": self.fallback_ops(),
             "compile_seconds": self.compile_seconds, "notes": self.notes,
         }
@@ -79,6 +90,12 @@ def route(program: Program) -> list[Route]:
     """Streams between placed stages (input feeds and fallbacks are I/O, not routes)."""
     spec = program.spec
     routes: list[Route] = []
+    placed = program.placed
+    routed: dict[tuple[str, str], Any] = {}
+    if placed is not None:
+        prob = placed.result.problem
+        routed = {(prob.nets[r.net].src, prob.nets[r.net].dst): r
+                  for r in placed.result.routing.routes}
     for st in program.stages:
         dst = program.placement.get(st.name)
         if dst is None:
@@ -88,10 +105,18 @@ def route(program: Program) -> list[Route]:
             if src is None:
                 continue
             numel = _out_numel(program, src_name)
-            per_pe = math.ceil(numel / max(1, dst.pes))
-            d_rows, d_cols = dst.row - src.row, dst.col - src.col
-            cyc = stream_cycles(spec, per_pe, d_rows, d_cols, dst.rows, dst.cols)
-            routes.append(Route(src_name, st.name, abs(d_rows) + abs(d_cols), per_pe, cyc))
+            rows, cols = st.rect if st.pes else (dst.rows, dst.cols)
+            per_pe = math.ceil(numel / max(1, rows * cols))
+            net = routed.get((src_name, st.name))
+            if placed is not None:  # the routed bundle's lengths (as compiler.place times it)
+                d_rows, d_cols = placed.offsets.get((src_name, st.name), (0, 1))
+                d_cols = max(d_cols, 1)
+            else:
+                d_rows, d_cols = dst.row - src.row, dst.col - src.col
+            cyc = stream_cycles(spec, per_pe, d_rows, d_cols, rows, cols)
+            routes.append(Route(src_name, st.name, abs(d_rows) + abs(d_cols), per_pe, cyc,
+                                net.color if net else -1, net.lanes if net else 0,
+                                net.kind if net else ""))
     program.routes = routes
     return routes
 

@@ -1,0 +1,87 @@
+"""The compiler places and routes with the floorplanner: figures, wafer map, constraints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from waferscale.cli_compile import compile_report, load_model, parse_rect
+from waferscale.compiler.api import PLACEMENT_KEYS
+from waferscale.compiler.floorplan import ConstraintError
+from waferscale.errors import WaferscaleError
+from waferscale.hardware.spec import get_spec
+
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def small_genslm() -> dict:
+    """GenSLM-25M cut to two layers, 64 tokens: compiled once for the module."""
+    return compile_report("genslm-25m", seq=SEQ, batch=1, estimate=False, strict=False,
+                          layers=2)
+
+
+def test_json_keys_and_figures(small_genslm: dict) -> None:
+    r = json.loads(json.dumps(small_genslm, default=str))
+    for key in ("mode", "samples_per_second", "tokens_per_second", "sram_bytes",
+                "fallback_ops", "compile_seconds", *PLACEMENT_KEYS):
+        assert key in r, key
+    assert r["mode"] == "pipelined"
+    assert 0 < r["utilization"] <= 1
+    assert 0 <= r["baseline_utilization"] <= 1
+    assert 0 < r["colors_used"] <= get_spec("wse2").routable_colors
+    assert r["peak_link_load"] > 0 and r["place_seconds"] > 0
+
+
+@pytest.mark.xfail(reason="open: the floorplanner's W/a + L area model ignores kernel shape caps "
+                          "(square GEMM grids, capped bmm); realised placed utilisation is "
+                          "not yet above the strips'", strict=False)
+def test_placed_beats_strips(small_genslm: dict) -> None:
+    assert small_genslm["utilization"] > small_genslm["baseline_utilization"]
+
+
+def test_bottleneck_is_a_compute_stage(small_genslm: dict) -> None:
+    """Layout ops are charged to the bigger neighbour, so no one-op `neg` stage sets the pace."""
+    worst = max(small_genslm["stages"], key=lambda s: s["stage_cycles"])
+    assert worst["algorithm"] not in ("fused: neg",), worst
+
+
+def test_map_and_program_json(tmp_path: Path) -> None:
+    import waferscale
+    from waferscale.cli_compile import write_map
+
+    m, ex, _ = load_model("genslm-25m", seq=SEQ, batch=1, layers=1)
+    cm = waferscale.compile(m, ex, spec="wse2")
+    out = write_map(cm, tmp_path / "map.png")
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    prog = json.loads(cm.program.dumps())
+    assert prog["floorplan"]["blocks"] and prog["floorplan"]["routes"]
+    assert prog["placement"] and all(r["color"] >= 0 for r in prog["routes"])
+
+
+def test_reserve_and_pin_contradictions_are_typed() -> None:
+    import waferscale
+
+    m, ex, _ = load_model("genslm-25m", seq=SEQ, batch=1, layers=1)
+    cm = waferscale.compile(m, ex, spec="wse2", reserve=[(0, 0, 100, 100)])
+    assert all(r.row >= 100 or r.col >= 100 for r in cm.program.placement.values())
+    stage = cm.program.stages[1].name
+    with pytest.raises(ConstraintError) as err:
+        waferscale.compile(m, ex, spec="wse2", reserve=[(0, 0, 100, 100)],
+                           pin={stage: (50, 50, 100, 100)})
+    assert stage in str(err.value) and "reserved area #0" in str(err.value)
+    other = cm.program.stages[2].name
+    with pytest.raises(ConstraintError) as err:
+        waferscale.compile(m, ex, spec="wse2", pin={stage: (200, 200, 64, 64),
+                                                    other: (230, 230, 64, 64)})
+    assert stage in str(err.value) and other in str(err.value)
+    with pytest.raises(ConstraintError, match="no on-wafer stage"):
+        waferscale.compile(m, ex, spec="wse2", pin={"no_such_layer": (0, 0, 8, 8)})
+
+
+def test_parse_rect() -> None:
+    assert parse_rect("1, 2,3,4") == (1, 2, 3, 4)
+    with pytest.raises(WaferscaleError):
+        parse_rect("1,2,3")
