@@ -433,6 +433,8 @@ def _run_summa(a_op: _Operand, b_op: _Operand, prob: GemmProblem, rect: Rect
             out.append(_Operand(flood, full, False))
         return out[0], out[1]
 
+    if p == 1:   # one PE: its own blocks are the panels, nothing travels
+        return _multiply(a_op.view_at(0.0), b_op.view_at(0.0), None, prob)
     c: MeshTensor | None = None
     current = panels(0, 0.0)
     begin = max(float(op.owner.ready.max()) for op in current)
@@ -462,13 +464,25 @@ def route_hops(algorithm: str, p: int, step: int = 0) -> int:
     return max(step, p - 1 - step)
 
 
+def read_cycles(spec: WaferSpec) -> float:
+    """Cycles from a send's start to its first wavelet on the ramp, as `timing` counts them:
+    what a one-wavelet, zero-hop `transfer_cycles` has beyond its wavelet and two ramps."""
+    return transfer_cycles(spec, 1, 0) - 1 - 2 * spec.ramp_cycles
+
+
 def step_latency(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
                  step: int = 0) -> float:
-    """Delivery of a step's two blocks to the worst-placed PE: both come in through its
-    ramp, one behind the other, over the longest route (`timing.transfer_cycles`; for
-    SUMMA the same as `multicast_cycles` of both blocks across the root's distance)."""
+    """Delivery of a step's two blocks to the worst-placed PE, over the longest route.
+
+    Both blocks come in through its ramp, A first. B's sender sent its own A block first
+    (ring algorithms; SUMMA's diagonal root floods A then B), so B leaves ``wa`` cycles
+    (plus A's read) after the step starts and then takes a `transfer_cycles` of its own;
+    A's message has left the receiver's ramp by then.
+    """
     hops = route_hops(algorithm, p, step)
-    return transfer_cycles(spec, wa + wb, hops) if hops else 0.0
+    if not hops:
+        return 0.0
+    return read_cycles(spec) + wa + transfer_cycles(spec, wb, hops)
 
 
 def step_cycles(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
