@@ -42,6 +42,26 @@ def _row(name: str, kind: str, q: dict) -> str:
             f"{q['peak_link_load']:>9.1f} {q['colors_used']:>6d} {q['wall_s']:>7.2f}")
 
 
+def compiled_rows(seq: int) -> list[str]:
+    """GenSLM-25M (8 layers) and GPT-2 small (12 layers) as the compiler places them
+    (estimate mode, meta weights): realised utilisation (kernels re-sized in their
+    rectangles, routed streams) vs the strip baseline timed the same way."""
+    from waferscale.cli_compile import compile_report
+
+    lines = []
+    for model in ("genslm-25m", "gpt2"):
+        r = compile_report(model, seq=seq, batch=1, estimate=True, strict=False)
+        lines.append(
+            f"{model + ' (compiled)':<22} placed {r['utilization']:>6.1%} strips "
+            f"{r.get('baseline_utilization', 0):>6.1%} bottleneck {r.get('bottleneck_stage')} "
+            f"{r.get('bottleneck_cycles', 0):,.0f} cyc "
+            f"(strips {r.get('baseline_bottleneck_cycles', 0):,.0f})"
+            f" wire x traffic {r.get('wire_traffic', 0):.3e} peak link {r['peak_link_load']:,.0f}"
+            f" colors {r['colors_used']} place {r['place_seconds']:.1f} s"
+            f" reshaped {r.get('reshaped_stages', 0)} stages={len(r['stages'])}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default="wse2")
@@ -49,8 +69,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--time-limit", type=float, default=None,
                     help="annealing seconds per round (default: the config's)")
+    ap.add_argument("--compiled-seq", type=int, default=1024,
+                    help="tokens for the compiled GenSLM-25M / GPT-2 rows (0: skip them)")
     args = ap.parse_args()
     spec = get_spec(args.spec)
+    if args.compiled_seq:
+        for line in compiled_rows(args.compiled_seq):
+            print(line)
     cfg = FloorplanConfig() if args.time_limit is None else FloorplanConfig(
         time_limit_s=args.time_limit)
     instances = [(f"random-{n}", lambda n=n: random_pipeline(n, spec, seed=0))
