@@ -123,7 +123,8 @@ def local_matmul(a: MeshTensor, b: MeshTensor, out_shape: tuple[int, ...],
         work = compute_dtype(a.dtype, accumulate)
         product = np.matmul(a.tiles.astype(work, copy=False), b.tiles.astype(work, copy=False))
         if acc is not None:
-            product = product + acc.tiles.astype(work, copy=False)
+            # in place: same rounding as product + acc, without another [rows, cols, m, n]
+            np.add(product, acc.tiles.astype(work, copy=False), out=product)
         tiles = to_storage(product, out_dtype)
     return MeshTensor(fabric, a.rect, out_shape, out_dtype, row_map, col_map, tiles, end,
                       name or fabric.fresh_name("matmul"))

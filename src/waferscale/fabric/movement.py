@@ -97,7 +97,8 @@ def _path_extra(fabric: Fabric, view: View, port: int) -> np.ndarray:
     """Cumulative detour cycles along each line: extra[p] = sum of link extras before p."""
     extra = view(fabric.link_extra[port])
     cum = np.zeros((extra.shape[0], extra.shape[1] + 1))
-    np.cumsum(extra, axis=1, out=cum[:, 1:])
+    if extra.any():  # a defect-free fabric has no detours: the sums stay zeros
+        np.cumsum(extra, axis=1, out=cum[:, 1:])
     return cum
 
 

@@ -41,17 +41,23 @@ class SramAllocator:
         need = np.broadcast_to(np.asarray(nbytes, dtype=np.int64), shape)
         region = self.used[row:row + shape[0], col:col + shape[1]]
         after = region + need
-        over = after > self.capacity
-        if over.any():
+        top = int(after.max()) if after.size else 0
+        if top > self.capacity:
             r, c = np.unravel_index(int(np.argmax(after - self.capacity)), shape)
             free = int(self.capacity - region[r, c])
             raise SramOverflowError(
                 f"SRAM overflow at PE (row {row + r}, col {col + c}): tensor {name!r} needs "
                 f"{int(need[r, c])} B but only {free} B of {self.capacity} B are free; "
                 f"spread it over more PEs or free other tensors")
-        region += need
-        self.high_water = max(self.high_water, int(region.max()))
-        allocation = Allocation(name, row, col, np.array(need))
+        region[...] = after
+        self.high_water = max(self.high_water, top)
+        # a read-only array of the right shape (tensors share one per layout) is kept as is
+        if isinstance(nbytes, np.ndarray) and not nbytes.flags.writeable \
+                and nbytes.shape == tuple(shape) and nbytes.dtype == np.int64:
+            kept = nbytes
+        else:
+            kept = np.array(need)
+        allocation = Allocation(name, row, col, kept)
         self.allocations[name] = allocation
         return allocation
 

@@ -27,6 +27,12 @@ from waferscale.fabric.grid import Fabric, Rect
 AxisMap = int | None | Literal["partial"]
 
 
+#: Per-layout arrays shared (read-only) by every tensor of that layout; bounded.
+_VALID_CACHE: dict[tuple[object, ...], np.ndarray] = {}
+_BYTES_CACHE: dict[tuple[object, ...], np.ndarray] = {}
+_CACHE_LIMIT = 4096
+
+
 def _block(n: int, parts: int) -> int:
     return math.ceil(n / parts)
 
@@ -56,7 +62,10 @@ class MeshTensor:
             raise ShapeError(f"tiles of shape {tiles.shape} do not match rectangle {rect} and "
                              f"tile shape {self.tile_shape}")
         self.tiles = tiles
-        self.ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape).copy()
+        if isinstance(ready, np.ndarray) and ready.shape == rect.shape:
+            self.ready = ready.astype(float)      # a copy: callers may reuse theirs
+        else:
+            self.ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape).copy()
         self.name = name or fabric.fresh_name("t")
         self._nnz_override = nnz
         self.valid = self._valid_elements()
@@ -142,7 +151,15 @@ class MeshTensor:
         return tuple(tile)
 
     def _valid_elements(self) -> np.ndarray:
-        """Elements each PE really holds (edge blocks hold fewer when sizes do not divide)."""
+        """Elements each PE really holds (edge blocks hold fewer when sizes do not divide).
+
+        A pure function of the layout, and kernels make thousands of tensors with the same
+        one (every step of a GEMM), so it is computed once per layout and shared read-only.
+        """
+        key = (self.rect.shape, self.shape, self.tile_shape, self.row_map, self.col_map)
+        cached = _VALID_CACHE.get(key)
+        if cached is not None:
+            return cached
         base = float(np.prod(self.tile_shape)) if self.tile_shape else 1.0
         valid = np.full(self.rect.shape, base)
         for m, axis in ((self.row_map, 0), (self.col_map, 1)):
@@ -150,12 +167,27 @@ class MeshTensor:
                 parts = self.rect.shape[axis]
                 frac = _valid_extent(self.shape[m], parts) / max(self.tile_shape[m], 1)
                 valid *= frac[:, None] if axis == 0 else frac[None, :]
+        valid.flags.writeable = False
+        if len(_VALID_CACHE) > _CACHE_LIMIT:
+            _VALID_CACHE.clear()
+        _VALID_CACHE[key] = valid
         return valid
 
     def bytes_per_pe(self) -> np.ndarray:
-        """SRAM each PE holds: the full (padded) tile, since buffers are allocated whole."""
-        return np.full(self.rect.shape, int(np.prod(self.tile_shape)) * BYTES[self.dtype],
-                       dtype=np.int64)
+        """SRAM each PE holds: the full (padded) tile, since buffers are allocated whole.
+
+        Shared read-only per (rectangle shape, bytes), like ``valid``.
+        """
+        nbytes = int(np.prod(self.tile_shape)) * BYTES[self.dtype]
+        key = (self.rect.shape, nbytes)
+        cached = _BYTES_CACHE.get(key)
+        if cached is None:
+            cached = np.full(self.rect.shape, nbytes, dtype=np.int64)
+            cached.flags.writeable = False
+            if len(_BYTES_CACHE) > _CACHE_LIMIT:
+                _BYTES_CACHE.clear()
+            _BYTES_CACHE[key] = cached
+        return cached
 
     def _split(self) -> tuple[list[int], list[int], int | None, int | None]:
         """Shape that splits each blocked axis into (parts, tile), and where the parts sit."""

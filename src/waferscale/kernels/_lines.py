@@ -44,6 +44,52 @@ def line_length(rect: Rect, axis: str) -> int:
 
 
 # ------------------------------------------------------------------------ permute -------
+class _PermutePlan:
+    """What a permutation of a line's positions fixes before any clock is read: per
+    direction, the flows' sources, destinations, hops, how many flows share the busiest
+    link on each flow's path, and the inverse permutation that moves the tiles.
+
+    Kernels permute with the same ``dest`` at every step (MeshGEMM's ring), so it is built
+    once per (line length, permutation) and reused; it holds no clocks and no values.
+    """
+
+    def __init__(self, n: int, dest: np.ndarray) -> None:
+        pos = np.arange(n)
+        self.moving = dest != pos
+        self.inverse = np.argsort(dest)
+        self.directions: list[tuple[bool, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for reverse in (False, True):
+            sel = (dest < pos) if reverse else (dest > pos)
+            if not sel.any():
+                continue
+            src = pos[sel] if not reverse else n - 1 - pos[sel]
+            dst = dest[sel] if not reverse else n - 1 - dest[sel]
+            count_diff = np.zeros(n + 1)
+            count_diff[src] += 1.0
+            count_diff[dst] -= 1.0
+            count = np.cumsum(count_diff)[:n]
+            hops = dst - src
+            share = np.ones(src.size)
+            for k in range(int(hops.max())):  # loop over hop offsets of the longest flow
+                on_path = k < hops
+                share = np.where(on_path, np.maximum(share, count[np.minimum(src + k, n - 1)]),
+                                 share)
+            self.directions.append((reverse, src, dst, hops, share))
+
+
+_PERMUTE_PLANS: dict[tuple[int, bytes], _PermutePlan] = {}
+
+
+def _permute_plan(n: int, dest: np.ndarray) -> _PermutePlan:
+    key = (n, dest.tobytes())
+    plan = _PERMUTE_PLANS.get(key)
+    if plan is None:
+        if len(_PERMUTE_PLANS) > 1024:
+            _PERMUTE_PLANS.clear()
+        plan = _PERMUTE_PLANS[key] = _PermutePlan(n, dest)
+    return plan
+
+
 def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
                  ready: np.ndarray | None = None, wavelets: np.ndarray | None = None
                  ) -> MeshTensor:
@@ -61,27 +107,21 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
     if dest.shape != (n,) or not np.array_equal(np.sort(dest), np.arange(n)):
         raise KernelShapeError(f"line_permute: dest must be a permutation of the {n} positions "
                                f"of a line, got {dest.tolist()}")
+    plan = _permute_plan(n, dest)
     local, unlocal = _local_view(axis, False)
     wav = local(np.broadcast_to(t.wavelets() if wavelets is None else wavelets,
                                 t.rect.shape)).astype(float)
     send_ready = local(np.broadcast_to(t.ready if ready is None else ready, t.rect.shape))
     lines = wav.shape[0]
-    pos = np.arange(n)
-    moving = dest != pos
     start = _send(fabric, _line_view(t.rect, axis, False), send_ready, wav,
-                  np.broadcast_to(moving, (lines, n)))
+                  np.broadcast_to(plan.moving, (lines, n)))
     new_ready = local(t.ready).copy()
-    for reverse in (False, True):
-        sel = (dest < pos) if reverse else (dest > pos)
-        if not sel.any():
-            continue
+    for reverse, src, dst, hops, share in plan.directions:
         view = _line_view(t.rect, axis, reverse)
         port = _ports(axis, reverse)
         # direction coordinates: position 0 is the upstream end of this direction
-        flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
-        src = pos[sel] if not reverse else n - 1 - pos[sel]
-        dst = dest[sel] if not reverse else n - 1 - dest[sel]
-        d_wav, d_start = flip(wav), flip(start)
+        d_wav = wav[:, ::-1] if reverse else wav
+        d_start = start[:, ::-1] if reverse else start
         flow_wav = d_wav[:, src]
         # a permutation: sources are distinct and destinations are distinct, so plain
         # fancy-index updates of the difference arrays are exact
@@ -89,16 +129,6 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
         diff[:, src] += flow_wav
         diff[:, dst] -= flow_wav
         load = np.cumsum(diff, axis=1)[:, :n]
-        count_diff = np.zeros(n + 1)
-        count_diff[src] += 1.0
-        count_diff[dst] -= 1.0
-        count = np.cumsum(count_diff)[:n]
-        hops = dst - src
-        share = np.ones(src.size)
-        for k in range(int(hops.max())):  # loop over hop offsets of the longest flow
-            on_path = k < hops
-            share = np.where(on_path, np.maximum(share, count[np.minimum(src + k, n - 1)]),
-                             share)
         _load_links(fabric, view, port, d_start.min(axis=1, keepdims=True), load)
         extra = _path_extra(fabric, view, port)
         heads = np.zeros((lines, n))
@@ -111,13 +141,13 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
         serial[:, dst] = share
         mask[:, dst] = True
         arrive = _deliver(fabric, view, heads, wav_in, serial, mask)
-        new_ready = np.where(flip(mask), flip(arrive), new_ready)
+        if reverse:
+            mask, arrive = mask[:, ::-1], arrive[:, ::-1]
+        np.copyto(new_ready, arrive, where=mask)
     tiles = None
     if t.tiles is not None:
-        moved = local(t.tiles)
-        out = np.empty_like(moved)
-        out[:, dest] = moved
-        tiles = unlocal(out)
+        # out[dest[p]] = in[p] along the line axis: one contiguous gather
+        tiles = np.take(t.tiles, plan.inverse, axis=1 if axis == "row" else 0)
     return t.like(tiles, unlocal(new_ready))
 
 
