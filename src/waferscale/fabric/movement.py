@@ -67,10 +67,12 @@ def _deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
     spec = fabric.spec
     ramp = view(fabric.port_clock[RAMP_IN])
     begin = np.maximum(head, ramp)
-    busy = wavelets / spec.ramp_wavelets_per_cycle
-    done = np.maximum(begin + busy, head + serial * wavelets) + spec.ramp_cycles
-    ramp[...] = np.where(mask, begin + busy, ramp)
-    view(fabric.port_wavelets[RAMP_IN])[...] += np.where(mask, wavelets, 0.0)
+    freed = begin + wavelets / spec.ramp_wavelets_per_cycle
+    done = np.maximum(freed, head + serial * wavelets) + spec.ramp_cycles
+    # masked in-place updates: the arithmetic of np.where chains, fewer passes
+    np.copyto(ramp, freed, where=mask)
+    counted = view(fabric.port_wavelets[RAMP_IN])
+    np.add(counted, wavelets, out=counted, where=mask)
     return done
 
 
@@ -79,8 +81,9 @@ def _send(fabric: Fabric, view: View, ready: np.ndarray, wavelets: np.ndarray,
     """Start sends from CEs: each waits for its data and its ramp out, which it then holds."""
     ramp = view(fabric.port_clock[RAMP_OUT])
     start = np.maximum(ready, ramp)
-    ramp[...] = np.where(mask, start + wavelets, ramp)
-    view(fabric.port_wavelets[RAMP_OUT])[...] += np.where(mask, wavelets, 0.0)
+    np.copyto(ramp, start + wavelets, where=mask)
+    counted = view(fabric.port_wavelets[RAMP_OUT])
+    np.add(counted, wavelets, out=counted, where=mask)
     return start
 
 
@@ -88,7 +91,7 @@ def _load_links(fabric: Fabric, view: View, port: int, start: np.ndarray,
                 load: np.ndarray) -> None:
     """Account ``load`` wavelets on the links leaving each position, from ``start``."""
     clock = view(fabric.port_clock[port])
-    clock[...] = np.where(load > 0, np.maximum(clock, start) + load, clock)
+    np.copyto(clock, np.maximum(clock, start) + load, where=load > 0)
     view(fabric.port_wavelets[port])[...] += load
     fabric.wavelet_hops += float(load.sum())
 
