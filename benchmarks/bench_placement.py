@@ -58,7 +58,7 @@ def compiled_rows(seq: int) -> list[str]:
             f"(strips {r.get('baseline_bottleneck_cycles', 0):,.0f})"
             f" wire x traffic {r.get('wire_traffic', 0):.3e} peak link {r['peak_link_load']:,.0f}"
             f" colors {r['colors_used']} place {r['place_seconds']:.1f} s"
-            f" reshaped {r.get('reshaped_stages', 0)} stages={len(r['stages'])}")
+            f" unfit {r.get('unfit_stages', 0)} stages={len(r['stages'])}")
     return lines
 
 

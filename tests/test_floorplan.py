@@ -234,3 +234,38 @@ def test_json_round_trip_and_plot(tmp_path) -> None:
     assert {r["color"] for r in data["routes"]} <= set(range(spec.routable_colors))
     out = plot_floorplan(res, tmp_path / "plan.png", baseline=True)
     assert out.stat().st_size > 1000
+
+
+def test_io_floor_zero_budget_drops_floors() -> None:
+    """SRAM minimums that use up the I/O budget leave no room: floors are dropped, not
+    applied unscaled."""
+    from waferscale.compiler.floorplan.alloc import io_floor
+
+    f = io_floor(np.array([1e6, 0.0]), np.array([0.0, 1e6]), 10.0, 0.5, 0.0)
+    assert (f == 0).all()
+    f = io_floor(np.array([1e6, 0.0]), np.array([0.0, 1e6]), 10.0, 0.5, 100.0)
+    assert f.sum() <= 100
+
+
+def test_water_fill_respects_caps() -> None:
+    areas, t = water_fill(np.array([100.0, 100.0]), np.zeros(2), np.ones(2), 1000.0,
+                          np.array([10.0, np.inf]))
+    assert areas[0] <= 10 + 1e-9 and t >= 10.0 - 1e-9
+
+
+def test_shape_model_guides_placement() -> None:
+    """A block that can only use 8 columns, timed by its callback, is never handed a shape
+    it cannot use, and the measured time is the callback's."""
+    spec = custom_spec(rows=64, cols=64)
+
+    def narrow(rows: int, cols: int) -> float:
+        return 4096.0 / (min(rows, 64) * min(cols, 8)) if rows >= 8 else math.inf
+
+    blocks = [Block("a", 4096.0), Block("n", 4096.0, max_cols=8, time_at=narrow),
+              Block("b", 4096.0)]
+    problem = PlacementProblem(blocks, [Net("a", "n", 10.0), Net("n", "b", 10.0)], spec)
+    res = place_and_route(problem, FloorplanConfig(time_limit_s=None, moves_per_block=30))
+    assert_legal(problem, res.geometry)
+    r = res.rects["n"]
+    assert r.cols <= 8 and r.rows >= 8
+    assert res.quality.bottleneck_cycles >= narrow(r.rows, r.cols) - 1e-9

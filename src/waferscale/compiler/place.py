@@ -47,14 +47,12 @@ from waferscale.fabric.grid import EAST, WEST, Rect
 from waferscale.fabric.timing import stream_cycles
 from waferscale.hardware.spec import WaferSpec
 
-#: The compiler's floorplanner settings: annealing time-boxed so compiles stay short; a
-#: larger I/O-floor budget because the floors are dropped (not scaled) once the SRAM
-#: minimums alone exceed it (`floorplan.alloc.io_floor` with a zero budget).
-#: Squarer rectangles than the library's default (soft aspect 2, weighted 10x): GEMMs run
-#: on square grids and the row kernels' buffers grow along a skinny side, so a 1 x 180
-#: strip wastes most of itself. (A hard ``max_aspect`` makes the slicer's cuts fail.)
-COMPILE_CONFIG = FloorplanConfig(time_limit_s=5.0, io_area_budget=0.25, soft_max_aspect=2.0,
-                                 aspect_weight=5.0)
+#: The compiler's floorplanner settings. Every block carries its kernel's real time in a
+#: rectangle (``Block.time_at``) and the shape it can use (``max_rows`` x ``max_cols``), so
+#: the balance term already sees what a sliver costs and the aspect term stays the
+#: library's light default. Annealing is a fixed, seeded number of moves (no time box):
+#: the same model compiles to the same placement on every machine.
+COMPILE_CONFIG = FloorplanConfig(time_limit_s=None, moves_per_block=60, seed=0)
 #: Smallest rectangle of any kernel: below this the slicer's cuts leave one-PE-wide slivers
 #: that no kernel layout can use.
 MIN_PES = 256
@@ -62,10 +60,6 @@ MIN_PES = 256
 #: Head-room on a stage's SRAM: a kernel re-sized inside a non-square rectangle uses less of
 #: it (a p x p GEMM grid in a p x 2p rectangle), so its bytes per used PE are higher.
 SRAM_MARGIN = 2.0
-#: A kernel that uses less than 1/RESHAPE_BELOW of its placed rectangle (or does not fit
-#: it: a 1 x 60 sliver for a [1024, 8] tensor) is re-sized to the rectangle's area in the
-#: shape its layout needs; FIRST-ORDER, counted as ``reshaped_stages`` in the figures.
-RESHAPE_BELOW = 4
 
 RectLike = Rect | tuple[int, int, int, int] | list[int]
 
@@ -85,11 +79,16 @@ def as_rect(r: RectLike, what: str) -> Rect:
 
 @dataclass
 class Calibration:
-    """What the floorplanner needs to know about one stage (see the module docstring)."""
+    """What the floorplanner needs to know about one stage (see the module docstring):
+    the area model (``work``, ``latency``), the SRAM, and the shape model: the largest
+    rectangle the kernel uses (``max_rows`` x ``max_cols``, its own choice on the whole
+    wafer) and its real cycles in a given rectangle (:func:`stage_time_at`)."""
 
     work: float
     latency: float
     sram: float
+    max_rows: int = 0
+    max_cols: int = 0
 
 
 @dataclass
@@ -138,6 +137,57 @@ def calibrate(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
     return Calibration(max(w, 1.0), lat, sram)
 
 
+def stage_time_at(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
+                  max_side: int | None = None, inbound: tuple[int, ...] = ()
+                  ):  # noqa: ANN201 - a closure
+    """``time_at(rows, cols)`` for the floorplanner: the stage's kernel sized inside a
+    ``rows x cols`` rectangle (``size_stage(bounds=)``, the same call that sizes it after
+    placement) plus its data movement plus its slowest inbound stream (``inbound``: the
+    producers' output elements) from one rectangle side away, the same ``stream_cycles``
+    the realised figure uses over the routed distance: a thin rectangle receiving a big
+    tensor is slow even when its kernel is cheap. inf where the kernel does not fit (SRAM),
+    which the slicer treats as an illegal leaf, so no kernel is placed where it cannot run.
+    """
+
+    def time_at(rows: int, cols: int) -> float:
+        c = _timed(spec, g, st, moves, bounds=(rows, cols), max_side=max_side)
+        if not (c.fits and c.rect[0] <= rows and c.rect[1] <= cols):
+            return math.inf
+        r, k = c.rect
+        stream = max((stream_cycles(spec, math.ceil(n / max(1, r * k)), r, k, r, k)
+                      for n in inbound), default=0.0)
+        return float(c.cost_cycles + c.move_cycles + stream)
+
+    return time_at
+
+
+def usable_shape(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
+                 max_side: int | None = None) -> tuple[int, int]:
+    """The largest rectangle the kernel can use: of the bounds (wafer sides halved
+    repeatedly, ~100 shapes) the fastest one it fits, its kernel's own shape there (a
+    GEMM's p <= min(m, k, n) and its fastest grid, attention's groups x query rows, a row
+    kernel's tokens x hidden, a softmax's columns limited by its per-row buffers); among
+    shapes within 1 % of the fastest, the fewest PEs. More PEs than that only idle."""
+    sides_r = sorted({max(1, spec.rows >> i) for i in range(11)})
+    sides_c = sorted({max(1, spec.cols >> i) for i in range(11)})
+    best: tuple[float, int, tuple[int, int]] | None = None
+    found: list[tuple[float, int, tuple[int, int]]] = []
+    for h in sides_r:
+        for w in sides_c:
+            c = _timed(spec, g, st, moves, bounds=(h, w), max_side=max_side)
+            if not c.fits:
+                continue
+            item = (float(c.cost_cycles + c.move_cycles), c.pes, (c.rect[0], c.rect[1]))
+            found.append(item)
+            if best is None or item[0] < best[0]:
+                best = item
+    if best is None:
+        return spec.rows, spec.cols
+    near = [f for f in found if f[0] <= best[0] * 1.01]
+    shape = min(near, key=lambda f: (f[1], f[0]))[2]
+    return max(1, shape[0]), max(1, shape[1])
+
+
 def out_numel(g: Graph, st: Stage) -> int:
     """Elements of a stage's output (the first output of a multi-output kernel)."""
     node = g.nodes[st.nodes[-1]]
@@ -172,11 +222,20 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     reserved = [as_rect(r, f"reserve #{i}") for i, r in enumerate(reserve or [])]
     moves = _moves(g)
     cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
+    by_name = {s.name: s for s in on_wafer}
+    for s in on_wafer:
+        cal[s.name].max_rows, cal[s.name].max_cols = usable_shape(
+            spec, g, s, moves.get(s.name, []), max_side)
+    feeds = {s.name: tuple(out_numel(g, by_name[i]) for i in s.inputs
+                           if i in by_name and i != s.name) for s in on_wafer}
     blocks = [Block(s.name, cal[s.name].work, cal[s.name].sram * SRAM_MARGIN,
                     min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
-                    latency_cycles=cal[s.name].latency) for s in on_wafer]
+                    latency_cycles=cal[s.name].latency, max_rows=cal[s.name].max_rows,
+                    max_cols=cal[s.name].max_cols,
+                    time_at=stage_time_at(spec, g, s, moves.get(s.name, []), max_side,
+                                          feeds[s.name]))
+              for s in on_wafer]
     traffic: dict[tuple[str, str], float] = {}
-    by_name = {s.name: s for s in on_wafer}
     for s in on_wafer:
         for src in s.inputs:
             if src in by_name and src != s.name:
@@ -231,22 +290,23 @@ def fit_into(spec: WaferSpec, g: Graph, p: Plan, rects: dict[str, Rect],
              offsets: dict[tuple[str, str], tuple[int, int]], max_side: int | None = None
              ) -> tuple[dict[str, Stage], dict[str, float]]:
     """Every on-wafer stage re-sized inside its rectangle (copies) and its stage time:
-    kernel + data movement + the slowest inbound stream over its routed distance."""
+    kernel + data movement + the slowest inbound stream over its routed distance.
+
+    Every kernel runs inside the rectangle it was placed in (``size_stage(bounds=)``); one
+    that does not fit there keeps ``fits = False`` and its reason, and the compiler reports
+    the plan as not fitting rather than quietly running it on another shape."""
     moves = _moves(g)
     sized: dict[str, Stage] = {}
-    reshaped: list[str] = []
     for s in p.stages:
         if s.name not in rects:
             continue
         r = rects[s.name]
         st = _timed(spec, g, s, moves.get(s.name, []), bounds=(r.rows, r.cols),
                     max_side=max_side)
-        if not st.fits or st.pes * RESHAPE_BELOW < r.pes:
-            alt = _timed(spec, g, s, moves.get(s.name, []), area=r.pes, max_side=max_side)
-            if alt.fits and (not st.fits or alt.cost_cycles + alt.move_cycles
-                             < st.cost_cycles + st.move_cycles):
-                st = alt
-                reshaped.append(s.name)
+        if st.fits and (st.rect[0] > r.rows or st.rect[1] > r.cols):
+            st.fits = False
+            st.why_not = (f"kernel shape {st.rect[0]}x{st.rect[1]} does not fit its placed "
+                          f"rectangle {r.rows}x{r.cols}")
         sized[s.name] = st
     times: dict[str, float] = {}
     for name, st in sized.items():
@@ -258,9 +318,7 @@ def fit_into(spec: WaferSpec, g: Graph, p: Plan, rects: dict[str, Rect],
             per_pe = math.ceil(out_numel(g, sized[src]) / max(1, st.pes))
             inbound = max(inbound, stream_cycles(spec, per_pe, max(dr, 0), max(dc, 1),
                                                  st.rect[0], st.rect[1]))
-        times[name] = st.cost_cycles + st.move_cycles + inbound
-    for name in reshaped:
-        sized[name].algorithm += " [reshaped: kernel grid sized by its rectangle's area]"
+        times[name] = (st.cost_cycles + st.move_cycles + inbound) if st.fits else math.inf
     return sized, times
 
 
@@ -294,7 +352,7 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
         "peak_link_load": result.routing.peak_link_load,
         "wire_traffic": result.quality.wire_traffic,
         "placer_utilization": result.quality.utilisation,
-        "reshaped_stages": sum("[reshaped" in s.algorithm for s in sized.values()),
+        "unfit_stages": sum(not s.fits for s in sized.values()),
         "blocks": problem.n, "nets": len(problem.nets),
     }
     if result.baseline_geometry is not None and result.baseline_routing is not None:
@@ -330,4 +388,4 @@ def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
 
 __all__ = ["COMPILE_CONFIG", "Calibration", "PlacedProgram", "as_rect", "build_problem",
            "calibrate", "fit_into", "out_numel", "place", "place_plan", "routed_offsets",
-           "wavelets"]
+           "stage_time_at", "usable_shape", "wavelets"]

@@ -233,9 +233,16 @@ def fused_cycles(spec: WaferSpec, elements: float, dtype: str, ops: list[str], r
 def _row_rect(spec: WaferSpec, t: int, h: int, area: float,
               bounds: tuple[int, int] | None, bytes_of) -> tuple[int, int]:
     """Tokens over rows, hidden over columns: about ``area`` PEs, grown until the tiles fit
-    the SRAM; inside ``bounds`` the whole placed rectangle (as far as the tensor spans it)."""
+    the SRAM; inside ``bounds`` the whole placed rectangle (as far as the tensor spans it),
+    with fewer columns where that is what fits (a softmax keeps per-row buffers as wide as
+    its column count, so a wide rectangle can overflow where a narrower one fits)."""
     if bounds is not None:
-        return max(1, min(t, bounds[0])), max(1, min(h, bounds[1]))
+        r, c = max(1, min(t, bounds[0])), max(1, min(h, bounds[1]))
+        if bytes_of(r, c) > spec.sram_bytes:
+            for cc in sorted({max(1, c >> i) for i in range(1, 12)}, reverse=True):
+                if bytes_of(r, cc) <= spec.sram_bytes:
+                    return r, cc
+        return r, c
     c = max(1, min(h, spec.cols, int(math.sqrt(max(area, 1)))))
     r = max(1, min(t, spec.rows, int(max(area, 1) // c)))
     while bytes_of(r, c) > spec.sram_bytes:

@@ -14,43 +14,61 @@ from waferscale.fabric.grid import Rect
 
 
 def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
-               total_area: float) -> tuple[np.ndarray, float]:
-    """Real-valued areas (summing to ``total_area``) and the common stage time T.
+               total_area: float, max_area: np.ndarray | None = None
+               ) -> tuple[np.ndarray, float]:
+    """Real-valued areas and the common stage time T.
 
     Bisection on T, vectorised over blocks: the area sum is monotone decreasing in T.
+    ``max_area`` (per block, inf for none) is what a kernel can use at most: a block is
+    never planned more (the PEs would idle), so T is at least ``max_i work_i / max_i +
+    latency_i`` and, when the capped blocks leave PEs over, the areas sum to less than
+    ``total_area``: the rest is slack the slicer spreads, not time any block gains.
     """
     work = np.asarray(work, dtype=float)
     latency = np.asarray(latency, dtype=float)
     min_area = np.asarray(min_area, dtype=float)
     if work.size == 0:
         return np.zeros(0), 0.0
+    cap = (np.full(work.size, np.inf) if max_area is None
+           else np.maximum(np.asarray(max_area, dtype=float), min_area))
     if min_area.sum() >= total_area or not np.any(work > 0):
         extra = max(total_area - min_area.sum(), 0.0)
         areas = min_area + extra * (min_area / min_area.sum())
-        return areas, float(np.max(work / areas + latency))
+        return areas, float(np.max(work / np.minimum(areas, cap) + latency))
 
     def areas_at(t: float) -> np.ndarray:
         slack = np.maximum(t - latency, 1e-300)
-        return np.maximum(min_area, work / slack)
+        return np.minimum(cap, np.maximum(min_area, work / slack))
 
-    lo = float(latency.max())
-    hi = max(lo, 1.0)
-    while areas_at(hi).sum() > total_area:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if areas_at(mid).sum() > total_area:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
+    # No T below the slowest capped block is reachable, however many PEs are left.
+    with np.errstate(divide="ignore"):
+        floor_t = float(np.max(np.where(np.isfinite(cap), work / cap + latency, 0.0)))
+    lo = max(float(latency.max()), floor_t)
+    if areas_at(lo).sum() <= total_area:
+        hi = lo
+    else:
+        hi = max(lo, 1.0)
+        while areas_at(hi).sum() > total_area:
+            hi *= 2.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if areas_at(mid).sum() > total_area:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo <= 1e-12 * hi:
+                break
     areas = areas_at(hi)
-    # Hand the rounding slack to the blocks that set T, so the areas sum exactly.
-    slack = total_area - areas.sum()
-    active = areas > min_area
-    if slack > 0 and active.any():
-        areas[active] += slack * areas[active] / areas[active].sum()
+    # Hand the slack to the blocks that can still use PEs (those below their cap), so the
+    # areas sum exactly to the total where caps allow; rounding margin for the cuts.
+    for _ in range(8):
+        slack = total_area - areas.sum()
+        room = cap - areas
+        active = (room > 1e-9) & (areas > min_area - 1e-9) & (work > 0)
+        if slack <= 1e-9 or not active.any():
+            break
+        give = slack * areas[active] / areas[active].sum()
+        areas[active] += np.minimum(give, room[active])
     return areas, hi
 
 
@@ -104,7 +122,9 @@ def io_floor(problem_traffic_in: np.ndarray, problem_traffic_out: np.ndarray, t_
     ``v / (lane_load x t_stage)`` PEs, so a squarish block needs that side squared. Tiny
     kernels on a big stream (an embedding feeding a residual, a GELU between two GEMMs)
     otherwise end up one PE wide and the fabric, not compute, sets the pace. The floors are
-    scaled down together if they would take more than ``budget`` PEs.
+    scaled down together if they would take more than ``budget`` PEs, and dropped when the
+    budget is zero (the SRAM minimums alone already use it up): a floor that ignores its
+    budget would squeeze the blocks that set the stage time.
     """
     v = np.maximum(problem_traffic_in, problem_traffic_out)
     if t_stage <= 0 or lane_load <= 0:
@@ -112,6 +132,6 @@ def io_floor(problem_traffic_in: np.ndarray, problem_traffic_out: np.ndarray, t_
     side = np.ceil(v / (lane_load * t_stage))
     floor = side * side
     total = floor.sum()
-    if total > budget > 0:
-        floor = np.floor(floor * budget / total)
+    if total > budget:
+        floor = np.floor(floor * budget / total) if budget > 0 else np.zeros_like(floor)
     return floor.astype(np.int64)

@@ -94,8 +94,9 @@ def initial_layout(problem: PlacementProblem, config: FloorplanConfig | None = N
     t_ref = 0.0
     need = problem.min_areas.copy()
     if order.size:
+        caps = problem.max_areas[order]
         areas, t_ref = water_fill(problem.work[order], problem.latency[order],
-                                  need[order], free_area)
+                                  need[order], free_area, caps)
         if cfg.io_lane_load > 0 and len(problem.nets):
             t_in = np.zeros(problem.n)
             t_out = np.zeros(problem.n)
@@ -106,14 +107,17 @@ def initial_layout(problem: PlacementProblem, config: FloorplanConfig | None = N
                              max(budget - float(need[order].sum()), 0.0))
             need[order] = np.maximum(need[order], floor)
             areas, t_ref = water_fill(problem.work[order], problem.latency[order],
-                                      need[order], free_area)
+                                      need[order], free_area, caps)
         targets[order] = areas
     fixed = [i for i, b in enumerate(problem.blocks) if b.fixed is not None]
     if fixed and not order.size:
         t_ref = float(np.max(problem.stage_times(geometry.H[fixed] * geometry.W[fixed])))
     max_aspect = np.array([b.max_aspect if b.max_aspect else np.inf for b in problem.blocks])
     slicer = Slicer(order, targets, need, max_aspect,
-                    geometry.R, geometry.C, geometry.H, geometry.W)
+                    geometry.R, geometry.C, geometry.H, geometry.W,
+                    max_rows=problem.max_rows, max_cols=problem.max_cols,
+                    leaf_time=lambda b, h, w: float(problem.rect_times(
+                        np.array([b]), np.array([h]), np.array([w]))[0]))
     roots: list[Node] = []
     if order.size:
         for (lo, hi), reg in zip(_deal_to_regions(slicer, regions), regions, strict=True):
@@ -251,10 +255,14 @@ class Annealer:
 
     def run(self, rng: np.random.Generator, time_limit_s: float | None = None
             ) -> dict[str, float]:
-        """Anneal; returns statistics (moves, accepted, seconds, start/end cost)."""
+        """Anneal; returns statistics (moves, accepted, seconds, start/end cost).
+
+        ``time_limit_s`` (default: the config's) of None or 0 means no time box: the run
+        makes exactly its planned moves, so a seeded run is reproducible."""
         cfg = self.cfg
         start = time.perf_counter()
         limit = cfg.time_limit_s if time_limit_s is None else time_limit_s
+        limit = 0.0 if limit is None else limit  # None: no time box, the move count decides
         total = int(min(cfg.max_moves, cfg.moves_per_block * max(len(self.L.order), 1)))
         cost0 = self.cost(self.se, self.sa, self.sw, self.sc)
         if total <= 0 or self.root_p is None:
@@ -278,7 +286,7 @@ class Annealer:
             moves += 1
             if moves % 128 == 0:
                 elapsed = time.perf_counter() - start
-                frac = max(moves / total, elapsed / limit if limit > 0 else 1.0)
+                frac = max(moves / total, elapsed / limit if limit > 0 else 0.0)
                 if moves % 8192 == 0:
                     self._resum()
             else:

@@ -4,7 +4,9 @@ Terms (each dimensionless, so weights compare):
 
 * ``balance``: the pipeline's throughput is set by its slowest stage, so the term is a
   smooth maximum of stage times, ``(1/beta) ln sum_i exp(beta t_i / T_ref)``, with
-  ``t_i = work_i / area_i + latency_i`` and ``T_ref`` the water-filled ideal stage time.
+  ``t_i`` block i's time in its rectangle (``Block.time_at(rows, cols)``, or
+  ``work_i / usable_area_i + latency_i`` with the usable area ``min(rows, max_rows) x
+  min(cols, max_cols)``) and ``T_ref`` the water-filled ideal stage time.
   It equals ``max_i t_i / T_ref`` up to ``ln(n)/beta``; unlike ``max`` it tells the optimiser
   about the second-slowest stage too.
 * ``wire``: traffic-weighted wirelength, ``sum_nets wavelets x Manhattan(centre_src,
@@ -50,7 +52,8 @@ class FloorplanConfig:
 
     Optimiser: ``seed`` (random moves are reproducible), ``moves_per_block`` (annealing
     moves per free block), ``max_moves`` (a cap for huge graphs), ``time_limit_s`` (wall
-    time the annealing may take in each round), ``initial_accept`` (probability of accepting
+    time the annealing may take in each round; None or 0: no time box, exactly the planned
+    moves, so a seeded run is deterministic), ``initial_accept`` (probability of accepting
     an average uphill move at the start, which sets the starting temperature),
     ``final_temperature_ratio`` (end temperature / start temperature, geometric cooling).
 
@@ -73,7 +76,7 @@ class FloorplanConfig:
     seed: int = 0
     moves_per_block: float = 40.0
     max_moves: int = 400_000
-    time_limit_s: float = 20.0
+    time_limit_s: float | None = 20.0
     initial_accept: float = 0.5
     final_temperature_ratio: float = 1e-3
     route_orientation: str = "auto"
@@ -133,11 +136,13 @@ class Scorer:
         self.max_aspect_soft = float(config.soft_max_aspect)
 
     def block_exp(self, g: Geometry, idx: np.ndarray) -> np.ndarray:
-        area = (g.H[idx] * g.W[idx]).astype(float)
-        with np.errstate(divide="ignore"):
-            t = (np.where(area > 0, self.p.work[idx] / np.maximum(area, 1e-300), np.inf)
-                 + self.p.latency[idx])
-        return np.exp(np.minimum(self.beta * (t / self.t_ref - 1.0), 700.0))
+        # The time the kernel really takes in the rectangle's shape (Block.time_at, or work
+        # over the usable part), not work / area: a sliver a GEMM cannot use is slow here.
+        t = self.p.rect_times(idx, g.H[idx], g.W[idx])
+        x = np.minimum(self.beta * (t / self.t_ref - 1.0), 1e12)
+        # Beyond exp(600) (no overflow) the term keeps growing linearly, so a block far too
+        # slow (a kernel that does not fit its rectangle) still shows the way out.
+        return np.exp(np.minimum(x, 600.0)) * (1.0 + np.maximum(x - 600.0, 0.0))
 
     def block_aspect(self, g: Geometry, idx: np.ndarray) -> np.ndarray:
         h, w = g.H[idx].astype(float), g.W[idx].astype(float)

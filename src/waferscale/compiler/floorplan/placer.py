@@ -81,7 +81,7 @@ def place_and_route(problem: PlacementProblem, config: FloorplanConfig | None = 
         weight = max(cfg.congestion_weight, 0.1) * cfg.congestion_boost ** (k + 1)
         round_cfg = dataclasses.replace(round_cfg, congestion_weight=weight)
         annealer = Annealer(layout, round_cfg)
-        stats = annealer.run(rng, time_limit_s=cfg.time_limit_s / 2)
+        stats = annealer.run(rng, time_limit_s=cfg.time_limit_s / 2 if cfg.time_limit_s else 0.0)
         history.append({"round": k + 1, **stats, **annealer.terms()})
         routing = route(problem, layout.geometry, cfg.route_orientation)
         q_new = measure(problem, layout.geometry, routing)

@@ -9,6 +9,7 @@ contradiction found after minutes of annealing is a contradiction reported too l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,16 @@ class Block:
     ``ceil(sram_bytes_total / spec.sram_bytes)`` PEs. ``min_pes``: any other lower bound
     (a kernel's smallest grid). ``max_aspect``: a hard limit on long side / short side.
     ``fixed``: pin the block to this rectangle (the placer does not move it).
+
+    Shape model (why: a real kernel cannot use every rectangle of a given area: a GEMM runs
+    on a square p x p grid, a token-by-hidden kernel on at most tokens x hidden PEs, and a
+    1 x 60 sliver is useless to both): ``max_rows`` / ``max_cols`` bound the part of a
+    rectangle the kernel can use, so on an ``h x w`` rectangle the time is
+    ``work / (min(h, max_rows) x min(w, max_cols)) + latency``; the area allocation never
+    plans more than ``max_rows x max_cols`` PEs for it. ``time_at(rows, cols)``, when
+    given, replaces that formula with the kernel's real cycles in an ``rows x cols``
+    rectangle (``inf`` where it does not fit); the placer calls it with memoisation, so it
+    may be a few milliseconds of closed-form cost models.
     """
 
     name: str
@@ -37,6 +48,15 @@ class Block:
     max_aspect: float | None = None
     fixed: Rect | None = None
     latency_cycles: float = 0.0
+    max_rows: int | None = None
+    max_cols: int | None = None
+    time_at: Callable[[int, int], float] | None = field(default=None, compare=False,
+                                                        repr=False)
+
+    @property
+    def max_pes(self) -> float:
+        """PEs the kernel can use at most (inf when unbounded)."""
+        return float(self.max_rows or math.inf) * float(self.max_cols or math.inf)
 
     def min_area(self, spec: WaferSpec) -> int:
         """PEs the block needs at least: its SRAM spread at ``spec.sram_bytes`` per PE."""
@@ -90,6 +110,10 @@ class PlacementProblem:
         self.net_src = np.array([self.index[n.src] for n in self.nets], dtype=np.int64)
         self.net_dst = np.array([self.index[n.dst] for n in self.nets], dtype=np.int64)
         self.net_traffic = np.array([float(n.wavelets_per_sample) for n in self.nets])
+        self.max_rows = np.array([float(b.max_rows or np.inf) for b in self.blocks])
+        self.max_cols = np.array([float(b.max_cols or np.inf) for b in self.blocks])
+        self.has_time_at = np.array([b.time_at is not None for b in self.blocks], dtype=bool)
+        self._memo: list[dict[tuple[int, int], float]] = [{} for _ in self.blocks]
 
     # -- validation ------------------------------------------------------------------
     def _validate(self) -> None:
@@ -108,6 +132,10 @@ class PlacementProblem:
             if not (b.sram_bytes_total >= 0 and math.isfinite(b.sram_bytes_total)):
                 raise PlacementError(f"block {b.name!r}: sram_bytes_total must be >= 0, got "
                                      f"{b.sram_bytes_total!r}")
+            for side in ("max_rows", "max_cols"):
+                v = getattr(b, side)
+                if v is not None and v < 1:
+                    raise PlacementError(f"block {b.name!r}: {side} must be >= 1, got {v!r}")
             if b.max_aspect is not None and b.max_aspect < 1:
                 raise PlacementError(f"block {b.name!r}: max_aspect must be >= 1 (long side / "
                                      f"short side), got {b.max_aspect!r}")
@@ -184,11 +212,41 @@ class PlacementProblem:
         """Rectangles free blocks may not use: reserved areas and pinned blocks."""
         return self.reserved + [b.fixed for b in self.blocks if b.fixed is not None]
 
+    @property
+    def max_areas(self) -> np.ndarray:
+        """PEs each block can use at most (its ``max_rows x max_cols``; inf if unbounded)."""
+        return self.max_rows * self.max_cols
+
     def stage_times(self, areas: np.ndarray) -> np.ndarray:
-        """Cycles per sample of every block on ``areas`` PEs (inf where a block has none)."""
-        areas = np.asarray(areas, dtype=float)
+        """Cycles per sample of every block on ``areas`` PEs in the best case (the usable
+        part capped at ``max_rows x max_cols``; inf where a block has none). The area model
+        of water filling; :meth:`rect_times` is what a rectangle's shape really gives."""
+        areas = np.minimum(np.asarray(areas, dtype=float), self.max_areas)
         with np.errstate(divide="ignore"):
             return np.where(areas > 0, self.work / np.maximum(areas, 1e-300), np.inf) + self.latency
+
+    def rect_times(self, idx: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Cycles per sample of blocks ``idx`` on ``h x w`` rectangles: the block's
+        ``time_at`` where it has one (memoised), else work over the usable part of the
+        rectangle (``min(h, max_rows) x min(w, max_cols)``) plus latency."""
+        idx = np.asarray(idx, dtype=np.int64)
+        hf, wf = np.asarray(h, dtype=float), np.asarray(w, dtype=float)
+        used = np.minimum(hf, self.max_rows[idx]) * np.minimum(wf, self.max_cols[idx])
+        with np.errstate(divide="ignore"):
+            t = (np.where(used > 0, self.work[idx] / np.maximum(used, 1e-300), np.inf)
+                 + self.latency[idx])
+        cb = self.has_time_at[idx]
+        if cb.any():
+            for j in np.flatnonzero(cb):
+                b, hh, ww = int(idx[j]), int(h[j]), int(w[j])
+                memo = self._memo[b]
+                key = (hh, ww)
+                if key not in memo:
+                    fn = self.blocks[b].time_at
+                    assert fn is not None
+                    memo[key] = float(fn(hh, ww)) if hh > 0 and ww > 0 else math.inf
+                t[j] = memo[key]
+        return t
 
 
 def _union_area(rects: list[Rect], spec: WaferSpec) -> int:

@@ -1,7 +1,8 @@
 """Figures of merit of a placement, and the same figures for the strip baseline.
 
 * ``utilisation``: busy PE-cycles / all PE-cycles in steady state: ``sum_i work_i /
-  (spec.pes x bottleneck)``, where the bottleneck is the slowest stage time. Idle PEs
+  (spec.pes x bottleneck)``, where the bottleneck is the slowest stage time, each block timed
+  in its rectangle's shape (``PlacementProblem.rect_times``). Idle PEs
   (light kernels on big rectangles, unused or reserved area) lower it.
 * ``utilisation_fabric``: the same with the bottleneck raised to the peak link load when
   a link is busier per sample than the slowest stage (the fabric then sets the pace).
@@ -46,7 +47,7 @@ def measure(problem: PlacementProblem, g: Geometry, routing: Routing | None,
             wall_s: float = 0.0) -> Quality:
     """Quality of geometry ``g`` (and its routing, if any)."""
     area = (g.H * g.W).astype(float)
-    t = problem.stage_times(area)
+    t = problem.rect_times(np.arange(problem.n), g.H, g.W)
     worst = int(np.argmax(t))
     bottleneck = float(t[worst])
     work = float(problem.work.sum())

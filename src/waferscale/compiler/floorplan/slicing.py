@@ -14,6 +14,7 @@ blocks of its own run: annealing moves are local and cheap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,12 +47,19 @@ class Slicer:
 
     ``weight``: target areas per block id; ``need``: minimum PEs per block id;
     ``max_aspect``: hard aspect limit per block id (inf for none). Realised rectangles are
-    written into ``R, C, H, W`` (per block id).
+    written into ``R, C, H, W`` (per block id). ``max_rows`` / ``max_cols`` (per block id,
+    inf for none): a leaf is trimmed to the part of its cell its kernel can use (the rest
+    stays idle instead of widening routing footprints). ``leaf_time(block, rows, cols)``:
+    the block's time in a rectangle; with it, two-block nodes are cut in the orientation
+    whose slower block is faster (a GEMM wants a square, a row kernel its tokens x hidden),
+    and a leaf whose time is inf (the kernel does not fit that shape) is illegal.
     """
 
     def __init__(self, order: np.ndarray, weight: np.ndarray, need: np.ndarray,
                  max_aspect: np.ndarray, R: np.ndarray, C: np.ndarray, H: np.ndarray,
-                 W: np.ndarray) -> None:
+                 W: np.ndarray, *, max_rows: np.ndarray | None = None,
+                 max_cols: np.ndarray | None = None,
+                 leaf_time: Callable[[int, int, int], float] | None = None) -> None:
         self.order = [int(b) for b in order]
         w = np.asarray(weight, dtype=float)[order]
         nd = np.asarray(need, dtype=np.int64)[order]
@@ -60,6 +68,12 @@ class Slicer:
         self.need = [int(x) for x in np.asarray(need)]
         self.max_aspect = [float(x) for x in np.asarray(max_aspect)]
         self.R, self.C, self.H, self.W = R, C, H, W
+        n = len(self.need)
+        self.max_rows = (np.full(n, np.inf) if max_rows is None
+                         else np.asarray(max_rows, dtype=float))
+        self.max_cols = (np.full(n, np.inf) if max_cols is None
+                         else np.asarray(max_cols, dtype=float))
+        self.leaf_time = leaf_time
 
     # -- cutting ---------------------------------------------------------------------
     def cut(self, lo: int, k: int, hi: int, orient: int, h: int, w: int) -> int | None:
@@ -117,6 +131,8 @@ class Slicer:
             return None
         k0 = self.balanced_k(lo, hi)
         longer = 0 if w >= h else 1
+        if prefer_orient is None and hi - lo == 2 and self.leaf_time is not None:
+            longer = self._pair_orient(lo, r, c, h, w, longer)
         orients = [longer, 1 - longer] if prefer_orient is None else [prefer_orient,
                                                                       1 - prefer_orient]
         ks = [k0]
@@ -139,14 +155,38 @@ class Slicer:
                     return node
         return None
 
+    def _pair_orient(self, lo: int, r: int, c: int, h: int, w: int, default: int) -> int:
+        """Of the two cuts of a two-block cell, the one whose slower block is faster."""
+        assert self.leaf_time is not None
+        best, pick = math.inf, default
+        for orient in (default, 1 - default):
+            x = self.cut(lo, lo + 1, lo + 2, orient, h, w)
+            if x is None:
+                continue
+            a, b = self.order[lo], self.order[lo + 1]
+            if orient == 0:
+                t = max(self.leaf_time(a, h, x), self.leaf_time(b, h, w - x))
+            else:
+                t = max(self.leaf_time(a, x, w), self.leaf_time(b, h - x, w))
+            if t < best:
+                best, pick = t, orient
+        return pick
+
     # -- realising -------------------------------------------------------------------
     def place_leaf(self, node: Node) -> bool:
-        """Give the block its whole cell, shrunk only to honour a hard aspect limit."""
+        """Give the block its cell, trimmed to what its kernel can use (``max_rows`` x
+        ``max_cols``, never below its SRAM minimum) and shrunk to honour a hard aspect
+        limit."""
         r, c, h, w = node.rect
         b = self.order[node.lo]
         limit = self.max_aspect[b]
         if h <= 0 or w <= 0:
             return False
+        th, tw = int(min(h, self.max_rows[b])), int(min(w, self.max_cols[b]))
+        if (th, tw) != (h, w) and th * tw >= self.need[b] and (
+                self.leaf_time is None
+                or self.leaf_time(b, th, tw) <= self.leaf_time(b, h, w) * (1 + 1e-9)):
+            h, w = th, tw
         if max(h, w) > limit * min(h, w):
             if h > w:
                 h = max(1, int(math.floor(w * limit)))
@@ -154,6 +194,8 @@ class Slicer:
                 w = max(1, int(math.floor(h * limit)))
         if h * w < self.need[b]:
             return False
+        if self.leaf_time is not None and not math.isfinite(self.leaf_time(b, h, w)):
+            return False  # the kernel cannot run in this shape (Block.time_at says inf)
         self.R[b], self.C[b], self.H[b], self.W[b] = r, c, h, w
         return True
 
