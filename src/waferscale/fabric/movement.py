@@ -68,7 +68,7 @@ def _deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
     ramp = view(fabric.port_clock[RAMP_IN])
     begin = np.maximum(head, ramp)
     freed = begin + wavelets / spec.ramp_wavelets_per_cycle
-    done = np.maximum(freed, head + serial * wavelets) + spec.ramp_cycles
+    done = np.maximum(freed, head + serial * (wavelets - 1) + 1) + spec.ramp_cycles
     # masked in-place updates: the arithmetic of np.where chains, fewer passes
     np.copyto(ramp, freed, where=mask)
     counted = view(fabric.port_wavelets[RAMP_IN])
@@ -78,9 +78,14 @@ def _deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
 
 def _send(fabric: Fabric, view: View, ready: np.ndarray, wavelets: np.ndarray,
           mask: np.ndarray) -> np.ndarray:
-    """Start sends from CEs: each waits for its data and its ramp out, which it then holds."""
+    """Start sends from CEs: each waits for its data and its ramp out, which it then holds.
+
+    Returns when the first wavelet goes down the ramp: a sending CE reads it from memory
+    the cycle before (measured against the cycle simulator); PEs that send nothing do not
+    pay that cycle.
+    """
     ramp = view(fabric.port_clock[RAMP_OUT])
-    start = np.maximum(ready, ramp)
+    start = np.maximum(ready, ramp) + mask      # the CE reads the first element first
     np.copyto(ramp, start + wavelets, where=mask)
     counted = view(fabric.port_wavelets[RAMP_OUT])
     np.add(counted, wavelets, out=counted, where=mask)
@@ -223,7 +228,7 @@ def multicast(t: MeshTensor, dst: Rect, axis: str) -> MeshTensor:
     pos = np.arange(length)[None, :]
     root_mask = pos == root
     ramp_out = view(fabric.port_clock[RAMP_OUT])[:, root:root + 1]
-    start = np.maximum(ready, ramp_out)
+    start = np.maximum(ready, ramp_out) + 1      # the CE reads the first element first
     ramp_out[...] = start + wav
     view(fabric.port_wavelets[RAMP_OUT])[:, root:root + 1] += wav
     heads = np.zeros((lines, length))

@@ -21,17 +21,25 @@ from waferscale.hardware.spec import WaferSpec
 
 
 def transfer_cycles(spec: WaferSpec, wavelets: float, hops: int, share: int = 1) -> float:
-    """A point-to-point message; ``share`` messages interleave on its busiest link."""
+    """A point-to-point message; ``share`` messages from consecutive PEs interleave on its
+    busiest link, so its wavelets arrive one every ``share`` cycles.
+
+    ``share * (B - 1) + 2 + H + 2 T_R``: the source CE reads the first element one cycle
+    before it goes down the ramp, and the last of B interleaved wavelets arrives
+    ``share * (B - 1)`` cycles after the first, then one cycle into the queue. Both terms were
+    measured against the wavelet-level cycle simulator (docs/fabric.md).
+    """
     if wavelets <= 0:
         return 0.0
-    return share * wavelets + hops * spec.hop_cycles + 2 * spec.ramp_cycles
+    return share * (wavelets - 1) + 2 + hops * spec.hop_cycles + 2 * spec.ramp_cycles
 
 
 def multicast_cycles(spec: WaferSpec, wavelets: float, pes: int) -> float:
-    """Flooding broadcast from one end of a line of ``pes`` PEs (HPDC'24: B + P + 2 T_R)."""
+    """Flooding broadcast from one end of a line of ``pes`` PEs: B + (P - 1) + 2 T_R + 1
+    (HPDC'24: B + P + 2 T_R)."""
     if pes <= 1 or wavelets <= 0:
         return 0.0
-    return wavelets + (pes - 1) * spec.hop_cycles + 2 * spec.ramp_cycles
+    return transfer_cycles(spec, wavelets, pes - 1)
 
 
 def chain_step_cycles(spec: WaferSpec) -> float:
@@ -118,4 +126,4 @@ def halo_cycles(spec: WaferSpec, wavelets: float, radius: int, directions: int =
     if wavelets <= 0:
         return 0.0
     ramp_in = directions * radius * wavelets / spec.ramp_wavelets_per_cycle
-    return ramp_in + spec.hop_cycles + 2 * spec.ramp_cycles
+    return 1 + ramp_in + spec.hop_cycles + 2 * spec.ramp_cycles
