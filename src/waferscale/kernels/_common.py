@@ -36,6 +36,21 @@ def check_datapath(kernel: str, dtype: str, accumulate: str | None) -> str:
     return acc
 
 
+def check_chain(kernel: str, left: str, right: str, m: int, k: int, k2: int, n: int,
+                left_value: object, right_value: object) -> bool:
+    """Operands that multiply: inner sizes equal, both arrays or both shapes.
+
+    Returns True for a timing-only run (both operands given as shapes).
+    """
+    if k != k2:
+        raise KernelShapeError(f"{kernel}: {left} [{m},{k}] and {right} [{k2},{n}] do not "
+                               f"chain; the inner dimensions must match")
+    if (left_value is None) != (right_value is None):
+        raise KernelShapeError(f"{kernel}: pass both operands as arrays, or both as shapes "
+                               f"for a timing-only run")
+    return left_value is None
+
+
 def check_skip(kernel: str, skip: str | None) -> None:
     if skip not in SKIPS:
         raise KernelShapeError(f"{kernel}: skip={skip!r}; use None, 'a' (zero activations), "

@@ -53,6 +53,7 @@ from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels._common import (
     blocks,
+    check_chain,
     check_datapath,
     check_nnz,
     check_skip,
@@ -267,13 +268,7 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
     spec = fabric.spec if fabric is not None else get_spec(spec)
     (m, k), a_val = _as_problem(a, "A")
     (k2, n), b_val = _as_problem(b, "B")
-    if k != k2:
-        raise KernelShapeError(f"{KERNEL}: A [{m},{k}] and B [{k2},{n}] do not chain; the "
-                               f"inner dimensions must match")
-    if (a_val is None) != (b_val is None):
-        raise KernelShapeError(f"{KERNEL}: pass both operands as arrays, or both as shapes "
-                               f"for a timing-only run")
-    timing_only = a_val is None
+    timing_only = check_chain(KERNEL, "A", "B", m, k, k2, n, a_val, b_val)
     if grid is None:
         from waferscale.kernels.choose import choose_gemm
 

@@ -43,6 +43,7 @@ from waferscale.fabric.timing import allreduce_cycles, multicast_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels._common import (
     blocks,
+    check_chain,
     check_datapath,
     check_nnz,
     check_skip,
@@ -196,13 +197,7 @@ def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
     (k2, n), w_val = _as_operand(w, "W", (2,))
     vector = len(x_shape) == 1
     m, k = (1, x_shape[0]) if vector else x_shape
-    if k != k2:
-        raise KernelShapeError(f"{KERNEL}: x [{m},{k}] and W [{k2},{n}] do not chain; the "
-                               f"inner dimensions must match")
-    if (x_val is None) != (w_val is None):
-        raise KernelShapeError(f"{KERNEL}: pass both operands as arrays, or both as shapes "
-                               f"for a timing-only run")
-    timing_only = x_val is None
+    timing_only = check_chain(KERNEL, "x", "W", m, k, k2, n, x_val, w_val)
     if grid is None:
         from waferscale.kernels.choose import choose_gemv
 
