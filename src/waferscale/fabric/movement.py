@@ -5,6 +5,11 @@ Every primitive works on *lines*: the rows of a rectangle (moving east/west) or 
 reversed when data moves toward lower positions, so one implementation serves all four
 directions. Contention: each link and ramp is a port with its own clock; traffic that shares
 one serialises (see `Fabric.occupy`).
+
+The line helpers (`line_view`, `local_view`, `line_port`, `send`, `deliver`, `load_links`,
+`path_extra`, `execute_line`) are public so that kernels with their own communication
+patterns (e.g. `kernels._lines`: permutations, chains over chosen PEs) account traffic with
+exactly the same port model as the primitives here.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ DIRECTIONS = {"east": ("row", EAST, False), "west": ("row", WEST, True),
 View = Callable[[np.ndarray], np.ndarray]
 
 
-def _line_view(rect: Rect, axis: str, reverse: bool) -> View:
+def line_view(rect: Rect, axis: str, reverse: bool) -> View:
     """A function mapping a fabric-shaped array to its [line, position] view over ``rect``."""
     if axis not in ("row", "col"):
         raise ShapeError(f"mesh axis {axis!r}: use 'row' (east-west) or 'col' (north-south)")
@@ -37,7 +42,7 @@ def _line_view(rect: Rect, axis: str, reverse: bool) -> View:
     return view
 
 
-def _local_view(axis: str, reverse: bool) -> tuple[View, View]:
+def local_view(axis: str, reverse: bool) -> tuple[View, View]:
     """(to_line, from_line) for arrays already shaped like the rectangle (tiles, clocks)."""
     def to_line(array: np.ndarray) -> np.ndarray:
         sub = array if axis == "row" else np.swapaxes(array, 0, 1)
@@ -50,13 +55,13 @@ def _local_view(axis: str, reverse: bool) -> tuple[View, View]:
     return to_line, from_line
 
 
-def _ports(axis: str, reverse: bool) -> int:
+def line_port(axis: str, reverse: bool) -> int:
     forward = EAST if axis == "row" else SOUTH
     backward = WEST if axis == "row" else NORTH
     return backward if reverse else forward
 
 
-def _deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
+def deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
              serial: np.ndarray | float, mask: np.ndarray) -> np.ndarray:
     """Receive messages whose first wavelet reaches the router at ``head``.
 
@@ -76,7 +81,7 @@ def _deliver(fabric: Fabric, view: View, head: np.ndarray, wavelets: np.ndarray,
     return done
 
 
-def _send(fabric: Fabric, view: View, ready: np.ndarray, wavelets: np.ndarray,
+def send(fabric: Fabric, view: View, ready: np.ndarray, wavelets: np.ndarray,
           mask: np.ndarray) -> np.ndarray:
     """Start sends from CEs: each waits for its data and its ramp out, which it then holds.
 
@@ -92,7 +97,7 @@ def _send(fabric: Fabric, view: View, ready: np.ndarray, wavelets: np.ndarray,
     return start
 
 
-def _load_links(fabric: Fabric, view: View, port: int, start: np.ndarray,
+def load_links(fabric: Fabric, view: View, port: int, start: np.ndarray,
                 load: np.ndarray) -> None:
     """Account ``load`` wavelets on the links leaving each position, from ``start``."""
     clock = view(fabric.port_clock[port])
@@ -101,7 +106,7 @@ def _load_links(fabric: Fabric, view: View, port: int, start: np.ndarray,
     fabric.wavelet_hops += float(load.sum())
 
 
-def _path_extra(fabric: Fabric, view: View, port: int) -> np.ndarray:
+def path_extra(fabric: Fabric, view: View, port: int) -> np.ndarray:
     """Cumulative detour cycles along each line: extra[p] = sum of link extras before p."""
     extra = view(fabric.link_extra[port])
     cum = np.zeros((extra.shape[0], extra.shape[1] + 1))
@@ -123,14 +128,14 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
         raise ShapeError(f"shift direction {direction!r}: use east, west, south or north")
     axis, _, reverse = DIRECTIONS[direction]
     fabric, spec = t.fabric, t.fabric.spec
-    view = _line_view(t.rect, axis, reverse)
-    local, unlocal = _local_view(axis, reverse)
+    view = line_view(t.rect, axis, reverse)
+    local, unlocal = local_view(axis, reverse)
     length = t.rect.cols if axis == "row" else t.rect.rows
     if not 0 < distance < length:
         raise GridError(f"shift distance {distance} must be between 1 and {length - 1} on a "
                         f"line of {length} PEs")
     d = distance
-    port, back = _ports(axis, reverse), _ports(axis, not reverse)
+    port, back = line_port(axis, reverse), line_port(axis, not reverse)
     wav = local(t.wavelets())
     ready = local(t.ready)
     lines = wav.shape[0]
@@ -138,7 +143,7 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
     send_mask[:, : length - d] = True
     if cyclic:
         send_mask[:, length - d:] = True
-    start = _send(fabric, view, ready, wav, send_mask)
+    start = send(fabric, view, ready, wav, send_mask)
 
     # forward flows p -> p + d; link q carries the flows with p <= q < p + d
     fwd_wav = np.where(send_mask[:, : length - d], wav[:, : length - d], 0.0)
@@ -147,9 +152,9 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
     lo, hi = np.clip(q - d + 1, 0, length - d), np.clip(q + 1, 0, length - d)
     load = np.zeros((lines, length))
     load[:, : length - 1] = cum[:, hi] - cum[:, lo]
-    _load_links(fabric, view, port, start.min(axis=1, keepdims=True), load)
+    load_links(fabric, view, port, start.min(axis=1, keepdims=True), load)
     share = min(d, length - d)
-    extra = _path_extra(fabric, view, port)
+    extra = path_extra(fabric, view, port)
     arrive = np.full((lines, length), -np.inf)
     head = start[:, : length - d] + spec.ramp_cycles + d * spec.hop_cycles \
         + extra[:, d:length] - extra[:, : length - d]
@@ -161,7 +166,7 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
     wav_in[:, d:] = wav[:, : length - d]
     if cyclic:
         # wrap flows p -> p + d - length travel backwards length - d hops
-        back_extra = _path_extra(fabric, _line_view(t.rect, axis, not reverse), back)
+        back_extra = path_extra(fabric, line_view(t.rect, axis, not reverse), back)
         src = np.arange(length - d, length)
         dst = src + d - length
         hops = length - d
@@ -177,10 +182,10 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
         for k in range(d):  # d is a small distance, not a PE count
             covered = (q >= dst[k]) & (q < src[k])
             back_load[:, : length - 1] += covered[None, :] * wrap_wav[:, k:k + 1]
-        back_view = _line_view(t.rect, axis, not reverse)
-        _load_links(fabric, back_view, back, start.min(axis=1, keepdims=True),
+        back_view = line_view(t.rect, axis, not reverse)
+        load_links(fabric, back_view, back, start.min(axis=1, keepdims=True),
                     back_load[:, ::-1][:, list(range(1, length)) + [0]])
-    arrive = _deliver(fabric, view, heads, wav_in, share, arrive_mask)
+    arrive = deliver(fabric, view, heads, wav_in, share, arrive_mask)
     new_ready = np.where(arrive_mask, arrive, ready)
 
     tiles = None
@@ -220,8 +225,8 @@ def multicast(t: MeshTensor, dst: Rect, axis: str) -> MeshTensor:
         raise ShapeError(f"multicast along {axis} needs a tensor that is whole on its root "
                          f"PE, but {t.name!r} is {'split' if along != 'partial' else 'partial'} "
                          f"along that mesh axis; reduce or gather it first")
-    view = _line_view(dst, axis, False)
-    local, unlocal = _local_view(axis, False)
+    view = line_view(dst, axis, False)
+    local, unlocal = local_view(axis, False)
     lines = (dst.rows if axis == "row" else dst.cols)
     wav = local(t.wavelets())[:, :1]           # [lines, 1]
     ready = local(t.ready)[:, :1]
@@ -233,14 +238,14 @@ def multicast(t: MeshTensor, dst: Rect, axis: str) -> MeshTensor:
     view(fabric.port_wavelets[RAMP_OUT])[:, root:root + 1] += wav
     heads = np.zeros((lines, length))
     for reverse in (False, True):
-        rview = _line_view(dst, axis, reverse)
-        port = _ports(axis, reverse)
+        rview = line_view(dst, axis, reverse)
+        port = line_port(axis, reverse)
         r = root if not reverse else length - 1 - root
-        extra = _path_extra(fabric, rview, port)
+        extra = path_extra(fabric, rview, port)
         if r < length - 1:
             load = np.zeros((lines, length))
             load[:, r:length - 1] = wav
-            _load_links(fabric, rview, port, start, load)
+            load_links(fabric, rview, port, start, load)
             dist = np.arange(1, length - r)
             h = start + spec.ramp_cycles + dist[None, :] * spec.hop_cycles \
                 + extra[:, r + 1:length] - extra[:, r:r + 1]
@@ -250,7 +255,7 @@ def multicast(t: MeshTensor, dst: Rect, axis: str) -> MeshTensor:
                 heads[:, root + 1:] = h
     mask = ~np.broadcast_to(root_mask, (lines, length))
     wav_all = np.broadcast_to(wav, (lines, length))
-    arrive = _deliver(fabric, view, heads, wav_all, 1.0, mask)
+    arrive = deliver(fabric, view, heads, wav_all, 1.0, mask)
     new_ready = np.where(mask, arrive, np.broadcast_to(ready, (lines, length)))
 
     tiles = None
@@ -289,13 +294,13 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
     fabric, spec = t.fabric, t.fabric.spec
     # Position 0 of the (possibly reversed) line is the far end; the root is the last one.
     reverse = root == "first"
-    view = _line_view(t.rect, axis, reverse)
-    local, unlocal = _local_view(axis, reverse)
-    port = _ports(axis, reverse)
+    view = line_view(t.rect, axis, reverse)
+    local, unlocal = local_view(axis, reverse)
+    port = line_port(axis, reverse)
     wav = local(t.wavelets())
     lines, length = wav.shape
     ready = np.maximum(local(t.ready), view(fabric.ce_clock))
-    extra = _path_extra(fabric, view, port)
+    extra = path_extra(fabric, view, port)
     if algorithm == "chain":
         step = chain_step_cycles(spec)
         pos = np.arange(length)[None, :]
@@ -304,15 +309,15 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
         emit = np.maximum.accumulate(ready - cost, axis=1) + cost
         load = np.zeros((lines, length))
         load[:, : length - 1] = wav[:, : length - 1]
-        _load_links(fabric, view, port, emit, load)
-        _send(fabric, view, emit, wav, np.arange(length)[None, :] < length - 1)
+        load_links(fabric, view, port, emit, load)
+        send(fabric, view, emit, wav, np.arange(length)[None, :] < length - 1)
         in_mask = np.broadcast_to(pos >= 1, (lines, length))
         busy = np.where(in_mask, wav, 0.0)
         heads = emit
-        arrive = _deliver(fabric, view, heads, np.where(in_mask, wav, 0.0), 1.0, in_mask)
+        arrive = deliver(fabric, view, heads, np.where(in_mask, wav, 0.0), 1.0, in_mask)
         done = np.where(in_mask, np.maximum(arrive - spec.ramp_cycles,
                                             emit + wav), ready)
-        _execute_line(fabric, t.rect, axis, reverse, busy, emit)
+        execute_line(fabric, t.rect, axis, reverse, busy, emit)
         result_ready = done[:, -1:]
     else:
         cur = ready.copy()
@@ -329,11 +334,11 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
             send_mask[:, senders_idx] = True
             # level-synchronous: a level starts once the previous one is done on the line
             cur = np.maximum(cur, cur.max(axis=1, keepdims=True)) if level else cur
-            start = _send(fabric, view, cur, wav, send_mask)
+            start = send(fabric, view, cur, wav, send_mask)
             load = np.zeros((lines, length))
             for k in range(span):  # a level's messages use disjoint link segments
                 load[:, senders_idx + k] += wav[:, senders_idx]
-            _load_links(fabric, view, port, start, load)
+            load_links(fabric, view, port, start, load)
             heads = np.zeros((lines, length))
             recv_mask = np.zeros((lines, length), dtype=bool)
             recv_mask[:, receivers_idx] = True
@@ -341,9 +346,9 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
                 + span * spec.hop_cycles + extra[:, receivers_idx] - extra[:, senders_idx]
             wav_in = np.zeros((lines, length))
             wav_in[:, receivers_idx] = wav[:, senders_idx]
-            arrive = _deliver(fabric, view, heads, wav_in, 1.0, recv_mask)
+            arrive = deliver(fabric, view, heads, wav_in, 1.0, recv_mask)
             busy = np.where(recv_mask, wav_in, 0.0)
-            _execute_line(fabric, t.rect, axis, reverse, busy, np.where(
+            execute_line(fabric, t.rect, axis, reverse, busy, np.where(
                 recv_mask, arrive - wav_in - spec.ramp_cycles, 0.0))
             cur = np.where(recv_mask, np.maximum(arrive, cur + wav_in), cur)
         result_ready = cur[:, -1:]
@@ -364,10 +369,10 @@ def reduce(t: MeshTensor, axis: str, algorithm: str = "chain", root: str = "firs
     return t.like(tiles, unlocal(result_ready), rect=out_rect, **kwargs)
 
 
-def _execute_line(fabric: Fabric, rect: Rect, axis: str, reverse: bool, busy: np.ndarray,
+def execute_line(fabric: Fabric, rect: Rect, axis: str, reverse: bool, busy: np.ndarray,
                   start: np.ndarray) -> None:
     """Charge ``busy`` add cycles to each PE's CE from ``start`` (line coordinates)."""
-    _, unlocal = _local_view(axis, reverse)
+    _, unlocal = local_view(axis, reverse)
     fabric.execute(rect, unlocal(busy), unlocal(start), flops=unlocal(busy))
 
 
@@ -412,8 +417,8 @@ def stream(t: MeshTensor, dst: Rect) -> MeshTensor:
     box = Rect(min(src.row, dst.row), min(src.col, dst.col),
                max(src.row, dst.row) + src.rows - min(src.row, dst.row),
                max(src.col, dst.col) + src.cols - min(src.col, dst.col))
-    box_view = _line_view(box, "row", False)
-    start = _send(fabric, _line_view(src, "row", False), t.ready, wav,
+    box_view = line_view(box, "row", False)
+    start = send(fabric, line_view(src, "row", False), t.ready, wav,
                   np.ones(src.shape, dtype=bool))
     begin = np.full(box.shape, start.min())
     rows = np.arange(src.rows)[:, None] + src.row - box.row     # flow rows in the box
@@ -426,8 +431,8 @@ def stream(t: MeshTensor, dst: Rect) -> MeshTensor:
         load[src.row - box.row:src.row - box.row + src.rows,
              lo - box.col:lo - box.col + covered.size] = \
             covered[None, :] * wav.mean(axis=1, keepdims=True)
-        _load_links(fabric, box_view, port, begin, load)
-        cum = _path_extra(fabric, box_view, port)        # [box rows, box cols + 1]
+        load_links(fabric, box_view, port, begin, load)
+        cum = path_extra(fabric, box_view, port)        # [box rows, box cols + 1]
         first, last = (cols, cols + d_cols) if d_cols > 0 else (cols + d_cols + 1, cols + 1)
         detour += cum[rows, last] - cum[rows, first]
     if d_rows:
@@ -437,13 +442,13 @@ def stream(t: MeshTensor, dst: Rect) -> MeshTensor:
         load[lo - box.row:lo - box.row + covered.size,
              dst.col - box.col:dst.col - box.col + dst.cols] = \
             covered[:, None] * wav.mean(axis=0)[None, :]
-        _load_links(fabric, box_view, port, begin, load)
-        cum = _path_extra(fabric, _line_view(box, "col", False), port)   # [box cols, rows+1]
+        load_links(fabric, box_view, port, begin, load)
+        cum = path_extra(fabric, line_view(box, "col", False), port)   # [box cols, rows+1]
         dcol = cols + d_cols
         first, last = (rows, rows + d_rows) if d_rows > 0 else (rows + d_rows + 1, rows + 1)
         detour += cum[dcol, last] - cum[dcol, first]
     heads = start + spec.ramp_cycles + hops * spec.hop_cycles + detour
-    arrive = _deliver(fabric, _line_view(dst, "row", False), heads, wav, float(share),
+    arrive = deliver(fabric, line_view(dst, "row", False), heads, wav, float(share),
                       np.ones(dst.shape, dtype=bool))
     tiles = None if t.tiles is None else t.tiles.copy()
     return t.like(tiles, arrive, rect=dst)
@@ -478,14 +483,14 @@ def halo_exchange(t: MeshTensor, radius: int) -> dict[str, list[MeshTensor]]:
     if radius < 1:
         raise GridError(f"halo radius must be at least 1, got {radius}")
     full_mask = np.ones(t.rect.shape, dtype=bool)
-    start = _send(fabric, _line_view(t.rect, "row", False), t.ready, t.wavelets(), full_mask)
+    start = send(fabric, line_view(t.rect, "row", False), t.ready, t.wavelets(), full_mask)
     out: dict[str, list[MeshTensor]] = {}
     done = np.full(t.rect.shape, -np.inf)
     for source, direction in (("west", "east"), ("east", "west"), ("north", "south"),
                               ("south", "north")):
         axis, port, reverse = DIRECTIONS[direction]
-        view = _line_view(t.rect, axis, reverse)
-        local, unlocal = _local_view(axis, reverse)
+        view = line_view(t.rect, axis, reverse)
+        local, unlocal = local_view(axis, reverse)
         wav, begin = local(t.wavelets()), local(start)
         lines, length = wav.shape
         # senders within `radius` upstream of each PE, and the wavelets they bring
@@ -496,15 +501,15 @@ def halo_exchange(t: MeshTensor, radius: int) -> dict[str, list[MeshTensor]]:
         # each link leaving p carries the streams of the `radius` PEs up to p
         link = cum[:, pos + 1] - cum[:, np.clip(pos + 1 - radius, 0, None)]
         link[:, -1] = 0.0
-        _load_links(fabric, view, port, begin, link)
-        extra = _path_extra(fabric, view, port)
+        load_links(fabric, view, port, begin, link)
+        extra = path_extra(fabric, view, port)
         nearest = np.full((lines, length), np.inf)
         nearest[:, 1:] = begin[:, :-1] + spec.ramp_cycles + spec.hop_cycles \
             + extra[:, 1:length] - extra[:, : length - 1]
         mask = incoming > 0
         # a receiver takes data once its own tile is ready: its buffers are free from then
         head = np.where(mask, np.maximum(nearest, local(t.ready)), 0.0)
-        arrive = _deliver(fabric, view, head, incoming, 1.0, mask)
+        arrive = deliver(fabric, view, head, incoming, 1.0, mask)
         done = np.maximum(done, unlocal(np.where(mask, arrive, -np.inf)))
         out[source] = [_neighbour(t, local, unlocal, k, length) for k in range(1, radius + 1)]
     ready = np.maximum(done, t.ready)

@@ -26,14 +26,14 @@ from waferscale.errors import KernelShapeError
 from waferscale.fabric.dtypes import to_storage
 from waferscale.fabric.grid import Fabric, Rect
 from waferscale.fabric.movement import (
-    _deliver,
-    _execute_line,
-    _line_view,
-    _load_links,
-    _local_view,
-    _path_extra,
-    _ports,
-    _send,
+    deliver,
+    execute_line,
+    line_port,
+    line_view,
+    load_links,
+    local_view,
+    path_extra,
+    send,
 )
 from waferscale.fabric.tensor import MeshTensor
 from waferscale.hardware.spec import WaferSpec
@@ -108,17 +108,17 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
         raise KernelShapeError(f"line_permute: dest must be a permutation of the {n} positions "
                                f"of a line, got {dest.tolist()}")
     plan = _permute_plan(n, dest)
-    local, unlocal = _local_view(axis, False)
+    local, unlocal = local_view(axis, False)
     wav = local(np.broadcast_to(t.wavelets() if wavelets is None else wavelets,
                                 t.rect.shape)).astype(float)
     send_ready = local(np.broadcast_to(t.ready if ready is None else ready, t.rect.shape))
     lines = wav.shape[0]
-    start = _send(fabric, _line_view(t.rect, axis, False), send_ready, wav,
+    start = send(fabric, line_view(t.rect, axis, False), send_ready, wav,
                   np.broadcast_to(plan.moving, (lines, n)))
     new_ready = local(t.ready).copy()
     for reverse, src, dst, hops, share in plan.directions:
-        view = _line_view(t.rect, axis, reverse)
-        port = _ports(axis, reverse)
+        view = line_view(t.rect, axis, reverse)
+        port = line_port(axis, reverse)
         # direction coordinates: position 0 is the upstream end of this direction
         d_wav = wav[:, ::-1] if reverse else wav
         d_start = start[:, ::-1] if reverse else start
@@ -129,8 +129,8 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
         diff[:, src] += flow_wav
         diff[:, dst] -= flow_wav
         load = np.cumsum(diff, axis=1)[:, :n]
-        _load_links(fabric, view, port, d_start.min(axis=1, keepdims=True), load)
-        extra = _path_extra(fabric, view, port)
+        load_links(fabric, view, port, d_start.min(axis=1, keepdims=True), load)
+        extra = path_extra(fabric, view, port)
         heads = np.zeros((lines, n))
         wav_in = np.zeros((lines, n))
         serial = np.ones((lines, n))
@@ -140,7 +140,7 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
         wav_in[:, dst] = flow_wav
         serial[:, dst] = share
         mask[:, dst] = True
-        arrive = _deliver(fabric, view, heads, wav_in, serial, mask)
+        arrive = deliver(fabric, view, heads, wav_in, serial, mask)
         if reverse:
             mask, arrive = mask[:, ::-1], arrive[:, ::-1]
         np.copyto(new_ready, arrive, where=mask)
@@ -163,11 +163,11 @@ def chain_into(fabric: Fabric, rect: Rect, axis: str, reverse: bool, ready: np.n
     wavelets behind the first one. Each receiver spends one add per wavelet on its CE.
     """
     spec = fabric.spec
-    view = _line_view(rect, axis, reverse)
-    port = _ports(axis, reverse)
+    view = line_view(rect, axis, reverse)
+    port = line_port(axis, reverse)
     lines, n = wav.shape
     s = np.asarray(members, dtype=int)
-    extra = _path_extra(fabric, view, port)
+    extra = path_extra(fabric, view, port)
     hops = np.diff(s)
     steps = 2 * spec.ramp_cycles + (hops + 1) * spec.hop_cycles
     cost = np.concatenate([[0.0], np.cumsum(steps)])[None, :] + extra[:, s] - extra[:, s[:1]]
@@ -179,7 +179,7 @@ def chain_into(fabric: Fabric, rect: Rect, axis: str, reverse: bool, ready: np.n
     send_mask = np.zeros((lines, n), dtype=bool)
     send_mask[:, s[:-1]] = True
     full[:, s] = emit
-    _send(fabric, view, full, wav, send_mask)
+    send(fabric, view, full, wav, send_mask)
     # links between consecutive members carry the sender's wavelets from its emit time
     load = np.zeros((lines, n))
     link_start = np.zeros((lines, n))
@@ -187,16 +187,16 @@ def chain_into(fabric: Fabric, rect: Rect, axis: str, reverse: bool, ready: np.n
     stage = np.searchsorted(s, span, side="right") - 1    # the member sending over each link
     load[:, span] = m_wav[:, stage]
     link_start[:, span] = emit[:, stage]
-    _load_links(fabric, view, port, link_start, load)
+    load_links(fabric, view, port, link_start, load)
     recv = np.zeros((lines, n), dtype=bool)
     recv[:, s[1:]] = True
     heads = np.zeros((lines, n))
     heads[:, s[1:]] = emit[:, 1:]
     wav_in = np.zeros((lines, n))
     wav_in[:, s[1:]] = m_wav[:, :-1]
-    arrive = _deliver(fabric, view, heads, wav_in, 1.0, recv)
+    arrive = deliver(fabric, view, heads, wav_in, 1.0, recv)
     busy = np.where(recv, wav_in, 0.0)
-    _execute_line(fabric, rect, axis, reverse, busy, np.where(recv, heads, 0.0))
+    execute_line(fabric, rect, axis, reverse, busy, np.where(recv, heads, 0.0))
     done = np.maximum(arrive[:, s[-1]] - spec.ramp_cycles, emit[:, -1] + m_wav[:, -2])
     return done
 
@@ -234,7 +234,7 @@ def ktree_reduce(t: MeshTensor, axis: str, levels: int = 2) -> tuple[MeshTensor,
                                f"partial sums along that mesh axis, not {along!r}")
     fabric = t.fabric
     n = line_length(t.rect, axis)
-    local, unlocal = _local_view(axis, False)
+    local, unlocal = local_view(axis, False)
     ce = local(fabric.ce_clock[t.rect.slices])
     ready = np.maximum(local(t.ready), ce)
     wav = local(t.wavelets()).astype(float)
