@@ -23,6 +23,8 @@ from waferscale.compiler.place import RectLike, place_plan
 from waferscale.compiler.plan import plan as make_plan
 from waferscale.compiler.program import Program, route
 from waferscale.errors import RouteError, WaferscaleError
+from waferscale.fabric.defective import DefectsLike, resolve_remap
+from waferscale.hardware.defects import Remap
 from waferscale.hardware.spec import WaferSpec, get_spec
 
 MODES = ("auto", "pipelined", "estimate")
@@ -123,8 +125,11 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
 class CompiledModel:
     """A model compiled for the wafer: call it like the model; ``report()`` for figures."""
 
-    def __init__(self, program: Program, example_inputs: Any) -> None:
+    def __init__(self, program: Program, example_inputs: Any, remap: Remap | None = None
+                 ) -> None:
         self.program = program
+        #: The defective wafer this model runs on (None: a perfect wafer).
+        self.remap = remap
         self.last_run: dict[str, Any] | None = None
         self._batch, self._tokens = _batch_tokens(example_inputs)
 
@@ -139,7 +144,7 @@ class CompiledModel:
             raise CompileError(f"this model compiled in {self.program.mode} mode: it can be "
                                f"timed (report()) but not run here; build it with real "
                                f"weights that fit the wafer's SRAM to run it")
-        outs, runs = execute(self.program, args, kwargs)
+        outs, runs = execute(self.program, args, kwargs, remap=self.remap)
         self.last_run = {"runs": runs}
         self._batch, self._tokens = _batch_tokens(args if args else kwargs)
         if self.program.graph.out_spec is not None:
@@ -150,7 +155,8 @@ class CompiledModel:
         """Run every kernel on a timing-only fabric (clocks, no values) and report."""
         from waferscale.runtime.pipelined import execute
 
-        _, runs = execute(self.program, args, kwargs, timing_only=True)
+        _, runs = execute(self.program, args, kwargs, timing_only=True,
+                          remap=self.remap)
         self.last_run = {"runs": runs}
         return self.report()
 
@@ -182,6 +188,7 @@ class CompiledModel:
         }
         out.update(prog.figures)
         out.update(summary)
+        out["defects"] = self.remap.summary() if self.remap is not None else None
         if prog.mode == "weight_streaming":
             ws = weight_streaming_estimate(prog, batch=self._batch, tokens=self._tokens)
             out["weight_streaming"] = ws
@@ -212,7 +219,8 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
             spec: WaferSpec | str | None = "wse2", mode: str = "auto", strict: bool = False,
             max_side: int | None = None, reserve: list[RectLike] | None = None,
             pin: dict[str, RectLike] | None = None,
-            placer_config: FloorplanConfig | None = None) -> CompiledModel:
+            placer_config: FloorplanConfig | None = None,
+            defects: DefectsLike | None = None) -> CompiledModel:
     """Capture ``model`` with torch.export, lower, plan, place and route it for ``spec``.
 
     ``mode``: 'auto' (pipelined if it fits, else a weight-streaming estimate), 'pipelined'
@@ -223,9 +231,15 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
     (row, col, rows, cols)}`` fixes a kernel's rectangle (stage names as in
     ``report()["stages"]``); contradicting ones raise ``floorplan.ConstraintError``.
     ``placer_config``: the floorplanner's settings (``compiler.place.COMPILE_CONFIG``).
+    ``defects``: run on a defective wafer instead of a perfect one: a `Remap`, a
+    `DefectMap`, a density per mm² or ``(density, seed)`` (see
+    `fabric.defective.resolve_remap`). Placement is unchanged (the remap hides the defects
+    behind spares); each stage's fabric charges the detours under its rectangle, so values
+    are identical and cycles are not lower. Raises `SparesExhaustedError` up front.
     """
     t0 = time.perf_counter()
     spec = get_spec(spec)
+    remap = resolve_remap(spec, defects)
     if not isinstance(model, torch.nn.Module):
         raise CompileError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
@@ -236,7 +250,7 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
         model.train(was_training)
     prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0,
                        reserve=reserve, pin=pin, placer_config=placer_config)
-    return CompiledModel(prog, example_inputs)
+    return CompiledModel(prog, example_inputs, remap)
 
 
 __all__ = ["CompiledModel", "MODES", "PLACEMENT_KEYS", "compile", "lower_graph"]

@@ -40,6 +40,43 @@ def link_extra_for(remap: Remap, spec: WaferSpec, rows: int, cols: int) -> np.nd
     return np.ascontiguousarray(extra)
 
 
+#: What ``waferscale.compile(defects=...)`` accepts: a ready `Remap`, a `DefectMap` to remap,
+#: a density per mm² (seed 0) or a ``(density, seed)`` pair to draw a Poisson map from.
+DefectsLike = Remap | DefectMap | float | tuple[float, int]
+
+
+def resolve_remap(spec: WaferSpec | str | None, defects: DefectsLike | None) -> Remap | None:
+    """The `Remap` behind a ``defects=`` argument (None for a perfect wafer).
+
+    One entry point so that the compiler, the runtime and the benchmarks draw the same map
+    from the same (density, seed); raises `SparesExhaustedError` when it cannot be hidden.
+    """
+    if defects is None or isinstance(defects, Remap):
+        return defects
+    spec = get_spec(spec)
+    if isinstance(defects, DefectMap):
+        return Remap.from_defects(defects, spec)
+    if isinstance(defects, tuple):
+        density, seed = defects
+    else:
+        density, seed = float(defects), 0
+    return Remap.from_defects(generate_defects(spec, float(density), seed=int(seed)), spec)
+
+
+def link_extra_at(extra: np.ndarray, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+    """Slice a wafer-wide ``[4, R, C]`` link-extra array at a placed rectangle.
+
+    A compiled stage runs on a fabric the size of its kernel grid, whose PE (0, 0) sits at
+    the placed rectangle's corner (``row``, ``col``) on the wafer; it only uses links inside
+    that rectangle, so the slice is exact (the links leaving it belong to other stages).
+    """
+    _, lrows, lcols = extra.shape
+    if row < 0 or col < 0 or row + rows > lrows or col + cols > lcols:
+        raise GridError(f"rectangle ({row}, {col}, {rows}, {cols}) does not fit the remapped "
+                        f"rectangle of {lrows}x{lcols}")
+    return np.ascontiguousarray(extra[:, row:row + rows, col:col + cols])
+
+
 def fabric_from_remap(spec: WaferSpec | str | None, remap: Remap, rows: int | None = None,
                       cols: int | None = None, *, timing_only: bool = False) -> Fabric:
     """A fresh `Fabric` whose links cost what ``remap`` says (used again after a re-remap)."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
 from waferscale.compiler.ir import Ref, map_refs
 from waferscale.compiler.program import Program
+from waferscale.fabric.defective import link_extra_at
+from waferscale.hardware.defects import Remap
 from waferscale.runtime import kernels_exec as kx
 from waferscale.runtime.kernels_exec import StageRun
 
@@ -45,9 +48,42 @@ def _empty(meta: dict[str, Any]) -> Any:
     return torch.empty(shape or [], dtype=getattr(torch, dtype or "float32"), device="meta")
 
 
+def stage_link_extra(program: Program, remap: Remap) -> dict[str, np.ndarray]:
+    """Each placed stage's ``[4, rows, cols]`` detour cycles on the remapped wafer.
+
+    A stage's kernel grid (``Stage.rect``) sits at the top-left corner of the rectangle the
+    floorplanner placed it in, so its links are the remap's links at that corner; the
+    wafer-wide array is computed once and sliced per stage.
+    """
+    full = remap.link_extra_cycles(program.spec.hop_cycles)
+    out: dict[str, np.ndarray] = {}
+    for st in program.stages:
+        r = program.placement.get(st.name)
+        if r is None or not st.pes:
+            continue
+        out[st.name] = link_extra_at(full, r.row, r.col, st.rect[0], st.rect[1])
+    return out
+
+
 def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
-            *, timing_only: bool = False) -> tuple[list[Any], dict[str, StageRun]]:
-    """Run the program; returns the flat outputs and what each stage measured."""
+            *, timing_only: bool = False, remap: Remap | None = None
+            ) -> tuple[list[Any], dict[str, StageRun]]:
+    """Run the program; returns the flat outputs and what each stage measured.
+
+    ``remap``: run on a defective wafer. Every stage's fabric then charges the detours of
+    the links under its placed rectangle (values are unchanged, cycles can only grow).
+    """
+    if remap is None:
+        return _execute(program, args, kwargs, timing_only)
+    token = kx.LINK_EXTRA.set(stage_link_extra(program, remap))
+    try:
+        return _execute(program, args, kwargs, timing_only)
+    finally:
+        kx.LINK_EXTRA.reset(token)
+
+
+def _execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+             timing_only: bool) -> tuple[list[Any], dict[str, StageRun]]:
     g, spec = program.graph, program.spec
     env: dict[str, Any] = {}
     leaves = _flat_inputs(program, args, kwargs or {})
@@ -124,4 +160,4 @@ def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | No
     return outs, runs
 
 
-__all__ = ["execute"]
+__all__ = ["execute", "stage_link_extra"]
