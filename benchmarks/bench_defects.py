@@ -10,7 +10,16 @@ Then, for seed 0 at each density, the slowdown of whole programs on the remapped
 (cycles on the defective fabric / cycles on a perfect one, both timing-only): the SC22
 stencil on the full program rectangle (z = 1000, 2 steps) and, if `waferscale.kernels.gemm`
 is importable with its ``run``, MeshGEMM on a 256 x 256 PE grid for a latency-bound
-(512^3) and a compute-bound (4096^3) product. ``--no-programs`` skips this part.
+(512^3), a compute-bound (4096^3) and the 8K (8192^3) product, all full timing-only runs
+of the kernel on the defective fabric. ``--no-programs`` skips this part.
+
+Last, GenSLM-25M compiled once for the perfect wafer (meta weights, ``--genslm-seq``
+tokens, batch 1) and timed with `CompiledModel.time_only` (every stage's kernels on a
+timing-only fabric, no values) on the perfect wafer and on the remapped one (the same
+program: the remap hides the defects behind spares, so placement does not change; each
+stage's fabric is charged the detours under its rectangle). It prints the bottleneck
+stage's cycles, the samples per second it allows, and the slowdown of both.
+``--no-genslm`` skips it.
 """
 
 from __future__ import annotations
@@ -30,8 +39,11 @@ from waferscale.hardware.defects import Remap, generate_defects
 DENSITIES = (0.0, 0.001, 0.01, 0.1)
 #: Stencil depth and steps of the program benchmark (x, y: the whole program rectangle).
 STENCIL_Z, STENCIL_STEPS = 1000, 2
-#: GEMM grid and the (m = k = n) sizes: 512 is latency-bound, 4096 compute-bound on 256^2.
-GEMM_GRID, GEMM_SIZES = 256, (512, 4096)
+#: GEMM grid and the (m = k = n) sizes: 512 is latency-bound, 4096 compute-bound on 256^2,
+#: 8192 the issue's 8K GEMM (about 6 s per timing-only run).
+GEMM_GRID, GEMM_SIZES = 256, (512, 4096, 8192)
+#: GenSLM-25M sequence length of the compiled-model rows (tokens, batch 1).
+GENSLM_SEQ = 512
 
 
 def bench(spec_name: str, seeds: int) -> None:
@@ -134,16 +146,65 @@ def programs(spec_name: str, seed: int = 0) -> None:
                   f"{time.perf_counter() - start:>6.1f}")
 
 
+def genslm(spec_name: str, seq: int, seed: int = 0) -> None:
+    """GenSLM-25M, compiled once, timed (`time_only`) on the perfect and remapped wafers."""
+    import torch
+
+    from waferscale.cli_compile import load_model
+    from waferscale.compiler.api import CompiledModel, compile
+    from waferscale.fabric.defective import resolve_remap
+
+    spec = get_spec(spec_name)
+    torch.manual_seed(0)
+    model, example, _ = load_model("genslm-25m", seq=seq, batch=1, meta=True)
+    start = time.perf_counter()
+    base_cm = compile(model, example, spec=spec)
+    prog = base_cm.program
+    print(f"\ngenslm-25m on {spec.name} (seed {seed}), seq {seq}, batch 1: compiled once "
+          f"({prog.mode}, {len(prog.stages)} stages, {time.perf_counter() - start:.0f} s), "
+          f"timed with CompiledModel.time_only (timing-only fabrics, meta weights)")
+    print(f"{'D0/mm2':>7} {'defects':>8} {'bottleneck':>18} {'cycles':>10} {'samples/s':>10} "
+          f"{'slowdown':>9} {'stages slower':>13} {'sum slowdown':>12} {'run s':>6}")
+    base_cycles: dict[str, float] | None = None
+    base_sum = base_bottleneck = 0.0
+    for density in DENSITIES:
+        start = time.perf_counter()
+        try:
+            remap = resolve_remap(spec, (density, seed))
+        except SparesExhaustedError:
+            print(f"{density:>7g} {'-':>8} {'-':>18} {'-':>10} {'-':>10} {'-':>9} {'-':>13} "
+                  f"{'-':>12} {'-':>6}  spares exhausted")
+            continue
+        cm = CompiledModel(prog, example, remap)
+        rep = cm.time_only(**example)
+        assert cm.last_run is not None
+        cycles = {k: r.cycles for k, r in cm.last_run["runs"].items()}
+        if base_cycles is None:
+            base_cycles, base_sum = cycles, sum(cycles.values())
+            base_bottleneck = float(rep["bottleneck_cycles"])
+        slower = sum(cycles[k] > base_cycles[k] for k in cycles)
+        print(f"{density:>7g} {remap.n_defects:>8} {rep['bottleneck_stage']:>18} "
+              f"{rep['bottleneck_cycles']:>10.0f} {rep['samples_per_second']:>10.1f} "
+              f"{rep['bottleneck_cycles'] / base_bottleneck:>9.5f} "
+              f"{slower:>4}/{len(cycles):<8} {sum(cycles.values()) / base_sum:>12.5f} "
+              f"{time.perf_counter() - start:>6.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="wse2")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-programs", action="store_true",
-                        help="skip the program slowdown part (about a minute)")
+                        help="skip the program slowdown part (about two minutes)")
+    parser.add_argument("--no-genslm", action="store_true",
+                        help="skip the GenSLM-25M part (about two minutes)")
+    parser.add_argument("--genslm-seq", type=int, default=GENSLM_SEQ)
     args = parser.parse_args()
     bench(args.spec, args.seeds)
     if not args.no_programs:
         programs(args.spec)
+    if not args.no_genslm:
+        genslm(args.spec, args.genslm_seq)
 
 
 if __name__ == "__main__":
