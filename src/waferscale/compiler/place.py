@@ -41,7 +41,7 @@ from waferscale.compiler.floorplan import (
     strip_placement,
 )
 from waferscale.compiler.ir import Graph
-from waferscale.compiler.plan import Plan, Stage, move_cycles, size_stage
+from waferscale.compiler.plan import Plan, Stage, home_of, move_cycles, size_stage
 from waferscale.fabric.dtypes import BYTES
 from waferscale.fabric.grid import EAST, WEST, Rect
 from waferscale.fabric.timing import stream_cycles
@@ -198,6 +198,29 @@ def out_numel(g: Graph, st: Stage) -> int:
     return int(n)
 
 
+def read_numel(g: Graph, st: Stage, src: Stage, stage_of: dict[str, str]) -> int:
+    """Elements a stage reads from one producer: what crosses the fabric between them.
+
+    A consumer often reads a slice of its producer's output (a rotary ``neg`` reads 8 of
+    the QKV GEMM's 1,536 columns; the slice is data movement charged on the bigger
+    rectangle), so the stream into it carries the values it reads, after the layout ops,
+    not the producer's whole output; never more than that output."""
+    members = set(st.nodes)
+    seen: set[str] = set()
+    total = 0
+    for n in st.nodes:
+        for i in g.nodes[n].inputs:
+            if i in members or i in seen or g.nodes[i].op == "const":
+                continue
+            if home_of(g, i, stage_of) != src.name:
+                continue
+            seen.add(i)
+            numel = g.nodes[i].meta.get("numel")
+            total += int(numel) if isinstance(numel, int) and numel > 0 else out_numel(g, src)
+    full = out_numel(g, src)
+    return min(total, full) if total else full
+
+
 def wavelets(g: Graph, st: Stage) -> float:
     """32-bit wavelets of a stage's output per sample (16-bit values travel two per wavelet)."""
     return out_numel(g, st) * BYTES[st.dtype] / 4.0
@@ -221,13 +244,13 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
                               f"stage list)", blocks=unknown)
     reserved = [as_rect(r, f"reserve #{i}") for i, r in enumerate(reserve or [])]
     moves = _moves(g)
-    cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
     by_name = {s.name: s for s in on_wafer}
+    feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
+                           if i in by_name and i != s.name) for s in on_wafer}
+    cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
     for s in on_wafer:
         cal[s.name].max_rows, cal[s.name].max_cols = usable_shape(
             spec, g, s, moves.get(s.name, []), max_side)
-    feeds = {s.name: tuple(out_numel(g, by_name[i]) for i in s.inputs
-                           if i in by_name and i != s.name) for s in on_wafer}
     blocks = [Block(s.name, cal[s.name].work, cal[s.name].sram * SRAM_MARGIN,
                     min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
                     latency_cycles=cal[s.name].latency, max_rows=cal[s.name].max_rows,
@@ -239,7 +262,8 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     for s in on_wafer:
         for src in s.inputs:
             if src in by_name and src != s.name:
-                traffic[(src, s.name)] = wavelets(g, by_name[src])
+                traffic[(src, s.name)] = (read_numel(g, s, by_name[src], p.stage_of)
+                                          * BYTES[by_name[src].dtype] / 4.0)
     nets = [Net(a, b, v) for (a, b), v in traffic.items()]
     try:
         problem = PlacementProblem(blocks, nets, spec, reserved=reserved)
@@ -315,7 +339,7 @@ def fit_into(spec: WaferSpec, g: Graph, p: Plan, rects: dict[str, Rect],
             if src not in sized:
                 continue
             dr, dc = offsets.get((src, name), (1, 1))
-            per_pe = math.ceil(out_numel(g, sized[src]) / max(1, st.pes))
+            per_pe = math.ceil(read_numel(g, st, sized[src], p.stage_of) / max(1, st.pes))
             inbound = max(inbound, stream_cycles(spec, per_pe, max(dr, 0), max(dc, 1),
                                                  st.rect[0], st.rect[1]))
         times[name] = (st.cost_cycles + st.move_cycles + inbound) if st.fits else math.inf
@@ -387,5 +411,5 @@ def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
 
 
 __all__ = ["COMPILE_CONFIG", "Calibration", "PlacedProgram", "as_rect", "build_problem",
-           "calibrate", "fit_into", "out_numel", "place", "place_plan", "routed_offsets",
-           "stage_time_at", "usable_shape", "wavelets"]
+           "calibrate", "fit_into", "out_numel", "place", "place_plan", "read_numel",
+           "routed_offsets", "stage_time_at", "usable_shape", "wavelets"]

@@ -31,7 +31,7 @@ from waferscale.errors import KernelError
 from waferscale.fabric.dtypes import BYTES
 from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec
-from waferscale.kernels import attention, embedding, norm
+from waferscale.kernels import attention, embedding, gemm, norm
 from waferscale.kernels import elementwise as ew
 from waferscale.kernels.choose import choose_gemm
 
@@ -255,6 +255,24 @@ def _row_rect(spec: WaferSpec, t: int, h: int, area: float,
     return r, c
 
 
+def pointwise_layout(t: int, h: int, area: float, bounds: tuple[int, int] | None,
+                     side_cap: int) -> tuple[int, int]:
+    """The 2-D layout (rows, cols) of a pointwise stage's elements.
+
+    A pointwise op does not care which element sits on which PE, so its layout follows the
+    rectangle, not the tensor: laid out as [tokens, last] a rotary ``neg`` on [8192, 8]
+    could use at most 8 PE columns, and the big stream feeding it had to squeeze through
+    them. When the rectangle (``bounds``, or a square of ``area`` PEs) is wider than the
+    last axis, the flattened elements are laid out in rows as wide as the rectangle
+    (padded at the end); otherwise the natural [tokens, last] layout is kept."""
+    n = t * h
+    cols = bounds[1] if bounds is not None else int(math.sqrt(max(area, 1)))
+    cols = max(1, min(cols, side_cap, n))
+    if cols <= h:
+        return t, h
+    return -(-n // cols), cols
+
+
 @lru_cache(maxsize=4096)
 def _gemm_choice(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str,
                  skip: str | None, density: float) -> tuple[int, str, float, int]:
@@ -262,6 +280,109 @@ def _gemm_choice(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str
                        accumulate="fp32", algorithms=("meshgemm",), skip=skip,
                        a_density=density)
     return int(plan.grid), plan.algorithm, float(plan.cycles), int(plan.sram_bytes)
+
+
+def _grid_candidates(m: int, k: int, n: int, limit: int) -> list[int]:
+    """Grids p <= limit that give distinct tiles (for each tile size of m, k or n the
+    smallest p reaching it): more PEs with the same tiles only add steps or hops."""
+    out: set[int] = set()
+    for d in (m, k, n):
+        lim = max(1, min(limit, d))
+        for parts in range(1, lim + 1):
+            tile = -(-d // parts)
+            out.add(-(-d // tile))
+    return sorted(p for p in out if 1 <= p <= limit)
+
+
+@lru_cache(maxsize=4096)
+def _gemm_grid_costs(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str,
+                     skip: str | None, density: float) -> tuple[tuple[int, float, int], ...]:
+    """(p, cycles, SRAM bytes per PE) of MeshGEMM on every useful p x p grid up to
+    ``limit`` that fits the SRAM: a batched GEMM trades the grid size against how many
+    grids fit side by side, so it needs the whole curve, not just the fastest grid."""
+    out = []
+    for q in _grid_candidates(m, k, n, limit):
+        sram = gemm.sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm")
+        if sram > spec.sram_bytes:
+            continue
+        c = gemm.cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
+                      accumulate="fp32", skip=skip, a_density=density)
+        out.append((q, float(c.cycles), int(sram)))
+    return tuple(out)
+
+
+def batched_tiling(batch: int, p: int, rows: int, cols: int) -> tuple[int, int]:
+    """(group rows, group cols) of p x p grids a batch of ``batch`` independent GEMMs uses
+    in a ``rows x cols`` rectangle: as many groups as fit (at most the batch), side by side
+    along the longer side first, so the groups' rectangle stays inside the bounds."""
+    gr, gc = max(1, rows // p), max(1, cols // p)
+    if gr * gc <= batch:
+        return gr, gc
+    # fewer groups than fit: the smallest gr x gc block of groups that holds the batch,
+    # fewest rounds first, then fewest PEs, then squarest
+    best: tuple[int, int, int, int, int] | None = None
+    for r in range(1, gr + 1):
+        c = min(gc, -(-batch // r))
+        rounds = -(-batch // (r * c))
+        key = (rounds, r * c, abs(r - c), r, c)
+        if best is None or key < best:
+            best = key
+    assert best is not None
+    return best[3], best[4]
+
+
+def _size_batched_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
+                       bounds: tuple[int, int] | None) -> None:
+    """A bmm's batch entries (heads x batch) are independent GEMMs: they run side by side
+    on disjoint p x p sub-grids of the stage's rectangle (``tiling`` = group rows x group
+    cols), each group running its entries one after another; the stage takes the slowest
+    group's time, ``ceil(batch / groups)`` GEMMs. p trades a faster GEMM against fewer
+    groups, so every useful p is tried (fewest PEs among equal times)."""
+    p, dt = st.params, st.dtype
+    batch, m, k, n = p["batch"], p["m"], p["k"], p["n"]
+    skip = "a" if p["skip"] else None
+    dens = RELU_DENSITY if skip else 1.0
+    if bounds is not None:
+        rows, cols = bounds
+    else:
+        side = max(1, min(side_cap, int(math.sqrt(max(area, 1)))))
+        rows = cols = side
+    limit = max(1, min(rows, cols, m, k, n))
+    curve = _gemm_grid_costs(spec, m, k, n, limit, dt, skip, dens)
+    if not curve and bounds is None:
+        full = max(1, min(side_cap, m, k, n))
+        curve = _gemm_grid_costs(spec, m, k, n, full, dt, skip, dens)
+        rows = cols = full
+    if not curve:
+        raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
+                          f"{rows}x{cols} rectangle fits the {spec.sram_bytes} B SRAM")
+    best: tuple[float, int, int, int, int, float, int] | None = None
+    for q, cyc, sram in curve:
+        if bounds is None:
+            # about ``area`` PEs: as many groups as the area holds (at least one)
+            groups = max(1, min(batch, int(max(area, 1) // (q * q))))
+            gc = max(1, min(groups, side_cap // q, math.ceil(math.sqrt(groups))))
+            gr = max(1, min(-(-groups // gc), side_cap // q))
+        else:
+            gr, gc = batched_tiling(batch, q, rows, cols)
+        total = -(-batch // (gr * gc)) * cyc
+        key = (total, gr * gc * q * q, q, gr, gc, cyc, sram)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    assert best is not None
+    total, _, q, gr, gc, cyc, sram = best
+    st.rect = (gr * q, gc * q)
+    st.algorithm = "meshgemm"
+    st.sram_per_pe = sram
+    st.cost_cycles = total
+    st.params = {**p, "grid": q, "tiling": [gr, gc]}
+    st.algorithm += (f" x{batch} on {gr}x{gc} groups of {q}x{q} "
+                     f"({-(-batch // (gr * gc))} per group)")
+    if p["bias"]:
+        mb, nb = -(-m // q), -(-n // q)
+        st.cost_cycles += -(-batch // (gr * gc)) * float(
+            ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
+        st.sram_per_pe += nb * BYTES[dt]
 
 
 def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
@@ -280,7 +401,9 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
         area = float(bounds[0] * bounds[1])
     eb = BYTES[dt]
     try:
-        if st.kind == "gemm":
+        if st.kind == "gemm" and p["batch"] > 1:
+            _size_batched_gemm(spec, st, area, side_cap, bounds)
+        elif st.kind == "gemm":
             skip = "a" if p["skip"] else None
             limit = max(1, min(int(math.sqrt(max(area, 1))), side_cap, p["m"], p["k"], p["n"]))
             if bounds is not None:
@@ -295,13 +418,12 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
                 grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], full, dt,
                                                     skip, RELU_DENSITY if skip else 1.0)
             st.rect, st.algorithm, st.sram_per_pe = (grid, grid), alg, sram
-            st.cost_cycles = cyc * p["batch"]
+            st.params = {**p, "grid": grid, "tiling": [1, 1]}
+            st.cost_cycles = cyc
             if p["bias"]:
                 mb, nb = -(-p["m"] // grid), -(-p["n"] // grid)
                 st.cost_cycles += float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
                 st.sram_per_pe += nb * eb
-            if p["batch"] > 1:
-                st.algorithm += f" x{p['batch']} (time-multiplexed)"
         elif st.kind == "attention":
             g_, s, d = p["groups"], p["seq"], p["head_dim"]
             cols = max(1, min(g_, spec.cols, side_cap))
@@ -359,7 +481,8 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
             st.sram_per_pe = embedding.sram_bytes(t, v, h, st.rect, dt)
             st.algorithm = "local gather, table replicated down rows"
         elif st.kind == "pointwise":
-            t, h = p["tokens"], p["hidden"]
+            t, h = pointwise_layout(p["tokens"], p["hidden"], area, bounds, side_cap)
+            st.params = {**p, "layout": [t, h]}
 
             def pw_bytes(r: int, c: int) -> int:
                 return (p["reads"] + 1) * -(-t // r) * -(-h // c) * eb

@@ -61,33 +61,50 @@ def _done(fab: Fabric, extra: float = 0.0, density: float | None = None) -> Stag
 def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
              bias: torch.Tensor | None, alpha: float = 1.0, beta: float = 1.0,
              timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
-    """mm / addmm / bmm via `gemm.run` (MeshGEMM, fp32 accumulate); bmm time-multiplexes the
-    batch on the rectangle, one GEMM after another."""
-    p = st.rect[0]
+    """mm / addmm / bmm via `gemm.run` (MeshGEMM, fp32 accumulate).
+
+    A bmm's batch entries are independent GEMMs, so they run side by side: the plan's
+    ``tiling`` (group rows x group cols) of ``grid`` x ``grid`` sub-grids tiles the stage's
+    rectangle, and each round puts one entry on every group of one fabric (disjoint
+    rectangles, ``gemm.run(origin=)``); a round lasts as long as its slowest group, and the
+    rounds follow one another (``ceil(batch / groups)`` of them, as the plan's cost says)."""
+    p = int(st.params.get("grid", st.rect[0]))
+    gr, gc = (int(v) for v in st.params.get("tiling", (1, 1)))
+    slots = max(1, gr * gc)
     skip = "a" if st.params.get("skip") else None
     a3 = a if a.dim() == 3 else a.unsqueeze(0)
     b3 = b if b.dim() == 3 else b.unsqueeze(0)
     outs, cycles, peak, busy = [], 0.0, 0, []
     density = None
-    for i in range(a3.shape[0]):
+    nnz, total = 0, 0
+    batch = a3.shape[0]
+    rounds = -(-batch // slots)
+    for r in range(rounds):
         fab = _fabric(spec, st, timing_only)
-        if timing_only:
-            res = gemm.run(tuple(a3.shape[1:]), tuple(b3.shape[1:]), grid=p, fabric=fab,
-                           dtype=st.dtype, accumulate="fp32", skip=skip)
-        else:
-            an = to_np(a3[i])
-            if skip:
-                density = float(np.count_nonzero(an)) / max(1, an.size)
-            res = gemm.run(an, to_np(b3[i]), grid=p, fabric=fab, dtype=st.dtype,
-                           accumulate="fp32", skip=skip)
-            outs.append(res.value)
-        cycles += res.cycles
+        slowest = 0.0
+        for j in range(min(slots, batch - r * slots)):
+            i = r * slots + j
+            origin = ((j // gc) * p, (j % gc) * p)
+            if timing_only:
+                res = gemm.run(tuple(a3.shape[1:]), tuple(b3.shape[1:]), grid=p, fabric=fab,
+                               dtype=st.dtype, accumulate="fp32", skip=skip, origin=origin)
+            else:
+                an = to_np(a3[i])
+                if skip:
+                    nnz, total = nnz + int(np.count_nonzero(an)), total + an.size
+                res = gemm.run(an, to_np(b3[i]), grid=p, fabric=fab, dtype=st.dtype,
+                               accumulate="fp32", skip=skip, origin=origin)
+                outs.append(res.value)
+            slowest = max(slowest, res.cycles)
+        cycles += slowest
         peak = max(peak, int(fab.sram.peak()))
         busy.append(fab.stats()["busy_fraction"])
+    if skip and total:
+        density = nnz / total
     extra = 0.0
     if bias is not None:
         mb, nb = -(-a3.shape[1] // p), -(-b3.shape[2] // p)
-        extra = float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
+        extra = rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
         peak += nb * (2 if st.dtype != "fp32" else 4)
     run = StageRun(cycles + extra, peak, float(np.mean(busy)), density)
     if timing_only:
@@ -214,8 +231,12 @@ def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
     fab = _fabric(spec, st, timing_only)
     last = graph.nodes[st.nodes[-1]]
     shape = tuple(last.meta["shape"])
+    numel = math.prod(shape)
     h = shape[-1] if shape else 1
-    t = max(1, math.prod(shape) // max(1, h))
+    t = max(1, numel // max(1, h))
+    # the plan's layout: [tokens, last], or the flattened elements in rows as wide as the
+    # rectangle (`plan.pointwise_layout`), padded at the end
+    t, h = (int(v) for v in st.params.get("layout", (t, h)))
     probe = MeshTensor(fab, fab.full, (t, h), st.dtype, 0, 1, None, allocate=False)
     tile = float(np.prod(probe.tile_shape))
     cyc = fused_cycles(spec, tile, st.dtype, st.params["ops"], st.params["reads"])
@@ -233,7 +254,9 @@ def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
                 full = np.broadcast_to(to_np(v), shape) if v.dim() else to_np(v)
                 if full.ndim == 0:
                     return full.astype(np.float32)
-                return probe._scatter(np.asarray(full, np.float32).reshape(t, h))
+                flat = np.zeros(t * h, np.float32)
+                flat[:numel] = np.asarray(full, np.float32).reshape(-1)
+                return probe._scatter(flat.reshape(t, h))
             return np.float32(v) if isinstance(v, (int, float, bool)) else v
 
         for name in st.nodes:
@@ -252,7 +275,8 @@ def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
         res_t = MeshTensor(fab, fab.full, (t, h), "fp32", 0, 1,
                            np.ascontiguousarray(local[last.name]), end, allocate=False)
         dtype = getattr(torch, last.meta["dtype"])
-        out_vals[last.name] = to_torch(res_t.to_numpy().reshape(shape), dtype)
+        out_vals[last.name] = to_torch(res_t.to_numpy().reshape(-1)[:numel].reshape(shape),
+                                       dtype)
     return out_vals, _done(fab)
 
 

@@ -1,0 +1,81 @@
+"""Batched GEMMs run their entries side by side; pointwise stages take the rectangle's shape.
+
+Why: a bmm's heads are independent GEMMs, so time-multiplexing them on one p x p grid
+(p <= head_dim) left the attention bmm the pipeline's bound whatever the placement; and a
+pointwise op laid out [tokens, last] on a [8192, 8] rotary tensor could use only 8 PE
+columns, which made its inbound stream the bottleneck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from waferscale.compiler.plan import Stage, batched_tiling, pointwise_layout, size_stage
+from waferscale.hardware.spec import get_spec
+from waferscale.kernels import gemm
+from waferscale.runtime.kernels_exec import run_gemm
+
+SPEC = get_spec("wse2")
+
+
+def _bmm(batch: int, m: int, k: int, n: int) -> Stage:
+    return Stage("bmm", "gemm", ["bmm"], "fp32",
+                 params={"op": "bmm", "batch": batch, "m": m, "k": k, "n": n, "bias": False,
+                         "skip": False})
+
+
+@pytest.mark.parametrize("bounds", [(40, 130), (16, 200), (64, 64), (20, 20), None])
+def test_bmm_groups_side_by_side(bounds: tuple[int, int] | None) -> None:
+    """Groups tile the rectangle; cost() == the fabric's cycles; values match torch."""
+    st = _bmm(6, 48, 16, 40)
+    size_stage(SPEC, st, 3000.0, None, bounds)
+    assert st.fits
+    q, (gr, gc) = st.params["grid"], st.params["tiling"]
+    assert st.rect == (gr * q, gc * q)
+    if bounds is not None:
+        assert st.rect[0] <= bounds[0] and st.rect[1] <= bounds[1]
+    rounds = -(-6 // (gr * gc))
+    one = gemm.cost(48, 16, 40, grid=q, spec=SPEC, accumulate="fp32").cycles
+    assert st.cost_cycles == pytest.approx(rounds * one)
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 48, 16), torch.randn(6, 16, 40)
+    out, run = run_gemm(SPEC, st, a, b, None)
+    _, timed = run_gemm(SPEC, st, a, b, None, timing_only=True)
+    assert out is not None
+    assert float((out - torch.bmm(a, b)).abs().max()) < 1e-4
+    assert run.cycles == pytest.approx(st.cost_cycles)
+    assert timed.cycles == pytest.approx(st.cost_cycles)
+
+
+def test_bmm_beats_time_multiplexing() -> None:
+    """The GenSLM attention bmm ([1024,64]x[64,1024], 8 heads) on room for 8 grids takes
+    one GEMM's time, not eight."""
+    st = _bmm(8, 1024, 64, 1024)
+    size_stage(SPEC, st, 0.0, None, (128, 256))
+    assert st.params["tiling"] == [2, 4] and st.params["grid"] == 64
+    one = gemm.cost(1024, 64, 1024, grid=64, spec=SPEC, accumulate="fp32").cycles
+    assert st.cost_cycles == pytest.approx(one)
+    small = _bmm(8, 1024, 64, 1024)
+    size_stage(SPEC, small, 0.0, None, (64, 64))
+    assert small.cost_cycles <= 8 * one
+
+
+def test_batched_tiling_holds_batch() -> None:
+    assert batched_tiling(8, 64, 128, 256) == (2, 4)
+    assert batched_tiling(3, 10, 100, 100) in ((1, 3), (3, 1))
+    assert batched_tiling(100, 10, 25, 35) == (2, 3)
+    assert batched_tiling(1, 64, 10, 10) == (1, 1)
+
+
+def test_pointwise_layout_follows_rectangle() -> None:
+    assert pointwise_layout(8192, 8, 0.0, (200, 100), 10 ** 9) == (656, 100)
+    assert pointwise_layout(8192, 512, 0.0, (200, 100), 10 ** 9) == (8192, 512)
+    st = Stage("neg", "pointwise", ["neg"], "fp32",
+               params={"tokens": 8192, "hidden": 8, "ops": ["neg"], "reads": 1})
+    size_stage(SPEC, st, 0.0, None, (128, 128))
+    narrow = Stage("neg", "pointwise", ["neg"], "fp32",
+                   params={"tokens": 8192, "hidden": 8, "ops": ["neg"], "reads": 1})
+    size_stage(SPEC, narrow, 0.0, None, (128, 8))
+    assert st.rect == (128, 128) and st.pes == 16 * narrow.pes
+    assert st.cost_cycles < narrow.cost_cycles
