@@ -79,3 +79,38 @@ def test_pointwise_layout_follows_rectangle() -> None:
     size_stage(SPEC, narrow, 0.0, None, (128, 8))
     assert st.rect == (128, 128) and st.pes == 16 * narrow.pes
     assert st.cost_cycles < narrow.cost_cycles
+
+
+def _mm(m: int, k: int, n: int, bias: bool) -> Stage:
+    return Stage("mm", "gemm", ["mm"], "fp32",
+                 params={"op": "addmm" if bias else "mm", "batch": 1, "m": m, "k": k, "n": n,
+                         "bias": bias, "skip": False})
+
+
+@pytest.mark.parametrize("bounds", [(100, 24), (24, 100), (30, 30), None])
+@pytest.mark.parametrize("bias", [False, True])
+def test_mm_rows_split_over_groups(bounds: tuple[int, int] | None, bias: bool) -> None:
+    """An mm/addmm in a long thin rectangle splits its tokens over side-by-side grids (each
+    with a copy of the weights): it uses the long side, cost() == the fabric's cycles and
+    the values match torch."""
+    st = _mm(90, 20, 24, bias)
+    size_stage(SPEC, st, 2000.0, None, bounds)
+    assert st.fits
+    q, (gr, gc) = st.params["grid"], st.params["tiling"]
+    assert st.rect == (gr * q, gc * q)
+    if bounds is not None:
+        assert st.rect[0] <= bounds[0] and st.rect[1] <= bounds[1]
+    if bounds in ((100, 24), (24, 100)):
+        assert st.params["msplit"] > 1
+        square = _mm(90, 20, 24, bias)
+        size_stage(SPEC, square, 0.0, None, (min(bounds), min(bounds)))
+        assert st.cost_cycles < square.cost_cycles
+    torch.manual_seed(1)
+    a, b, c = torch.randn(90, 20), torch.randn(20, 24), torch.randn(24)
+    out, run = run_gemm(SPEC, st, a, b, c if bias else None)
+    _, timed = run_gemm(SPEC, st, a, b, c if bias else None, timing_only=True)
+    ref = torch.addmm(c, a, b) if bias else a @ b
+    assert out is not None and out.shape == ref.shape
+    assert float((out - ref).abs().max()) < 1e-4
+    assert run.cycles == pytest.approx(st.cost_cycles)
+    assert timed.cycles == pytest.approx(st.cost_cycles)

@@ -33,12 +33,18 @@ from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec
 from waferscale.kernels import attention, embedding, gemm, norm
 from waferscale.kernels import elementwise as ew
-from waferscale.kernels.choose import choose_gemm
 
 #: Share of the wafer the planner hands out (the strip placer needs slack to pack).
 AREA_FRACTION = 0.6
 #: Density assumed for activations after a ReLU when no values exist (estimate mode).
 RELU_DENSITY = 0.5
+
+#: Fuse pointwise chains into the GEMM producing them (`fuse_epilogues`). Off: measured on
+#: GenSLM-25M (seq 1,024) it removed 8 stages but the floorplanner then left ~280k PEs
+#: idle and the slowest stage got slower (420,287 vs 357,453 cycles), although the
+#: work-based utilisation figure rose (the calibrated work of the fused GEMMs grew); the
+#: area model must learn fused stages before this is on. Values match eager either way.
+FUSE_EPILOGUES = False
 
 TORCH_TO_FABRIC = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -126,6 +132,9 @@ def build_stages(g: Graph) -> tuple[list[Stage], dict[str, str]]:
         stage_of[node.name] = head
     for st in stages.values():
         _describe(g, st)
+    if FUSE_EPILOGUES:
+        fuse_epilogues(g, stages, stage_of)
+    for st in stages.values():
         feeds: list[str] = []
         members = set(st.nodes)
         for n in st.nodes:
@@ -146,6 +155,69 @@ def build_stages(g: Graph) -> tuple[list[Stage], dict[str, str]]:
     for name, st in stage_of.items():
         g.nodes[name].meta["stage"] = st
     return list(stages.values()), stage_of
+
+
+def _direct_home(g: Graph, name: str, stage_of: dict[str, str]) -> str | None:
+    """The stage whose output ``name`` is, through free layout nodes only (a view of a
+    GEMM's output is its output tile as it lies on the PEs; a slice or cat moves data)."""
+    seen = 0
+    while name not in stage_of and seen < 1000:
+        node = g.nodes[name]
+        if node.op != "call" or not node.inputs or node.meta.get("kind") == "move":
+            return None
+        refs = [i for i in node.inputs if g.nodes[i].op != "const"]
+        if len(refs) != 1:
+            return None
+        name = refs[0]
+        seen += 1
+    return stage_of.get(name)
+
+
+def _numel(g: Graph, name: str) -> int:
+    n = g.nodes[name].meta.get("numel")
+    return int(n) if isinstance(n, int) else -1
+
+
+def fuse_epilogues(g: Graph, stages: dict[str, Stage], stage_of: dict[str, str]) -> None:
+    """Fuse pointwise stages into the mm/addmm that produces all their operands.
+
+    Why: a GELU or a bias-free scale after a GEMM is one more pass over the output tile the
+    GEMM's PEs already hold; as a stage of its own it took a sliver of the wafer and the
+    whole [tokens, 4d] tensor had to stream into it (the pipeline's bottleneck). The fused
+    chain runs on the GEMM's groups after the product (``params["epilogue"]``, timed by
+    `fused_cycles` on the per-PE output tile), and its values are computed by the same
+    value functions as a pointwise stage's. Only chains whose every tensor operand is the
+    GEMM's whole output (or an earlier fused chain's, through views) and whose result has
+    the GEMM output's size are fused: a slice or a broadcast would need data movement."""
+    for name in list(stages):
+        st = stages[name]
+        if st.kind != "pointwise":
+            continue
+        members = set(st.nodes)
+        homes: set[str | None] = set()
+        sizes: set[int] = set()
+        for n in st.nodes:
+            for i in g.nodes[n].inputs:
+                if i in members or g.nodes[i].op == "const":
+                    continue
+                homes.add(_direct_home(g, i, stage_of))
+                sizes.add(_numel(g, i))
+        if len(homes) != 1:
+            continue
+        home = homes.pop()
+        gst = stages.get(home) if home else None
+        if gst is None or gst.kind != "gemm" or gst.params.get("op") not in ("mm", "addmm"):
+            continue
+        full = _numel(g, gst.nodes[0])
+        if full <= 0 or sizes != {full} or _numel(g, st.nodes[-1]) != full:
+            continue
+        gst.nodes.extend(st.nodes)
+        gst.params.setdefault("epilogue", []).append(
+            {"ops": st.params["ops"], "reads": st.params["reads"], "nodes": list(st.nodes)})
+        gst.flops += st.flops
+        for n in st.nodes:
+            stage_of[n] = home
+        del stages[name]
 
 
 def _describe(g: Graph, st: Stage) -> None:
@@ -273,15 +345,6 @@ def pointwise_layout(t: int, h: int, area: float, bounds: tuple[int, int] | None
     return -(-n // cols), cols
 
 
-@lru_cache(maxsize=4096)
-def _gemm_choice(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str,
-                 skip: str | None, density: float) -> tuple[int, str, float, int]:
-    plan = choose_gemm(m, k, n, spec=spec, rect=(limit, limit), dtype=dtype,
-                       accumulate="fp32", algorithms=("meshgemm",), skip=skip,
-                       a_density=density)
-    return int(plan.grid), plan.algorithm, float(plan.cycles), int(plan.sram_bytes)
-
-
 def _grid_candidates(m: int, k: int, n: int, limit: int) -> list[int]:
     """Grids p <= limit that give distinct tiles (for each tile size of m, k or n the
     smallest p reaching it): more PEs with the same tiles only add steps or hops."""
@@ -292,23 +355,6 @@ def _grid_candidates(m: int, k: int, n: int, limit: int) -> list[int]:
             tile = -(-d // parts)
             out.add(-(-d // tile))
     return sorted(p for p in out if 1 <= p <= limit)
-
-
-@lru_cache(maxsize=4096)
-def _gemm_grid_costs(spec: WaferSpec, m: int, k: int, n: int, limit: int, dtype: str,
-                     skip: str | None, density: float) -> tuple[tuple[int, float, int], ...]:
-    """(p, cycles, SRAM bytes per PE) of MeshGEMM on every useful p x p grid up to
-    ``limit`` that fits the SRAM: a batched GEMM trades the grid size against how many
-    grids fit side by side, so it needs the whole curve, not just the fastest grid."""
-    out = []
-    for q in _grid_candidates(m, k, n, limit):
-        sram = gemm.sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm")
-        if sram > spec.sram_bytes:
-            continue
-        c = gemm.cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
-                      accumulate="fp32", skip=skip, a_density=density)
-        out.append((q, float(c.cycles), int(sram)))
-    return tuple(out)
 
 
 def batched_tiling(batch: int, p: int, rows: int, cols: int) -> tuple[int, int]:
@@ -331,58 +377,139 @@ def batched_tiling(batch: int, p: int, rows: int, cols: int) -> tuple[int, int]:
     return best[3], best[4]
 
 
-def _size_batched_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
-                       bounds: tuple[int, int] | None) -> None:
-    """A bmm's batch entries (heads x batch) are independent GEMMs: they run side by side
-    on disjoint p x p sub-grids of the stage's rectangle (``tiling`` = group rows x group
-    cols), each group running its entries one after another; the stage takes the slowest
-    group's time, ``ceil(batch / groups)`` GEMMs. p trades a faster GEMM against fewer
-    groups, so every useful p is tried (fewest PEs among equal times)."""
+@lru_cache(maxsize=65536)
+def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: str | None,
+             density: float) -> tuple[float, int] | None:
+    """(cycles, SRAM bytes per PE) of MeshGEMM [m,k]x[k,n] on a q x q grid, or None when
+    it does not fit (q > min(m, k, n) or over the SRAM). Cached: the floorplanner asks
+    ``time_at`` for thousands of rectangles and each one searches every grid."""
+    if q > min(m, k, n):
+        return None
+    sram = gemm.sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm")
+    if sram > spec.sram_bytes:
+        return None
+    c = gemm.cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
+                  accumulate="fp32", skip=skip, a_density=density)
+    return float(c.cycles), int(sram)
+
+
+def row_split(m: int, groups: int) -> tuple[int, int]:
+    """(rows per group, groups used) when a GEMM's M rows (tokens) are split into at most
+    ``groups`` chunks: equal chunks of ``ceil(m / groups)`` rows, the last one shorter, so
+    the slowest group is a full chunk and no group is left empty."""
+    groups = max(1, min(groups, m))
+    mg = -(-m // groups)
+    return mg, -(-m // mg)
+
+
+@lru_cache(maxsize=65536)
+def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int, cols: int,
+                 area: float, side_cap: int, bounded: bool, split: bool, dtype: str,
+                 skip: str | None, density: float
+                 ) -> tuple[float, int, int, int, int, int, int, int] | None:
+    """The fastest side-by-side layout of a GEMM stage in a ``rows x cols`` rectangle (or
+    about ``area`` PEs when not ``bounded``): (cycles per entry x rounds, PEs, grid q,
+    group rows, group cols, rows per group mg, row groups, SRAM per PE), or None.
+
+    Batch entries (a bmm's heads) go on disjoint q x q groups; a single GEMM (``split``)
+    has its M rows cut into as many groups as fit, each group holding a full copy of the
+    weights (charged in its SRAM per PE), so a tall or wide rectangle is used, not just
+    its short side squared. Every useful q is tried: a smaller grid with more groups often
+    wins. Ties go to the fewest PEs."""
+    limit = max(1, min(rows, cols, m, k, n))
+    best: tuple[float, int, int, int, int, int, int, int] | None = None
+    for q in _grid_candidates(m, k, n, limit):
+        if bounded:
+            slots_r, slots_c = max(1, rows // q), max(1, cols // q)
+            slots = slots_r * slots_c
+        else:
+            # about ``area`` PEs: as many groups as the area holds (at least one)
+            cap = max(1, m // q) if split and batch == 1 else batch
+            groups = max(1, min(cap, int(max(area, 1) // (q * q))))
+            gc = max(1, min(groups, side_cap // q, math.ceil(math.sqrt(groups))))
+            gr = max(1, min(-(-groups // gc), side_cap // q))
+            slots_r, slots_c, slots = gr, gc, gr * gc
+        if split and batch == 1:
+            mg, used = row_split(m, min(slots, max(1, m // q)))
+            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density)
+            if got is None:
+                continue
+            gr, gc = batched_tiling(used, q, slots_r * q, slots_c * q)
+            rounds = 1
+        else:
+            mg, used = m, 1
+            got = _gemm_at(spec, m, k, n, q, dtype, skip, density)
+            if got is None:
+                continue
+            if bounded:
+                gr, gc = batched_tiling(batch, q, rows, cols)
+            else:
+                gr, gc = slots_r, slots_c
+            rounds = -(-batch // (gr * gc))
+        cyc, sram = got
+        key = (rounds * cyc, gr * gc * q * q, q, gr, gc, mg, used, sram)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return best
+
+
+def _size_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
+               bounds: tuple[int, int] | None) -> None:
+    """A GEMM stage on side-by-side q x q sub-grids of its rectangle (``tiling`` = group
+    rows x group cols): a bmm's batch entries (heads x batch) are independent GEMMs, each
+    group running ``ceil(batch / groups)`` of them one after another; an mm/addmm has its
+    M rows split over the groups (``msplit`` groups of ``mrows`` rows, weights replicated
+    per group). The stage takes the slowest group's time."""
     p, dt = st.params, st.dtype
     batch, m, k, n = p["batch"], p["m"], p["k"], p["n"]
     skip = "a" if p["skip"] else None
     dens = RELU_DENSITY if skip else 1.0
+    split = p.get("op") in ("mm", "addmm") and batch == 1
     if bounds is not None:
-        rows, cols = bounds
+        best = _gemm_layout(spec, batch, m, k, n, bounds[0], bounds[1], 0.0, side_cap, True,
+                            split, dt, skip, dens)
+        where = f"{bounds[0]}x{bounds[1]}"
     else:
         side = max(1, min(side_cap, int(math.sqrt(max(area, 1)))))
-        rows = cols = side
-    limit = max(1, min(rows, cols, m, k, n))
-    curve = _gemm_grid_costs(spec, m, k, n, limit, dt, skip, dens)
-    if not curve and bounds is None:
-        full = max(1, min(side_cap, m, k, n))
-        curve = _gemm_grid_costs(spec, m, k, n, full, dt, skip, dens)
-        rows = cols = full
-    if not curve:
+        best = _gemm_layout(spec, batch, m, k, n, side, side, area, side_cap, False, split,
+                            dt, skip, dens)
+        if best is None:
+            full = max(1, min(side_cap, m, k, n))
+            best = _gemm_layout(spec, batch, m, k, n, full, full, float(full * full),
+                                side_cap, False, split, dt, skip, dens)
+        where = f"~{area:.0f}-PE"
+    if best is None:
         raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
-                          f"{rows}x{cols} rectangle fits the {spec.sram_bytes} B SRAM")
-    best: tuple[float, int, int, int, int, float, int] | None = None
-    for q, cyc, sram in curve:
-        if bounds is None:
-            # about ``area`` PEs: as many groups as the area holds (at least one)
-            groups = max(1, min(batch, int(max(area, 1) // (q * q))))
-            gc = max(1, min(groups, side_cap // q, math.ceil(math.sqrt(groups))))
-            gr = max(1, min(-(-groups // gc), side_cap // q))
-        else:
-            gr, gc = batched_tiling(batch, q, rows, cols)
-        total = -(-batch // (gr * gc)) * cyc
-        key = (total, gr * gc * q * q, q, gr, gc, cyc, sram)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    assert best is not None
-    total, _, q, gr, gc, cyc, sram = best
+                          f"{where} rectangle fits the {spec.sram_bytes} B SRAM")
+    total, _, q, gr, gc, mg, used, sram = best
+    rounds = -(-batch // (gr * gc))
     st.rect = (gr * q, gc * q)
     st.algorithm = "meshgemm"
     st.sram_per_pe = sram
     st.cost_cycles = total
-    st.params = {**p, "grid": q, "tiling": [gr, gc]}
-    st.algorithm += (f" x{batch} on {gr}x{gc} groups of {q}x{q} "
-                     f"({-(-batch // (gr * gc))} per group)")
+    st.params = {**p, "grid": q, "tiling": [gr, gc], "msplit": used, "mrows": mg}
+    if batch > 1:
+        st.algorithm += f" x{batch} on {gr}x{gc} groups of {q}x{q} ({rounds} per group)"
+    elif used > 1:
+        st.algorithm += (f", M split over {gr}x{gc} groups of {q}x{q} ({mg} rows each, "
+                         f"weights replicated)")
     if p["bias"]:
-        mb, nb = -(-m // q), -(-n // q)
-        st.cost_cycles += -(-batch // (gr * gc)) * float(
-            ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
+        mb, nb = -(-mg // q), -(-n // q)
+        st.cost_cycles += rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
         st.sram_per_pe += nb * BYTES[dt]
+    st.cost_cycles += epilogue_cycles(spec, st, q, mg, rounds)
+    if p.get("epilogue"):
+        st.sram_per_pe += -(-mg // q) * -(-n // q) * BYTES[dt]
+
+
+def epilogue_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
+    """Cycles of the pointwise chains fused into a GEMM (`fuse_epilogues`): each chain is a
+    `fused_cycles` pass over the per-PE output tile (``ceil(mg/q) x ceil(n/q)``), after the
+    product, on every group; the runtime charges the same."""
+    chains = st.params.get("epilogue") or []
+    tile = -(-mg // q) * -(-st.params["n"] // q)
+    return rounds * sum(fused_cycles(spec, tile, st.dtype, c["ops"], c["reads"])
+                        for c in chains)
 
 
 def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
@@ -401,29 +528,8 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
         area = float(bounds[0] * bounds[1])
     eb = BYTES[dt]
     try:
-        if st.kind == "gemm" and p["batch"] > 1:
-            _size_batched_gemm(spec, st, area, side_cap, bounds)
-        elif st.kind == "gemm":
-            skip = "a" if p["skip"] else None
-            limit = max(1, min(int(math.sqrt(max(area, 1))), side_cap, p["m"], p["k"], p["n"]))
-            if bounds is not None:
-                limit = max(1, min(min(bounds), p["m"], p["k"], p["n"]))
-            try:
-                grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], limit, dt,
-                                                    skip, RELU_DENSITY if skip else 1.0)
-            except KernelError:
-                if bounds is not None:
-                    raise
-                full = min(side_cap, p["m"], p["k"], p["n"])
-                grid, alg, cyc, sram = _gemm_choice(spec, p["m"], p["k"], p["n"], full, dt,
-                                                    skip, RELU_DENSITY if skip else 1.0)
-            st.rect, st.algorithm, st.sram_per_pe = (grid, grid), alg, sram
-            st.params = {**p, "grid": grid, "tiling": [1, 1]}
-            st.cost_cycles = cyc
-            if p["bias"]:
-                mb, nb = -(-p["m"] // grid), -(-p["n"] // grid)
-                st.cost_cycles += float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
-                st.sram_per_pe += nb * eb
+        if st.kind == "gemm":
+            _size_gemm(spec, st, area, side_cap, bounds)
         elif st.kind == "attention":
             g_, s, d = p["groups"], p["seq"], p["head_dim"]
             cols = max(1, min(g_, spec.cols, side_cap))
@@ -606,4 +712,4 @@ def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None,
 
 
 __all__ = ["AREA_FRACTION", "Plan", "Stage", "add_move_cycles", "build_stages", "charge_moves",
-           "fused_cycles", "home_of", "plan", "size_stage"]
+           "epilogue_cycles", "fuse_epilogues", "fused_cycles", "home_of", "plan", "size_stage"]

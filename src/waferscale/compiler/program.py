@@ -18,6 +18,7 @@ from typing import Any
 
 from waferscale.compiler.ir import Graph
 from waferscale.compiler.lower import fallbacks
+from waferscale.compiler.place import read_numel
 from waferscale.compiler.plan import Plan, Stage
 from waferscale.fabric.grid import Rect
 from waferscale.fabric.timing import stream_cycles
@@ -104,7 +105,10 @@ def route(program: Program) -> list[Route]:
             src = program.placement.get(src_name)
             if src is None:
                 continue
-            numel = _out_numel(program, src_name)
+            # what the consumer reads of the producer (after slices), as the placer
+            # and the realised stage time count it, not the producer's whole output
+            numel = read_numel(program.graph, st, program.stage(src_name),
+                               program.plan.stage_of)
             rows, cols = st.rect if st.pes else (dst.rows, dst.cols)
             per_pe = math.ceil(numel / max(1, rows * cols))
             net = routed.get((src_name, st.name))
@@ -119,16 +123,6 @@ def route(program: Program) -> list[Route]:
                                 net.kind if net else ""))
     program.routes = routes
     return routes
-
-
-def _out_numel(program: Program, stage_name: str) -> int:
-    st = program.stage(stage_name)
-    node = program.graph.nodes[st.nodes[-1]]
-    n = node.meta.get("numel", 0)
-    if isinstance(node.meta.get("shape"), list) and node.meta["shape"] and \
-            isinstance(node.meta["shape"][0], list):
-        n = math.prod(node.meta["shape"][0])
-    return int(n)
 
 
 __all__ = ["Program", "Route", "route"]

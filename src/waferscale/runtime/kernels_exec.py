@@ -67,32 +67,46 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
     ``tiling`` (group rows x group cols) of ``grid`` x ``grid`` sub-grids tiles the stage's
     rectangle, and each round puts one entry on every group of one fabric (disjoint
     rectangles, ``gemm.run(origin=)``); a round lasts as long as its slowest group, and the
-    rounds follow one another (``ceil(batch / groups)`` of them, as the plan's cost says)."""
+    rounds follow one another (``ceil(batch / groups)`` of them, as the plan's cost says).
+    An mm/addmm the plan split by rows (``msplit`` chunks of ``mrows`` tokens) runs the same
+    way: chunk i of A against the weight, which each group holds a copy of; the chunks'
+    products stacked back are the product (the rows of A @ B are independent)."""
     p = int(st.params.get("grid", st.rect[0]))
     gr, gc = (int(v) for v in st.params.get("tiling", (1, 1)))
     slots = max(1, gr * gc)
     skip = "a" if st.params.get("skip") else None
     a3 = a if a.dim() == 3 else a.unsqueeze(0)
     b3 = b if b.dim() == 3 else b.unsqueeze(0)
+    # an mm/addmm whose M rows the plan split over the groups: entry i = rows chunk i
+    # against the whole (replicated) weight
+    split = a.dim() == 2 and int(st.params.get("msplit", 1)) > 1
+    mg = int(st.params.get("mrows", a3.shape[1])) if split else int(a3.shape[1])
+    n_entries = -(-int(a3.shape[1]) // mg) if split else int(a3.shape[0])
+
+    def entry(i: int) -> tuple[Any, Any]:
+        if split:
+            rows = a3[0, i * mg:(i + 1) * mg]
+            return rows, b3[0]
+        return a3[i], b3[i]
+
     outs, cycles, peak, busy = [], 0.0, 0, []
     density = None
     nnz, total = 0, 0
-    batch = a3.shape[0]
-    rounds = -(-batch // slots)
+    rounds = -(-n_entries // slots)
     for r in range(rounds):
         fab = _fabric(spec, st, timing_only)
         slowest = 0.0
-        for j in range(min(slots, batch - r * slots)):
-            i = r * slots + j
+        for j in range(min(slots, n_entries - r * slots)):
+            ai, bi = entry(r * slots + j)
             origin = ((j // gc) * p, (j % gc) * p)
             if timing_only:
-                res = gemm.run(tuple(a3.shape[1:]), tuple(b3.shape[1:]), grid=p, fabric=fab,
+                res = gemm.run(tuple(ai.shape), tuple(bi.shape), grid=p, fabric=fab,
                                dtype=st.dtype, accumulate="fp32", skip=skip, origin=origin)
             else:
-                an = to_np(a3[i])
+                an = to_np(ai)
                 if skip:
                     nnz, total = nnz + int(np.count_nonzero(an)), total + an.size
-                res = gemm.run(an, to_np(b3[i]), grid=p, fabric=fab, dtype=st.dtype,
+                res = gemm.run(an, to_np(bi), grid=p, fabric=fab, dtype=st.dtype,
                                accumulate="fp32", skip=skip, origin=origin)
                 outs.append(res.value)
             slowest = max(slowest, res.cycles)
@@ -103,13 +117,20 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
         density = nnz / total
     extra = 0.0
     if bias is not None:
-        mb, nb = -(-a3.shape[1] // p), -(-b3.shape[2] // p)
+        mb, nb = -(-mg // p), -(-b3.shape[2] // p)
         extra = rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
         peak += nb * (2 if st.dtype != "fp32" else 4)
+    if st.params.get("epilogue"):
+        from waferscale.compiler.plan import epilogue_cycles
+        extra += epilogue_cycles(spec, st, p, mg, rounds)
+        peak += -(-mg // p) * -(-b3.shape[2] // p) * (2 if st.dtype != "fp32" else 4)
     run = StageRun(cycles + extra, peak, float(np.mean(busy)), density)
     if timing_only:
         return None, run
-    out = np.stack(outs) if a.dim() == 3 else outs[0]
+    if split:
+        out = np.concatenate(outs, axis=0)
+    else:
+        out = np.stack(outs) if a.dim() == 3 else outs[0]
     if alpha != 1.0:
         out = out * np.float32(alpha)
     if bias is not None:
@@ -280,5 +301,29 @@ def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
     return out_vals, _done(fab)
 
 
-__all__ = ["StageRun", "run_attention", "run_embedding", "run_gemm", "run_layer_norm",
-           "run_pointwise", "run_softmax", "to_np", "to_torch"]
+def run_epilogue_node(node: Any, env: dict[str, Any]) -> torch.Tensor:
+    """One pointwise op fused into a GEMM stage (`plan.fuse_epilogues`): the same value
+    function and per-op rounding to the storage dtype as `run_pointwise`, on the whole
+    output (elementwise, so tiling it over the groups' PEs changes no value); its cycles
+    are part of the GEMM stage's (`plan.epilogue_cycles`)."""
+    from waferscale.compiler.ir import Ref
+
+    shape = tuple(node.meta["shape"])
+    vals = []
+    for a in node.args:
+        v = env[a.name] if isinstance(a, Ref) else a
+        if isinstance(v, torch.Tensor):
+            vals.append(to_np(v).astype(np.float32))
+        elif isinstance(v, (int, float, bool)):
+            vals.append(np.float32(v))
+        else:
+            vals.append(v)
+    with np.errstate(all="ignore"):
+        res = _pw_value(node.short, node.args, node.kwargs, vals)
+    out_dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[node.meta["dtype"]]
+    res = np.broadcast_to(to_storage(np.asarray(res, np.float32), out_dt), shape)
+    return to_torch(np.asarray(res, np.float32), getattr(torch, node.meta["dtype"]))
+
+
+__all__ = ["StageRun", "run_attention", "run_embedding", "run_epilogue_node", "run_gemm",
+           "run_layer_norm", "run_pointwise", "run_softmax", "to_np", "to_torch"]

@@ -110,6 +110,11 @@ def _execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | N
                 env[node.name] = node.fn(*val(node.args), **val(node.kwargs))
             continue
         if kind == "pointwise":
+            home = stages.get(node.meta.get("stage", ""))
+            if home is not None and home.kind == "gemm":  # fused into the GEMM's stage
+                env[node.name] = (_empty(node.meta) if timing_only
+                                  else kx.run_epilogue_node(node, env))
+                continue
             st = last_of.get(node.name)
             if st is None:
                 continue
