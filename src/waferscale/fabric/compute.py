@@ -103,6 +103,8 @@ def local_matmul(a: MeshTensor, b: MeshTensor, out_shape: tuple[int, ...],
 
     The caller states the global layout of the product (what the tiles mean together).
     ``accumulate='fp32'`` runs 16-bit inputs on the mixed fp16 x fp16 -> fp32 datapath.
+    Operands without tiles (a kernel that computes the values elsewhere, in one product
+    over the whole matrix) give a product without tiles; the clocks advance all the same.
     """
     if a.rect != b.rect:
         raise ShapeError(f"local_matmul: {a.name!r} on {a.rect} and {b.name!r} on {b.rect} "
@@ -119,7 +121,7 @@ def local_matmul(a: MeshTensor, b: MeshTensor, out_shape: tuple[int, ...],
     end = fabric.execute(a.rect, cycles, _ready(inputs), flops=2.0 * fmacs,
                          mem_bytes=fmacs * 3 * BYTES[a.dtype])
     tiles = None
-    if not fabric.timing_only:
+    if not fabric.timing_only and a.tiles is not None and b.tiles is not None:
         work = compute_dtype(a.dtype, accumulate)
         product = np.matmul(a.tiles.astype(work, copy=False), b.tiles.astype(work, copy=False))
         if acc is not None:

@@ -211,8 +211,11 @@ class MeshTensor:
         full = [self.tile_shape[a] * (self.rect.rows if a == self.row_map else
                                       self.rect.cols if a == self.col_map else 1)
                 for a in range(len(self.shape))]
-        padded = np.zeros(full, dtype=array.dtype)
-        padded[tuple(slice(0, s) for s in array.shape)] = array
+        if list(array.shape) == full:
+            padded = array      # blocks divide the axes: no padding copy to make
+        else:
+            padded = np.zeros(full, dtype=array.dtype)
+            padded[tuple(slice(0, s) for s in array.shape)] = array
         blocks = padded.reshape(split_shape)
         # mesh axes that are replicated get a length-1 axis, broadcast below
         lead = [r_pos, c_pos]
@@ -221,8 +224,10 @@ class MeshTensor:
                 blocks = np.expand_dims(blocks, blocks.ndim)
                 lead[k] = blocks.ndim - 1
         tiles = np.transpose(blocks, lead + rest)
-        return np.ascontiguousarray(np.broadcast_to(
+        out = np.ascontiguousarray(np.broadcast_to(
             tiles, (self.rect.rows, self.rect.cols, *self.tile_shape)))
+        # tiles are the fabric's own memory: never a view of the caller's array
+        return out.copy() if np.may_share_memory(out, array) else out
 
     # -- values --------------------------------------------------------------------------
     def to_numpy(self) -> np.ndarray:

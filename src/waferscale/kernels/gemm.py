@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from waferscale.errors import KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
@@ -327,6 +328,12 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
         out[: x.shape[0], : x.shape[1]] = x
         return to_storage(out, dtype)
 
+    value = None
+    if _whole_product(a_val, prob, algorithm):
+        # the tiles would only be summed step by step into C: one product over the whole
+        # matrices gives C (fp32 accumulate, summed in BLAS order rather than block by
+        # block: within the tolerance the kernel is held to) and the steps only run clocks
+        a_val, b_val, value = None, None, _product(a_val, b_val, dtype)
     a4 = None if a_val is None else _blocks4(padded(a_val, p * mb, p * kb), p, mb, kb)
     b4 = None if b_val is None else _blocks4(padded(b_val, p * kb, p * nb), p, kb, nb)
     a_op = place(a4, a_nnz, li, a_col, (p * mb, p * kb), "a")
@@ -339,7 +346,6 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
     a_op.owner.free()
     b_op.owner.free()
 
-    value = None
     if c.tiles is not None:
         logical = c.tiles[np.ix_(phys, phys)]
         value = logical.transpose(0, 2, 1, 3).reshape(p * mb, p * nb)[:m, :n]
@@ -347,6 +353,110 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
     return GemmResult(algorithm, p, value, cycles, spec.seconds(cycles),
                       ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate) / cycles,
                       fabric.stats(), fabric)
+
+
+def _whole_product(a_val: np.ndarray | None, prob: GemmProblem, algorithm: str) -> bool:
+    """Whether C's values can come from one product of the whole matrices.
+
+    Dense ring GEMMs (Cannon, MeshGEMM) accumulating in fp32: every PE sums its p block
+    products in fp32, which is C's block up to the order of the fp32 additions, and no
+    clock depends on a value (dense: no zeros are skipped). Millions of tiny per-PE tile
+    products (a BLAS call each) are then one BLAS call, and the steps carry clocks only,
+    which lets `_Periodic` skip the steps that repeat. A 16-bit accumulator rounds after
+    every step and SUMMA floods panels, so those keep the per-step products.
+    """
+    return (a_val is not None and prob.skip is None and prob.accumulate == "fp32"
+            and algorithm != "summa")
+
+
+def _product(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """``A @ B`` in fp32 from operands rounded to their storage dtype, as the tiles hold them.
+
+    Through torch: the compiled model runs torch between its GEMMs, and NumPy's own BLAS
+    threads then fight torch's spinning workers for the cores (a 0.1 ms product took 16 ms);
+    torch's matmul shares its thread pool.
+    """
+    work = np.float32
+    a32 = np.asarray(to_storage(a, dtype), dtype=work)
+    b32 = np.asarray(to_storage(b, dtype), dtype=work)
+    return torch.from_numpy(a32).matmul(torch.from_numpy(b32)).numpy()
+
+
+class _Periodic:
+    """Skips the steps of a ring GEMM once they repeat exactly, shifted in time.
+
+    Steps 1 .. p-2 are the same operation (send both blocks on, multiply, accumulate), the
+    clocks' arithmetic is translation-invariant (max and +) and, dense, nothing depends on
+    which block a PE holds. So when the state at the start of step s equals the state at
+    the start of step s-1 shifted by ``delta = begin_s - begin_{s-1}``, every later step is
+    that step shifted by delta again: the clocks a step writes advance by delta each step
+    and the counters (busy, stalled, flops, bytes, wavelets) by the same increment. The
+    state is compared where it can matter: a port clock or ready that did not move is
+    compared only if it could still win a ``max`` (every start in a step is >= its begin).
+
+    The jump is taken only when every value is an integer below 2**52, so ``x + r*delta``
+    is bit-for-bit the r repeated additions; otherwise the steps run one by one.
+    """
+
+    LIMIT = float(2 ** 52)
+
+    def __init__(self, fabric: Fabric, rect: Rect) -> None:
+        self.fabric = fabric
+        self.rows, self.cols = rect.slices
+        self.last: tuple[list[np.ndarray], list[np.ndarray], float] | None = None
+
+    def _clocks(self, tensors: list[MeshTensor]) -> list[np.ndarray]:
+        f, r, c = self.fabric, self.rows, self.cols
+        return [f.ce_clock[r, c], f.port_clock[:, r, c]] + [t.ready for t in tensors]
+
+    def _counters(self) -> list[np.ndarray]:
+        f, r, c = self.fabric, self.rows, self.cols
+        return [f.busy[r, c], f.stalled[r, c], f.flops[r, c], f.mem_bytes[r, c],
+                f.port_wavelets[:, r, c], np.array([f.wavelet_hops])]
+
+    @classmethod
+    def _exact(cls, arrays: list[np.ndarray]) -> bool:
+        """Every value an integer of magnitude below 2**52 (one pass over all of them)."""
+        x = np.concatenate([a.ravel() for a in arrays])
+        with np.errstate(invalid="ignore"):
+            return bool(np.all(np.abs(x) < cls.LIMIT) and np.all(np.floor(x) == x))
+
+    def observe(self, begin: float, tensors: list[MeshTensor], remaining: int
+                ) -> tuple[int, float]:
+        """Record the state at the start of a step that starts at ``begin``; if it repeats
+        the previous step's, advance the state by ``remaining`` steps in place and return
+        ``remaining`` and the begin of the step after them; else ``(0, begin)``."""
+        clocks, counters = self._clocks(tensors), self._counters()
+        last, self.last = self.last, ([x.copy() for x in clocks],
+                                      [x.copy() for x in counters], begin)
+        if last is None or remaining < 1:
+            return 0, begin
+        old_clocks, old_counters, old_begin = last
+        delta = begin - old_begin
+        if not delta > 0 or len(old_clocks) != len(clocks):
+            return 0, begin
+        moved = []
+        for x, old in zip(clocks, old_clocks, strict=True):
+            if x.shape != old.shape:
+                return 0, begin
+            step = x - old
+            shifted = step == delta
+            if not np.all(shifted | ((step == 0) & (x <= old_begin))):
+                return 0, begin
+            moved.append(shifted)
+        increments = [x - old for x, old in zip(counters, old_counters, strict=True)]
+        after_clocks = [x + remaining * delta * m for x, m in zip(clocks, moved, strict=True)]
+        after_counters = [x + remaining * inc for x, inc in zip(counters, increments,
+                                                                 strict=True)]
+        if not self._exact(clocks + counters + increments + after_clocks + after_counters
+                           + [np.array([begin, delta, begin + remaining * delta])]):
+            return 0, begin
+        for x, after in zip(clocks + counters[:-1], after_clocks + after_counters[:-1],
+                            strict=True):
+            x[...] = after
+        self.fabric.wavelet_hops = float(after_counters[-1][0])
+        self.last = None
+        return remaining, begin + remaining * delta
 
 
 def _multiply(a: MeshTensor, b: MeshTensor, acc: MeshTensor | None, prob: GemmProblem
@@ -369,7 +479,18 @@ def _run_ring(a_op: _Operand, b_op: _Operand, prob: GemmProblem, algorithm: str
     c: MeshTensor | None = None
     dest = ring_dest(p)
     begin = 0.0          # when the current step starts on every PE
-    for step in range(p):
+    # steps may be skipped only when they carry no values and every PE's work is the same
+    # every step (no nonzero counts, no zero skipping)
+    periodic = None
+    if a_op.owner.tiles is None and b_op.owner.tiles is None and prob.skip is None \
+            and a_op.nnz is None and b_op.nnz is None:
+        periodic = _Periodic(a_op.owner.fabric, a_op.owner.rect)
+    step = -1
+    while step + 1 < p:
+        step += 1
+        if periodic is not None and c is not None and step < p - 1:
+            skipped, begin = periodic.observe(begin, [a_op.owner, b_op.owner, c], p - 1 - step)
+            step += skipped
         nxt: list[_Operand] = []
         if step + 1 < p:
             for op, axis in ((a_op, 1), (b_op, 0)):
