@@ -423,9 +423,12 @@ def row_max(x: MeshTensor, layout: RowLayout, algorithm: str, ready: np.ndarray
 def _masked_max(x: MeshTensor) -> np.ndarray:
     tiles = x.tiles.astype(np.float32, copy=False)
     mask = last_axis_mask(x)
-    if mask is not None:
-        tiles = np.where(mask, tiles, np.float32(-np.inf))
-    return tiles.max(axis=-1, keepdims=True)
+    if mask is None:
+        return tiles.max(axis=-1, keepdims=True)
+    # the max over the real elements only, without a masked copy of the tiles (max is
+    # exact, so the same values as masking the padding with -inf first)
+    return np.max(tiles, axis=-1, keepdims=True, initial=np.float32(-np.inf),
+                  where=np.broadcast_to(mask, tiles.shape))
 
 
 def row_max_cycles(spec: WaferSpec, tile: Sequence[int], layout: RowLayout,
