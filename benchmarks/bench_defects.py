@@ -150,8 +150,8 @@ def genslm(spec_name: str, seq: int, seed: int = 0) -> None:
     """GenSLM-25M, compiled once, timed (`time_only`) on the perfect and remapped wafers."""
     import torch
 
+    from waferscale.api import CompiledModel, compile
     from waferscale.cli_compile import load_model
-    from waferscale.compiler.api import CompiledModel, compile
     from waferscale.fabric.defective import resolve_remap
 
     spec = get_spec(spec_name)

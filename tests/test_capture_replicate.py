@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from waferscale.api import CompiledModel, lower_graph
 from waferscale.cli_compile import load_model
 from waferscale.compiler import capture as cap
-from waferscale.compiler.api import CompiledModel, lower_graph
 from waferscale.hardware import get_spec
 
 KEYS = ("samples_per_second", "tokens_per_second", "period_cycles", "pipeline_fill_seconds",

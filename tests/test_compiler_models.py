@@ -182,7 +182,7 @@ def test_bad_inputs_are_typed_errors() -> None:
 
 
 def test_torch_compile_backend() -> None:
-    import waferscale.compiler.backend as backend
+    import waferscale.backend as backend
     m = MLP().eval()
     x = torch.randn(8, 32)
     with torch.no_grad():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from waferscale.api import PLACEMENT_KEYS
 from waferscale.cli_compile import compile_report, load_model, parse_rect
-from waferscale.compiler.api import PLACEMENT_KEYS
 from waferscale.compiler.floorplan import ConstraintError
 from waferscale.errors import WaferscaleError
 from waferscale.hardware.spec import get_spec

@@ -12,8 +12,8 @@ from waferscale.hardware import WaferSpec, get_spec
 
 def compile(model: Any, example_inputs: Any = None, **kwargs: Any) -> Any:  # noqa: A001
     """``waferscale.compile(model, example_inputs, spec="wse2", mode="auto")``: see
-    :func:`waferscale.compiler.api.compile` (imported lazily: torch loads on first use)."""
-    from waferscale.compiler.api import compile as _compile
+    :func:`waferscale.api.compile` (imported lazily: torch loads on first use)."""
+    from waferscale.api import compile as _compile
 
     return _compile(model, example_inputs, **kwargs)
 

@@ -1,6 +1,7 @@
 """The compiler: capture -> ir -> lower -> plan -> place -> route -> program (docs/compiler.md).
 
-`waferscale.compile` (in :mod:`api`) is the entry point; :mod:`backend` registers the
-``waferscale`` backend of ``torch.compile``. Submodules are imported lazily by callers so
-that importing the package stays cheap.
+The entry points that also *run* the result, `waferscale.compile` (`waferscale.api`) and
+the ``waferscale`` backend of ``torch.compile`` (`waferscale.backend`), sit above the
+runtime, outside this package: the compiler itself never imports the runtime. Submodules
+are imported lazily by callers so that importing the package stays cheap.
 """

@@ -28,7 +28,7 @@ def configure(spec: str = "wse2", max_side: int | None = None) -> None:
 
 
 def _compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-    from waferscale.compiler.api import CompiledModel, lower_graph
+    from waferscale.api import CompiledModel, lower_graph
 
     g = from_fx(gm)
     fold_constants(g)
