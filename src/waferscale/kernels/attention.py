@@ -38,7 +38,7 @@ from waferscale.fabric import Fabric, MeshTensor, Rect
 from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.timing import shift_cycles
-from waferscale.hardware.spec import WaferSpec
+from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels import rotary
 from waferscale.kernels.elementwise import (
     WORK,
@@ -46,7 +46,6 @@ from waferscale.kernels.elementwise import (
     local_pass,
     op_cycles,
     pad_mask,
-    resolve_spec,
 )
 
 KERNEL = "attention"
@@ -113,7 +112,7 @@ def plan(spec: WaferSpec | str | None, groups: int, seq: int, head_dim: int,
          rect_shape: tuple[int, int], *, dtype: str = "fp32", rotary_pct: float = 0.0
          ) -> Plan:
     """Validate sizes against the rectangle and the PE's SRAM; raise what would fit."""
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     check_dtype(KERNEL, dtype)
     rows, cols = rect_shape
     for name, value in (("groups", groups), ("seq", seq), ("head_dim", head_dim),
@@ -230,7 +229,7 @@ def cost(spec: WaferSpec | str | None, groups: int, seq: int, head_dim: int,
 
     with T0 the rotary passes; when W >= X this is E_{R-1} = T0 + W0 + (R - 1) W.
     """
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     p = plan(spec, groups, seq, head_dim, rect_shape, dtype=dtype, rotary_pct=rotary_pct)
     t0 = _rotary_cycles(spec, p)
     w0, w = step_cycles(spec, p, True), step_cycles(spec, p, False)

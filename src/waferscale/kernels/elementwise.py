@@ -170,10 +170,6 @@ def check_dtype(kernel: str, dtype: str) -> str:
     return dtype
 
 
-def resolve_spec(spec: WaferSpec | str | None) -> WaferSpec:
-    return get_spec(spec)
-
-
 def tile_shape(shape: Sequence[int], rect_shape: tuple[int, int], row_map: AxisMap,
                col_map: AxisMap) -> tuple[int, ...]:
     """The tile one PE holds, computed like `MeshTensor` does (ceil blocks)."""
@@ -256,7 +252,7 @@ def cost(spec: WaferSpec | str | None, op: str, shape: Sequence[int],
          rect_shape: tuple[int, int], *, row_map: AxisMap = 0, col_map: AxisMap = 1,
          dtype: str = "fp32") -> float:
     """Cycles of `run` for a ``shape`` tensor on a ``rect_shape`` rectangle (closed form)."""
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     if op not in POINTWISE:
         raise KernelError(f"elementwise: unknown op {op!r}; use one of {', '.join(POINTWISE)}")
     n = float(np.prod(tile_shape(shape, rect_shape, row_map, col_map)))
@@ -481,7 +477,7 @@ def softmax_cost(spec: WaferSpec | str | None, shape: Sequence[int],
                  rect_shape: tuple[int, int], *, row_map: AxisMap = 0, col_map: AxisMap = 1,
                  dtype: str = "fp32", algorithm: str = "chain") -> float:
     """Closed form of `softmax`: the sum of its passes and allreduces."""
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     layout = RowLayout.of("softmax", shape, rect_shape, row_map, col_map)
     tile = tile_shape(shape, rect_shape, row_map, col_map)
     n = float(np.prod(tile))

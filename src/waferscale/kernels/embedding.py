@@ -15,8 +15,8 @@ import numpy as np
 from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor, Rect
 from waferscale.fabric.dtypes import BYTES, to_storage
-from waferscale.hardware.spec import WaferSpec
-from waferscale.kernels.elementwise import check_dtype, local_pass, op_cycles, resolve_spec
+from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.kernels.elementwise import check_dtype, local_pass, op_cycles
 
 KERNEL = "embedding"
 #: Token ids are stored as 32-bit words (one wavelet each).
@@ -106,7 +106,7 @@ def _row_extent(tokens: int, rows: int, tr: int) -> np.ndarray:
 def cost(spec: WaferSpec | str | None, tokens: int, vocab: int, hidden: int,
          rect_shape: tuple[int, int], *, dtype: str = "fp32") -> float:
     """Closed form of `run`: one gather pass over the output tile, no fabric traffic."""
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     check(spec, tokens, vocab, hidden, rect_shape, dtype)
     tr, tc = -(-tokens // rect_shape[0]), -(-hidden // rect_shape[1])
     return float(op_cycles(spec, tr * tc, dtype, "copy"))

@@ -23,7 +23,7 @@ from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import to_storage
 from waferscale.fabric.tensor import AxisMap, _valid_extent
 from waferscale.fabric.timing import reduce_cycles
-from waferscale.hardware.spec import WaferSpec
+from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -33,7 +33,6 @@ from waferscale.kernels.elementwise import (
     local_pass,
     op_cycles,
     pad_mask,
-    resolve_spec,
     row_max,
     row_max_cycles,
     stat_tensor,
@@ -178,7 +177,7 @@ def cost(spec: WaferSpec | str | None, tokens: int, vocab: int, rect_shape: tupl
          *, row_map: AxisMap = 0, col_map: AxisMap = 1, dtype: str = "fp32",
          algorithm: str = "chain") -> float:
     """Closed form of `run` (loss and gradient)."""
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     check_dtype(KERNEL, dtype)
     shape = (tokens, vocab)
     layout = _layout(shape, rect_shape, row_map, col_map)

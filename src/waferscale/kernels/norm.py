@@ -20,7 +20,7 @@ from waferscale.errors import KernelShapeError
 from waferscale.fabric import MeshTensor
 from waferscale.fabric.dtypes import to_storage
 from waferscale.fabric.tensor import AxisMap
-from waferscale.hardware.spec import WaferSpec
+from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -31,7 +31,6 @@ from waferscale.kernels.elementwise import (
     local_pass,
     op_cycles,
     pad_mask,
-    resolve_spec,
     stat_tensor,
     tile_elements,
     tile_shape,
@@ -139,7 +138,7 @@ def cost(spec: WaferSpec | str | None, shape: Sequence[int], rect_shape: tuple[i
 
     ``weight`` / ``bias``: whether `run` gets them (each adds a read to the affine pass).
     """
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     check_dtype(KERNEL, dtype)
     layout = RowLayout.of(KERNEL, shape, rect_shape, row_map, col_map)
     tile = tile_shape(shape, rect_shape, row_map, col_map)

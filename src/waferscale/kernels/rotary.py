@@ -26,12 +26,11 @@ from waferscale.errors import KernelShapeError
 from waferscale.fabric import MeshTensor
 from waferscale.fabric.dtypes import to_storage
 from waferscale.fabric.tensor import AxisMap
-from waferscale.hardware.spec import WaferSpec
+from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels.elementwise import (
     check_dtype,
     local_pass,
     op_cycles,
-    resolve_spec,
     tile_shape,
 )
 
@@ -141,7 +140,7 @@ def cost(spec: WaferSpec | str | None, shape: Sequence[int], rect_shape: tuple[i
          row_map: AxisMap = 0, col_map: AxisMap = None, dtype: str = "fp32",
          rotary_pct: float = 0.25) -> float:
     """Closed form of `run`: two passes over the rotated features, a copy of the rest."""
-    spec = resolve_spec(spec)
+    spec = get_spec(spec)
     check_dtype(KERNEL, dtype)
     rot = rotary_dims(shape[-1], rotary_pct)
     _check(shape, row_map, col_map, rot)
