@@ -171,9 +171,12 @@ def reference(u: np.ndarray, u_prev: np.ndarray, vel: np.ndarray, steps: int) ->
 
 @dataclass
 class StencilResult:
+    """The field after the last step and the one before it (what a restart needs)."""
+
     u: np.ndarray | None
     cycles: float
     fabric: Fabric
+    u_prev: np.ndarray | None = None
 
 
 def run(fabric: Fabric, u0: np.ndarray | None, u_prev0: np.ndarray | None,
@@ -224,8 +227,9 @@ def run(fabric: Fabric, u0: np.ndarray | None, u_prev0: np.ndarray | None,
         u_prev, u = u, next_u
     acc.free()
     buffers.free()
-    return StencilResult(None if fabric.timing_only else u.to_numpy(), fabric.elapsed(),
-                         fabric)
+    if fabric.timing_only:
+        return StencilResult(None, fabric.elapsed(), fabric)
+    return StencilResult(u.to_numpy(), fabric.elapsed(), fabric, u_prev.to_numpy())
 
 
 def _z_slice(t: MeshTensor, z0: int, z1: int, not_before: np.ndarray) -> MeshTensor:
