@@ -14,7 +14,6 @@ from waferscale.errors import DtypeError
 
 STORAGE = {"fp32": np.float32, "fp16": np.float16, "bf16": np.float32}
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-ACCUMULATORS = ("fp32", "fp16", "bf16")
 
 
 def check_dtype(dtype: str) -> str:

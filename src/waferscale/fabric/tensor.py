@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from waferscale.errors import GridError, ShapeError
-from waferscale.fabric.dtypes import BYTES, check_dtype, to_storage
+from waferscale.fabric.dtypes import BYTES, check_dtype, elements_per_wavelet, to_storage
 from waferscale.fabric.grid import Fabric, Rect
 
 AxisMap = int | None | Literal["partial"]
@@ -267,8 +267,9 @@ class MeshTensor:
         return np.count_nonzero(flat, axis=-1).astype(float)
 
     def wavelets(self) -> np.ndarray:
-        """Wavelets one PE's tile occupies on a link (one element per wavelet)."""
-        return self.valid
+        """Wavelets one PE's tile occupies on a link (`dtypes.elements_per_wavelet`)."""
+        per = elements_per_wavelet(self.dtype)
+        return self.valid if per == 1 else np.ceil(self.valid / per)
 
     def free(self) -> None:
         """Release this tensor's SRAM (its values stay readable)."""

@@ -220,10 +220,6 @@ class Slicer:
                 and self.realize(node.right, r + x, c, h - x, w))
 
 
-def internal_count(node: Node) -> int:
-    return node.size - 1
-
-
 def sample_internal(node: Node, rng: np.random.Generator) -> Node | None:
     """A uniformly random internal node of the subtree, by one walk down (O(depth))."""
     if node.left is None:
