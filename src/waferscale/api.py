@@ -39,8 +39,8 @@ def _fallback_message(fb: list[dict[str, Any]]) -> str:
 
 
 #: Report keys of the placement (zero when the model was not placed).
-PLACEMENT_KEYS = ("utilization", "baseline_utilization", "colors_used", "peak_link_load",
-                  "place_seconds")
+PLACEMENT_KEYS = ("utilization", "flop_utilization", "baseline_utilization", "colors_used",
+                  "peak_link_load", "place_seconds")
 
 
 def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool = False,

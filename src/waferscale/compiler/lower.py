@@ -144,28 +144,62 @@ def _causal(node: Node, g: Graph) -> bool:
 
 
 def fuse_pointwise(g: Graph) -> int:
-    """Group chains of pointwise ops into one pass; ``meta['group']`` = the group's head.
+    """Group pointwise ops into one pass each; ``meta['group']`` = the group's first node.
 
-    A pointwise node joins its producer's group when the producer is pointwise, the node is
-    the producer's only consumer and both have the same shape: the intermediate then never
-    leaves the PE's registers, so the chain reads its inputs and writes its output once.
-    Returns the number of groups.
+    A value joins its consumers' group when it is pointwise and *private*: every user is a
+    pointwise op of the same shape. Its consumers then all sit in one group, so the value
+    never leaves the PE's registers and the group reads its external inputs once and
+    writes one output. This fuses DAGs, not only chains: a tanh-GELU reads the GEMM
+    output three times (``0.5 x``, ``x^3``, ``x + c x^3``) and is still one pass. A group
+    that would end with more than one value used outside it (only possible through
+    values read by several members) falls back to chains: a node joins its producer when
+    it is the producer's only consumer. Returns the number of groups.
     """
     users = g.users()
-    groups = 0
-    for node in g.calls():
-        if node.meta.get("kind") != "pointwise":
-            continue
-        head = node.name
+    pw = [n for n in g.calls() if n.meta.get("kind") == "pointwise"]
+    parent = {n.name: n.name for n in pw}
+    order = {n.name: i for i, n in enumerate(pw)}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def private(src: Node) -> bool:
+        return all(u in parent and g.nodes[u].meta["shape"] == src.meta["shape"]
+                   for u in users[src.name])
+
+    for node in pw:
         for name in node.inputs:
-            src = g.nodes[name]
-            if src.op == "call" and src.meta.get("kind") == "pointwise" \
-                    and users[name] == [node.name] and src.meta["shape"] == node.meta["shape"]:
-                head = src.meta["group"]
-                break
-        node.meta["group"] = head
-        if head == node.name:
+            if name in parent and g.nodes[name].meta["shape"] == node.meta["shape"] \
+                    and private(g.nodes[name]):
+                a, b = find(name), find(node.name)
+                if a != b:  # the earlier node heads the group
+                    a, b = (a, b) if order[a] < order[b] else (b, a)
+                    parent[b] = a
+    members: dict[str, list[str]] = {}
+    for node in pw:
+        members.setdefault(find(node.name), []).append(node.name)
+    groups = 0
+    for head, names in members.items():
+        inside = set(names)
+        outs = [m for m in names if any(u not in inside for u in users[m])]
+        if len(outs) == 1:
+            for m in names:
+                g.nodes[m].meta["group"] = head
             groups += 1
+            continue
+        for m in names:  # chains only
+            node = g.nodes[m]
+            lead = m
+            for name in node.inputs:
+                if name in inside and users[name] == [m] \
+                        and g.nodes[name].meta["shape"] == node.meta["shape"]:
+                    lead = g.nodes[name].meta["group"]
+                    break
+            node.meta["group"] = lead
+            groups += lead == m
     return groups
 
 

@@ -44,7 +44,7 @@ RELU_DENSITY = 0.5
 #: idle and the slowest stage got slower (420,287 vs 357,453 cycles), although the
 #: work-based utilisation figure rose (the calibrated work of the fused GEMMs grew); the
 #: area model must learn fused stages before this is on. Values match eager either way.
-FUSE_EPILOGUES = False
+FUSE_EPILOGUES = True
 
 TORCH_TO_FABRIC = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -179,41 +179,48 @@ def _numel(g: Graph, name: str) -> int:
 
 
 def fuse_epilogues(g: Graph, stages: dict[str, Stage], stage_of: dict[str, str]) -> None:
-    """Fuse pointwise stages into the mm/addmm that produces all their operands.
+    """Fuse pointwise stages into the mm/addmm whose output they read.
 
-    Why: a GELU or a bias-free scale after a GEMM is one more pass over the output tile the
+    Why: a GELU or a residual add after a GEMM is one more pass over the output tile the
     GEMM's PEs already hold; as a stage of its own it took a sliver of the wafer and the
     whole [tokens, 4d] tensor had to stream into it (the pipeline's bottleneck). The fused
     chain runs on the GEMM's groups after the product (``params["epilogue"]``, timed by
     `fused_cycles` on the per-PE output tile), and its values are computed by the same
-    value functions as a pointwise stage's. Only chains whose every tensor operand is the
-    GEMM's whole output (or an earlier fused chain's, through views) and whose result has
-    the GEMM output's size are fused: a slice or a broadcast would need data movement."""
+    value functions as a pointwise stage's. A chain is fused when at least one operand is
+    a GEMM's whole output as it lies on the PEs (through views only), every tensor operand
+    has that size and so has the result: the other operands (a residual stream, a second
+    GEMM's output) then arrive tile for tile in the GEMM's layout, which makes them
+    inbound streams of the GEMM's stage (``streamed``, with SRAM for their tiles). A slice
+    or a broadcast would need data movement, so those chains stay stages. Of several
+    GEMMs read, the chain joins the last one in pipeline order (its other operands are
+    ready by then)."""
+    order = {name: i for i, name in enumerate(stages)}
     for name in list(stages):
         st = stages[name]
         if st.kind != "pointwise":
             continue
         members = set(st.nodes)
-        homes: set[str | None] = set()
+        homes: list[str | None] = []
         sizes: set[int] = set()
         for n in st.nodes:
             for i in g.nodes[n].inputs:
                 if i in members or g.nodes[i].op == "const":
                     continue
-                homes.add(_direct_home(g, i, stage_of))
+                homes.append(_direct_home(g, i, stage_of))
                 sizes.add(_numel(g, i))
-        if len(homes) != 1:
+        gemms = [h for h in homes if h in stages and stages[h].kind == "gemm"
+                 and stages[h].params.get("op") in ("mm", "addmm")]
+        if not gemms:
             continue
-        home = homes.pop()
-        gst = stages.get(home) if home else None
-        if gst is None or gst.kind != "gemm" or gst.params.get("op") not in ("mm", "addmm"):
-            continue
+        home = max(gemms, key=order.__getitem__)
+        gst = stages[home]
         full = _numel(g, gst.nodes[0])
         if full <= 0 or sizes != {full} or _numel(g, st.nodes[-1]) != full:
             continue
         gst.nodes.extend(st.nodes)
         gst.params.setdefault("epilogue", []).append(
-            {"ops": st.params["ops"], "reads": st.params["reads"], "nodes": list(st.nodes)})
+            {"ops": st.params["ops"], "reads": st.params["reads"], "nodes": list(st.nodes),
+             "streamed": sum(h != home for h in homes)})
         gst.flops += st.flops
         for n in st.nodes:
             stage_of[n] = home
@@ -498,8 +505,9 @@ def _size_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
         st.cost_cycles += rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
         st.sram_per_pe += nb * BYTES[dt]
     st.cost_cycles += epilogue_cycles(spec, st, q, mg, rounds)
-    if p.get("epilogue"):
-        st.sram_per_pe += -(-mg // q) * -(-n // q) * BYTES[dt]
+    if p.get("epilogue"):  # the chains' output tile and a tile per streamed operand
+        tiles = 1 + sum(c.get("streamed", 0) for c in p["epilogue"])
+        st.sram_per_pe += tiles * -(-mg // q) * -(-n // q) * BYTES[dt]
 
 
 def epilogue_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
