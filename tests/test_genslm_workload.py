@@ -22,6 +22,7 @@ from waferscale.workloads import (
     genslm_config_file,
     read_fasta,
 )
+from waferscale.workloads.genslm import DEFAULT_ATTENTION
 
 ACCESSIONS = ["NC_045512.2", "ON338687.1", "ON338688.1", "ON338689.1", "ON338690.1"]
 DATA_FILES = [
@@ -237,7 +238,7 @@ def test_seed_fixes_weights_and_leaves_global_rng_alone():
     c = build_gpt2(n_layer=1, seed=8, n_embd=64, n_head=4, vocab_size=100)
     wa, wb, wc = (m.transformer.h[0].attn.c_attn.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
-    assert a.config._attn_implementation == "eager" and not a.config.use_cache
+    assert a.config._attn_implementation == DEFAULT_ATTENTION and not a.config.use_cache
 
 
 def test_gpt2_preset_is_gpt2_small_with_fewer_layers():

@@ -210,21 +210,50 @@ def fuse_epilogues(g: Graph, stages: dict[str, Stage], stage_of: dict[str, str])
                 sizes.add(_numel(g, i))
         gemms = [h for h in homes if h in stages and stages[h].kind == "gemm"
                  and stages[h].params.get("op") in ("mm", "addmm")]
-        if not gemms:
-            continue
-        home = max(gemms, key=order.__getitem__)
+        chain = {"ops": st.params["ops"], "reads": st.params["reads"], "nodes": list(st.nodes)}
+        if gemms:
+            home = max(gemms, key=order.__getitem__)
+            full = _numel(g, stages[home].nodes[0])
+            if full <= 0 or sizes != {full} or _numel(g, st.nodes[-1]) != full:
+                continue
+            chain["streamed"] = sum(h != home for h in homes)
+        else:
+            home = _sole_gemm_source(g, st, stages, stage_of)
+            if home is None:
+                continue
+            chain["numel"] = max(sizes | {_numel(g, st.nodes[-1])})
         gst = stages[home]
-        full = _numel(g, gst.nodes[0])
-        if full <= 0 or sizes != {full} or _numel(g, st.nodes[-1]) != full:
-            continue
         gst.nodes.extend(st.nodes)
-        gst.params.setdefault("epilogue", []).append(
-            {"ops": st.params["ops"], "reads": st.params["reads"], "nodes": list(st.nodes),
-             "streamed": sum(h != home for h in homes)})
+        gst.params.setdefault("epilogue", []).append(chain)
         gst.flops += st.flops
         for n in st.nodes:
             stage_of[n] = home
         del stages[name]
+
+
+def _sole_gemm_source(g: Graph, st: Stage, stages: dict[str, Stage],
+                      stage_of: dict[str, str]) -> str | None:
+    """The mm/addmm every tensor operand of a pointwise stage comes from through layout
+    ops (slices, cats, permutes: moves charged on the GEMM's rectangle), if there is one.
+
+    Why: GPT-NeoX's rotary embedding is six small chains over slices of the QKV product
+    (``q_rot * cos + rotate_half(q_rot) * sin``); as stages of their own each took a
+    sliver of the wafer and a stream. Their data already lies on the QKV GEMM's PEs, so
+    they run there, over the slice's elements spread on the GEMM's PEs (``numel``)."""
+    members = set(st.nodes)
+    found: set[str | None] = set()
+    for n in st.nodes:
+        for i in g.nodes[n].inputs:
+            if i in members or g.nodes[i].op == "const":
+                continue
+            found.add(home_of(g, i, stage_of))
+    if len(found) != 1:
+        return None
+    home = found.pop()
+    gst = stages.get(home) if home else None
+    if gst is None or gst.kind != "gemm" or gst.params.get("op") not in ("mm", "addmm"):
+        return None
+    return home
 
 
 def _describe(g: Graph, st: Stage) -> None:
@@ -512,12 +541,14 @@ def _size_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
 
 def epilogue_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
     """Cycles of the pointwise chains fused into a GEMM (`fuse_epilogues`): each chain is a
-    `fused_cycles` pass over the per-PE output tile (``ceil(mg/q) x ceil(n/q)``), after the
-    product, on every group; the runtime charges the same."""
+    `fused_cycles` pass over the per-PE output tile (``ceil(mg/q) x ceil(n/q)``), or for a
+    chain over a slice of the output its ``numel`` elements spread over the GEMM's PEs,
+    after the product, on every group; the runtime charges the same."""
     chains = st.params.get("epilogue") or []
     tile = -(-mg // q) * -(-st.params["n"] // q)
-    return rounds * sum(fused_cycles(spec, tile, st.dtype, c["ops"], c["reads"])
-                        for c in chains)
+    pes = q * q * max(1, st.params.get("msplit", 1))
+    return rounds * sum(fused_cycles(spec, -(-c["numel"] // pes) if "numel" in c else tile,
+                                     st.dtype, c["ops"], c["reads"]) for c in chains)
 
 
 def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,

@@ -136,7 +136,8 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
     if st.params.get("epilogue"):
         from waferscale.compiler.plan import epilogue_cycles
         extra += epilogue_cycles(spec, st, p, mg, rounds)
-        peak += -(-mg // p) * -(-b3.shape[2] // p) * (2 if st.dtype != "fp32" else 4)
+        tiles = 1 + sum(c.get("streamed", 0) for c in st.params["epilogue"])
+        peak += tiles * -(-mg // p) * -(-b3.shape[2] // p) * (2 if st.dtype != "fp32" else 4)
     run = StageRun(cycles + extra, peak, float(np.mean(busy)), density)
     if timing_only:
         return None, run

@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 #: Label value the HuggingFace causal-LM loss ignores (``CrossEntropyLoss`` default).
 IGNORE_INDEX = -100
 
-#: Attention the builders select by default. "eager" writes attention as matmul, softmax
-#: and matmul, the ops the wafer compiler maps onto kernels, and it exports for any batch;
-#: "sdpa" keeps one fused op (see docs/genslm.md).
-DEFAULT_ATTENTION = "eager"
+#: Attention the builders select by default. "sdpa" keeps one fused op, which the compiler
+#: maps to the flash-style attention kernel (scores stay on the PEs, so 10,240 codons fit);
+#: "eager" writes attention as matmul, softmax and matmul (see docs/genslm.md).
+DEFAULT_ATTENTION = "sdpa"
 
 # Keys of the published JSONs that are not GPTNeoXConfig fields of current transformers
 # (dropouts of the 4.21-era config, a DeepSpeed note); dropping them keeps the config free
