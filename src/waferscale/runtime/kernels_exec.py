@@ -238,12 +238,14 @@ def run_embedding(spec: WaferSpec, st: Stage, table: torch.Tensor, ids: torch.Te
                   timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
     fab = _fabric(spec, st, timing_only)
     flat = ids.reshape(-1)
+    layout = st.params.get("layout", "replicated")
     if timing_only:
         return None, StageRun(embedding.cost(spec, flat.numel(), table.shape[0], table.shape[1],
-                                             st.rect, dtype=st.dtype),
+                                             st.rect, dtype=st.dtype, layout=layout),
                               embedding.sram_bytes(flat.numel(), table.shape[0],
-                                                   table.shape[1], st.rect, st.dtype), 1.0)
-    out = embedding.run(fab, flat.numpy(), to_np(table), dtype=st.dtype)
+                                                   table.shape[1], st.rect, st.dtype,
+                                                   layout=layout), 1.0)
+    out = embedding.run(fab, flat.numpy(), to_np(table), dtype=st.dtype, layout=layout)
     val = out.to_numpy().reshape(*ids.shape, table.shape[1])
     return to_torch(val, table.dtype), _done(fab)
 
