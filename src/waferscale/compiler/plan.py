@@ -618,13 +618,7 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
             st.sram_per_pe = sm_bytes(*st.rect)
             st.algorithm = "max/exp/sum, chain allreduce"
         elif st.kind == "embedding":
-            t, v, h = p["tokens"], p["vocab"], p["hidden"]
-            st.rect = _row_rect(spec, t, h, area, bounds,
-                                lambda r, c: embedding.sram_bytes(t, v, h, (r, c), dt))
-            embedding.check(spec, t, v, h, st.rect, dt)
-            st.cost_cycles = embedding.cost(spec, t, v, h, st.rect, dtype=dt)
-            st.sram_per_pe = embedding.sram_bytes(t, v, h, st.rect, dt)
-            st.algorithm = "local gather, table replicated down rows"
+            _size_embedding(spec, st, area, bounds)
         elif st.kind == "pointwise":
             t, h = pointwise_layout(p["tokens"], p["hidden"], area, bounds, side_cap)
             st.params = {**p, "layout": [t, h]}
@@ -648,6 +642,42 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
         st.fits = False
         st.why_not = str(exc)
         st.rect = st.rect if st.rect != (0, 0) else (1, 1)
+
+
+def _size_embedding(spec: WaferSpec, st: Stage, area: float,
+                    bounds: tuple[int, int] | None) -> None:
+    """The table replicated down the rows when it fits (a local gather, no fabric
+    traffic: GenSLM's 69 codons), else sharded over the rows (GPT-2's 50,257 x 768 is
+    154 MB in fp32), whichever `embedding.choose_layout` finds fastest in the bounds; at
+    planning time, without bounds, about ``area`` PEs shaped like `_row_rect`, or the
+    whole wafer when a table needs more than that to be stored once."""
+    p, dt = st.params, st.dtype
+    t, v, h = p["tokens"], p["vocab"], p["hidden"]
+    layout = "replicated"
+    rect = _row_rect(spec, t, h, area, bounds,
+                     lambda r, c: embedding.sram_bytes(t, v, h, (r, c), dt))
+    if embedding.sram_bytes(t, v, h, rect, dt) > spec.sram_bytes:
+        if bounds is not None:
+            limits = bounds
+        else:
+            c = max(1, min(h, spec.cols, int(math.sqrt(max(area, 1)))))
+            limits = (max(1, min(spec.rows, int(max(area, 1) // c))), c)
+        try:
+            layout, r, c, _ = embedding.choose_layout(spec, t, v, h, max_rows=limits[0],
+                                                      max_cols=limits[1], dtype=dt)
+        except KernelError:
+            if bounds is not None:
+                raise
+            layout, r, c, _ = embedding.choose_layout(spec, t, v, h, max_rows=spec.rows,
+                                                      max_cols=spec.cols, dtype=dt)
+        rect = (r, c)
+    embedding.check(spec, t, v, h, rect, dt, layout=layout)
+    st.params = {**p, "layout": layout}
+    st.rect = rect
+    st.cost_cycles = embedding.cost(spec, t, v, h, rect, dtype=dt, layout=layout)
+    st.sram_per_pe = embedding.sram_bytes(t, v, h, rect, dt, layout=layout)
+    st.algorithm = ("local gather, table replicated down rows" if layout == "replicated"
+                    else "table sharded over rows, ids multicast, column reduce-scatter")
 
 
 def move_cycles(spec: WaferSpec, g: Graph, st: Stage, node: Node) -> float:
