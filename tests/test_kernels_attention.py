@@ -1,10 +1,21 @@
 """Causal attention and rotary: values against PyTorch / transformers, cycles against cost()."""
 
+import itertools
+import re
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from waferscale.errors import KernelDtypeError, KernelError, KernelFitError, KernelShapeError
+from waferscale.errors import (
+    KernelDtypeError,
+    KernelError,
+    KernelFitError,
+    KernelShapeError,
+    ShapeError,
+)
 from waferscale.fabric import Fabric
 from waferscale.fabric.dtypes import to_storage
 from waferscale.hardware import custom_spec, get_spec
@@ -153,6 +164,190 @@ def test_bad_attention_inputs():
         at.run(Fabric(SPEC, 2, 2), q, q, q, causal=False)
     with pytest.raises(KernelShapeError, match="even"):
         at.plan(SPEC, 2, 8, 6, (2, 2), rotary_pct=0.5)
+
+
+# ------------------------------------------------------------------------- folded chain -----
+FOLDED = [  # groups, seq, head_dim, rows, cols, fold, rotary_pct, dtype
+    (2, 16, 8, 4, 4, 2, 0.0, "fp32"),      # even R: the snake turns at the bottom row
+    (3, 37, 16, 5, 6, 3, 0.25, "fp32"),    # odd R, 3 groups on 2 bands, padded blocks
+    (3, 37, 16, 5, 6, 3, 0.25, "bf16"),
+    (5, 50, 8, 3, 9, 3, 0.5, "fp16"),      # 5 groups over 3 bands: the last band pads
+    (3, 41, 16, 4, 4, 2, 0.25, "bf16"),    # 3 groups over 2 bands of 2
+    (2, 10, 4, 5, 2, 2, 0.5, "fp32"),      # one token per block: the stream paces the chain
+    (4, 30, 8, 1, 4, 2, 0.0, "fp32"),      # one row: every hop is a turn east
+    (1, 40, 8, 3, 3, 3, 0.0, "fp16"),
+]
+
+
+@pytest.mark.parametrize("case", FOLDED)
+def test_folded_attention_matches_torch_and_cost(case):
+    groups, seq, d, rows, cols, fold, pct, dtype = case
+    f = Fabric(SPEC, rows + 2, cols + 1)
+    q, k, v = (RNG.standard_normal((groups, seq, d)).astype(np.float32) for _ in range(3))
+    out = at.run(f, q, k, v, rect=f.rect(1, 1, rows, cols), dtype=dtype, rotary_pct=pct,
+                 fold=fold)
+    assert isinstance(out, at.FoldedOutput) and out.rect == f.rect(1, 1, rows, cols)
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(out.to_numpy(), attention_reference(q, k, v, dtype, pct),
+                               rtol=rtol, atol=atol)
+    assert f.elapsed() == at.cost(SPEC, groups, seq, d, (rows, cols), dtype=dtype,
+                                  rotary_pct=pct, fold=fold)
+    p = at.plan(SPEC, groups, seq, d, (rows, cols), dtype=dtype, rotary_pct=pct, fold=fold)
+    assert p.chain == rows * fold and p.tq == -(-seq // (rows * fold))
+    assert f.sram.peak() == p.sram()["peak"]
+    assert f.sram.used.sum() == out.bytes_per_pe().sum()      # only the output is left
+
+
+@pytest.mark.parametrize("rows,cols,fold,seq", [(6, 6, 3, 50), (7, 4, 2, 60), (3, 8, 4, 24),
+                                                (16, 2, 2, 100), (2, 6, 6, 30)])
+def test_folded_cost_equals_fabric_over_a_sweep_timing_only(rows, cols, fold, seq):
+    for dtype in ("fp32", "bf16"):
+        f = Fabric(SPEC, rows, cols, timing_only=True)
+        groups = cols // fold * 2 - 1                        # the last band is short
+        z = np.broadcast_to(np.float32(0), (groups, seq, 16))
+        at.run(f, z, z, z, dtype=dtype, rotary_pct=0.25, fold=fold)
+        assert f.elapsed() == at.cost(SPEC, groups, seq, 16, (rows, cols), dtype=dtype,
+                                      rotary_pct=0.25, fold=fold)
+
+
+def test_snake_hops_are_single_links():
+    """Consecutive chain positions are neighbours; turns go east on the end rows only."""
+    for rows, cols, fold in ((5, 6, 3), (4, 8, 4), (1, 4, 2), (3, 3, 1)):
+        sn = at._snake(rows, cols, fold)
+        dr, dc = np.diff(sn.row)[:, None], np.diff(sn.col, axis=0)
+        assert np.all(np.abs(dr) + np.abs(dc) == 1)
+        for b in range(rows * fold - 1):
+            _, hr, hc = at._HOPS[sn.hop[sn.row[b], sn.col[b, 0]]]
+            assert (hr, hc) == (dr[b, 0], dc[b, 0])
+        assert sorted(sn.block.ravel()) == sorted(np.repeat(np.arange(rows * fold),
+                                                            cols // fold))
+    f = Fabric(SPEC, 5, 6, timing_only=True)
+    z = np.broadcast_to(np.float32(0), (2, 45, 8))
+    at.run(f, z, z, z, fold=3)
+    east = f.port_wavelets[0]
+    assert east[[0, 4]].sum() > 0 and east[1:4].sum() == 0   # turns only on the end rows
+    assert east[:, [2, 5]].sum() == 0                        # never across a band boundary
+
+
+def test_fold_one_is_the_default_layout():
+    f1, f2 = Fabric(SPEC, 6, 2), Fabric(SPEC, 6, 2)
+    q = RNG.standard_normal((4, 30, 16)).astype(np.float32)
+    a = at.run(f1, q, q, q, dtype="fp16", rotary_pct=0.25)
+    b = at.run(f2, q, q, q, dtype="fp16", rotary_pct=0.25, fold=1)
+    assert type(b) is type(a) and b.shape == (4, 30, 16)
+    np.testing.assert_array_equal(a.tiles, b.tiles)
+    np.testing.assert_array_equal(f1.port_clock, f2.port_clock)
+
+
+def test_folding_beats_the_unfolded_chain_on_genslm():
+    spec = get_spec("wse2")
+    unfolded = at.cost(spec, 8, 10240, 64, (931, 8), dtype="fp16", rotary_pct=0.25)
+    folded = at.cost(spec, 8, 10240, 64, (640, 64), dtype="fp16", rotary_pct=0.25, fold=8)
+    assert folded < unfolded / 3
+
+
+def _recurrence(t0, w0, w, x, steps):
+    """The step recurrence `last_step_end` solves, step by step (what cost() used to loop)."""
+    arrive, done_prev2, done = t0, 0, t0 + w0
+    for _ in range(1, steps):
+        arrive = max(arrive, done_prev2) + x
+        done_prev2, done = done, max(done, arrive) + w
+    return done
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10 ** 6), st.integers(1, 10 ** 6), st.integers(1, 10 ** 6),
+       st.integers(1, 10 ** 6), st.integers(1, 400))
+def test_closed_form_equals_the_recurrence(t0, w0, w, x, steps):
+    assert at.last_step_end(t0, w0, w, x, steps) == _recurrence(t0, w0, w, x, steps)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0, 1e4), st.floats(0.5, 1e4), st.floats(0.5, 1e4), st.floats(0.5, 1e4),
+       st.integers(1, 200))
+def test_closed_form_equals_the_recurrence_on_reals(t0, w0, w, x, steps):
+    assert float(at.last_step_end(t0, w0, w, x, steps)) == pytest.approx(
+        _recurrence(t0, w0, w, x, steps), rel=1e-9)
+
+
+def test_cost_is_cached_and_takes_lists():
+    at._cost.cache_clear()
+    a = at.cost(SPEC, 8, 64, 16, [8, 8])
+    assert at.cost(SPEC, 8, 64, 16, (8, 8)) == a and at._cost.cache_info().hits == 1
+
+
+SMALL = custom_spec(rows=24, cols=12, sram_bytes=4096)
+
+
+def _brute_force(spec, groups, seq, d, max_rows, max_cols, dtype, pct):
+    """Every (rows, cols, fold) within the bounds: the fastest that fits, by cost()."""
+    best = None
+    for rows, fold in itertools.product(range(1, max_rows + 1), range(1, max_cols + 1)):
+        for bands in range(1, max_cols // fold + 1):
+            try:
+                c = at.cost(spec, groups, seq, d, (rows, bands * fold), dtype=dtype,
+                            rotary_pct=pct, fold=fold)
+            except KernelError:
+                continue
+            best = c if best is None else min(best, c)
+    return best
+
+
+@pytest.mark.parametrize("groups,seq,d,max_rows,max_cols,dtype,pct", [
+    (3, 40, 8, 6, 9, "fp32", 0.0), (4, 100, 16, 24, 12, "bf16", 0.25),
+    (2, 9, 4, 12, 12, "fp32", 0.5), (5, 300, 16, 24, 12, "fp16", 0.25)])
+def test_choose_layout_is_the_fastest_that_fits(groups, seq, d, max_rows, max_cols, dtype, pct):
+    rows, cols, fold, cycles = at.choose_layout(SMALL, groups, seq, d, max_rows=max_rows,
+                                                max_cols=max_cols, dtype=dtype, rotary_pct=pct)
+    assert rows <= max_rows and cols <= max_cols and cols % fold == 0
+    assert cycles == at.cost(SMALL, groups, seq, d, (rows, cols), dtype=dtype, rotary_pct=pct,
+                             fold=fold)
+    assert cycles == _brute_force(SMALL, groups, seq, d, max_rows, max_cols, dtype, pct)
+
+
+def test_choose_layout_unfolded_within_a_narrow_rectangle_and_refuses_what_cannot_fit():
+    spec = get_spec("wse2")
+    rows, cols, fold, _ = at.choose_layout(spec, 8, 10240, 64, max_rows=994, max_cols=8,
+                                           dtype="fp16", rotary_pct=0.25)
+    assert (cols, fold) == (8, 1) and rows <= 994
+    rows, cols, fold, cycles = at.choose_layout(spec, 8, 10240, 64, max_rows=994,
+                                                max_cols=64, dtype="fp16", rotary_pct=0.25)
+    assert fold > 1 and cycles < at.cost(spec, 8, 10240, 64, (931, 8), dtype="fp16",
+                                         rotary_pct=0.25) / 3
+    with pytest.raises(KernelFitError, match=r"at least \d+ PE rows at fold \d+"):
+        at.choose_layout(spec, 8, 10240, 64, max_rows=16, max_cols=16, dtype="fp16")
+    with pytest.raises(KernelShapeError, match="max_cols must be a positive integer"):
+        at.choose_layout(spec, 8, 1024, 64, max_rows=16, max_cols=0)
+
+
+@pytest.mark.parametrize("fold,rows", [(1, 64), (4, 16)])
+def test_the_suggested_rows_fit(fold, rows):
+    """The fit error's "at least N PE rows" is a layout that fits (two K/V buffers)."""
+    with pytest.raises(KernelFitError, match=r"at least (\d+) PE rows") as err:
+        at.plan("wse2", 8, 10240, 64, (rows, 8 * fold), dtype="fp16", rotary_pct=0.25,
+                fold=fold)
+    rows = int(re.search(r"at least (\d+) PE rows", str(err.value)).group(1))
+    at.plan("wse2", 8, 10240, 64, (rows, 8 * fold), dtype="fp16", rotary_pct=0.25, fold=fold)
+    with pytest.raises(KernelFitError):
+        at.plan("wse2", 8, 10240, 64, (rows - 1, 8 * fold), dtype="fp16", rotary_pct=0.25,
+                fold=fold)
+
+
+def test_bad_folds():
+    with pytest.raises(KernelShapeError, match="multiple of 2"):
+        at.plan(SPEC, 4, 32, 8, (4, 3), fold=2)
+    with pytest.raises(KernelShapeError, match="fold must be a positive integer"):
+        at.plan(SPEC, 4, 32, 8, (4, 4), fold=0)
+    with pytest.raises(KernelFitError, match="at most 4 columns"):
+        at.plan(SPEC, 2, 32, 8, (4, 6), fold=2)
+    with pytest.raises(KernelFitError, match="at most 5 PE rows at fold 2"):
+        at.plan(SPEC, 2, 10, 8, (6, 2), fold=2)
+    with pytest.raises(KernelFitError, match=r"needs \d+ B per PE.*at fold 2"):
+        at.plan("wse2", 8, 10240, 64, (64, 16), dtype="fp16", fold=2)
+    f = Fabric(SPEC, 4, 4, timing_only=True)
+    z = np.broadcast_to(np.float32(0), (2, 16, 8))
+    with pytest.raises(ShapeError, match="timing-only"):
+        at.run(f, z, z, z, fold=2).to_numpy()
 
 
 # ------------------------------------------------------------------------------ rotary ------

@@ -191,10 +191,11 @@ def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
     b, h, s, d = q.shape
     if timing_only:
         z = np.broadcast_to(np.float32(0), (b, h, s, d))
-        attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale)
+        attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale,
+                      fold=st.params.get("fold", 1))
         return None, _done(fab)
     out = attention.run(fab, to_np(q), to_np(k), to_np(v), dtype=st.dtype, causal=True,
-                        scale=scale)
+                        scale=scale, fold=st.params.get("fold", 1))
     val = out.to_numpy().reshape(b, h, s, d)
     return to_torch(val, q.dtype), _done(fab)
 
