@@ -101,6 +101,30 @@ def test_transformers_models_match_eager(build, dtype) -> None:
     assert {"gemm", "attention", "layer_norm", "embedding", "pointwise"} <= kinds
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_closed_form_equals_simulation(dtype, monkeypatch) -> None:
+    """The runtime's attention shortcut (cycles from cost(), values from PyTorch) against
+    the kernel simulated step by step: the same cycles, SRAM and busy share, and values
+    within the kernel's tolerance."""
+    from waferscale.runtime import kernels_exec as kx
+
+    m = _neox(dtype)
+    ids = torch.randint(0, 69, (2, 32), generator=torch.Generator().manual_seed(3))
+    cm = waferscale.compile(m, {"input_ids": ids})
+    fast = _logits(cm(input_ids=ids))
+    fast_rep = cm.report()
+    monkeypatch.setattr(kx, "SIMULATE_ATTENTION", True)
+    slow = _logits(cm(input_ids=ids))
+    slow_rep = cm.report()
+    att = [s["stage"] for s in fast_rep["stages"] if s["kind"] == "attention"]
+    assert att
+    for key in ("cycles", "sram_per_pe", "utilisation"):
+        a = {s["stage"]: s[key] for s in fast_rep["stages"] if s["stage"] in att}
+        b = {s["stage"]: s[key] for s in slow_rep["stages"] if s["stage"] in att}
+        assert b == pytest.approx(a, rel=1e-6), key
+    assert float((fast.float() - slow.float()).abs().max()) < TOL[dtype]
+
+
 def test_handwritten_gpt() -> None:
     torch.manual_seed(0)
     m = TinyGPT().eval()

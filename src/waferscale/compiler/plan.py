@@ -570,32 +570,7 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
         if st.kind == "gemm":
             _size_gemm(spec, st, area, side_cap, bounds)
         elif st.kind == "attention":
-            g_, s, d = p["groups"], p["seq"], p["head_dim"]
-            cols = max(1, min(g_, spec.cols, side_cap))
-            if bounds is not None:
-                cols = max(1, min(g_, bounds[1]))
-            best: tuple[float, int] | None = None
-            cap_rows = max(1, min(s, spec.rows, int(max(area, 1) // cols)))
-            if bounds is not None:
-                cap_rows = max(1, min(s, bounds[0]))
-            cands = sorted({min(s, 2 ** i) for i in range(0, 11)} | {cap_rows, s})
-            for rows in cands:
-                if rows > min(s, spec.rows) or (bounds is not None and rows > cap_rows):
-                    continue
-                try:
-                    c = attention.cost(spec, g_, s, d, (rows, cols), dtype=dt)
-                except KernelError:
-                    continue
-                if rows > cap_rows and best is not None:
-                    continue
-                if best is None or c < best[0]:
-                    best = (c, rows)
-            if best is None:
-                raise KernelError(f"attention {g_}x{s}x{d} fits no rectangle of the wafer")
-            st.rect = (best[1], cols)
-            st.cost_cycles = best[0]
-            st.sram_per_pe = attention.plan(spec, g_, s, d, st.rect, dtype=dt).sram()["peak"]
-            st.algorithm = "flash, K/V streamed south"
+            _size_attention(spec, st, area, side_cap, bounds)
         elif st.kind == "layer_norm":
             t, h = p["tokens"], p["hidden"]
 
@@ -642,6 +617,36 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
         st.fits = False
         st.why_not = str(exc)
         st.rect = st.rect if st.rect != (0, 0) else (1, 1)
+
+
+def _size_attention(spec: WaferSpec, st: Stage, area: float, side_cap: int,
+                    bounds: tuple[int, int] | None) -> None:
+    """The fastest flash-attention layout (`attention.choose_layout`: query blocks over
+    rows, each group's chain of blocks snaked over ``fold`` columns) inside the placed
+    rectangle, or at planning time inside about ``area`` PEs of full-height columns
+    (the whole wafer when nothing fits there)."""
+    p, dt = st.params, st.dtype
+    g_, s, d = p["groups"], p["seq"], p["head_dim"]
+    if bounds is not None:
+        limits = bounds
+    else:
+        rows = max(1, min(spec.rows, side_cap))
+        limits = (rows, max(1, min(spec.cols, side_cap, int(max(area, 1) // rows))))
+    try:
+        rows, cols, fold, cycles = attention.choose_layout(
+            spec, g_, s, d, max_rows=limits[0], max_cols=limits[1], dtype=dt)
+    except KernelError:
+        if bounds is not None:
+            raise
+        rows, cols, fold, cycles = attention.choose_layout(
+            spec, g_, s, d, max_rows=min(spec.rows, side_cap),
+            max_cols=min(spec.cols, side_cap), dtype=dt)
+    st.params = {**p, "fold": fold}
+    st.rect = (rows, cols)
+    st.cost_cycles = cycles
+    st.sram_per_pe = attention.plan(spec, g_, s, d, st.rect, dtype=dt,
+                                    fold=fold).sram()["peak"]
+    st.algorithm = f"flash, K/V streamed along a snake (fold {fold})"
 
 
 def _size_embedding(spec: WaferSpec, st: Stage, area: float,

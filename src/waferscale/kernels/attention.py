@@ -393,6 +393,18 @@ def _final_cycles(spec: WaferSpec, g: Any, tq: Any, head_dim: int) -> Any:
             + op_cycles(spec, g * tq * head_dim, WORK, "mul"))
 
 
+def mean_busy_cycles(spec: WaferSpec | str | None, p: Plan) -> float:
+    """CE cycles a PE of the layout computes, on average over the chain: position l runs
+    l + 1 of the L steps (causal: later query blocks see more keys), so the mean is
+    ``T0 + W0 + F + W (L - 1) / 2``; divided by `cost` it is the stage's busy share."""
+    spec = get_spec(spec)
+    t0 = _rotary_cycles(spec, p.g * p.tq * p.rot, p.dtype)
+    w0 = _step_cycles(spec, p.g, p.tq, p.head_dim, p.dtype, True)
+    w = _step_cycles(spec, p.g, p.tq, p.head_dim, p.dtype, False)
+    f = _final_cycles(spec, p.g, p.tq, p.head_dim)
+    return float(t0 + w0 + f + w * (p.chain - 1) / 2)
+
+
 def _hop_cycles(spec: WaferSpec, wavelets: Any) -> Any:
     """One K/V block over one hop; no link carries two blocks of a step."""
     return np.vectorize(lambda w: transfer_cycles(spec, w, 1), otypes=[float])(wavelets)
