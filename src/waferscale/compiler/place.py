@@ -48,8 +48,8 @@ from waferscale.fabric.timing import stream_cycles
 from waferscale.hardware.spec import WaferSpec
 
 #: The compiler's floorplanner settings. Every block carries its kernel's real time in a
-#: rectangle (``Block.time_at``) and the shape it can use (``max_rows`` x ``max_cols``), so
-#: the balance term already sees what a sliver costs and the aspect term stays the
+#: rectangle (``Block.time_at``; water filling reads its areas off the sampled time curve),
+#: so the balance term already sees what a sliver costs and the aspect term stays the
 #: library's light default. Annealing is a fixed, seeded number of moves (no time box):
 #: the same model compiles to the same placement on every machine.
 COMPILE_CONFIG = FloorplanConfig(time_limit_s=None, moves_per_block=60, seed=0)
@@ -80,15 +80,13 @@ def as_rect(r: RectLike, what: str) -> Rect:
 @dataclass
 class Calibration:
     """What the floorplanner needs to know about one stage (see the module docstring):
-    the area model (``work``, ``latency``), the SRAM, and the shape model: the largest
-    rectangle the kernel uses (``max_rows`` x ``max_cols``, its own choice on the whole
-    wafer) and its real cycles in a given rectangle (:func:`stage_time_at`)."""
+    the area model (``work``, ``latency``: the strip baseline and the wire/aspect terms
+    use it) and the SRAM. Its real cycles in a given rectangle come from
+    :func:`stage_time_at`, and the areas from their curves (``time_curve``)."""
 
     work: float
     latency: float
     sram: float
-    max_rows: int = 0
-    max_cols: int = 0
 
 
 @dataclass
@@ -161,33 +159,6 @@ def stage_time_at(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
     return time_at
 
 
-def usable_shape(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
-                 max_side: int | None = None) -> tuple[int, int]:
-    """The largest rectangle the kernel can use: of the bounds (wafer sides halved
-    repeatedly, ~100 shapes) the fastest one it fits, its kernel's own shape there (a
-    GEMM's p <= min(m, k, n) and its fastest grid, attention's groups x query rows, a row
-    kernel's tokens x hidden, a softmax's columns limited by its per-row buffers); among
-    shapes within 1 % of the fastest, the fewest PEs. More PEs than that only idle."""
-    sides_r = sorted({max(1, spec.rows >> i) for i in range(11)})
-    sides_c = sorted({max(1, spec.cols >> i) for i in range(11)})
-    best: tuple[float, int, tuple[int, int]] | None = None
-    found: list[tuple[float, int, tuple[int, int]]] = []
-    for h in sides_r:
-        for w in sides_c:
-            c = _timed(spec, g, st, moves, bounds=(h, w), max_side=max_side)
-            if not c.fits:
-                continue
-            item = (float(c.cost_cycles + c.move_cycles), c.pes, (c.rect[0], c.rect[1]))
-            found.append(item)
-            if best is None or item[0] < best[0]:
-                best = item
-    if best is None:
-        return spec.rows, spec.cols
-    near = [f for f in found if f[0] <= best[0] * 1.01]
-    shape = min(near, key=lambda f: (f[1], f[0]))[2]
-    return max(1, shape[0]), max(1, shape[1])
-
-
 def out_numel(g: Graph, st: Stage) -> int:
     """Elements of a stage's output (the first output of a multi-output kernel)."""
     node = g.nodes[st.nodes[-1]]
@@ -248,13 +219,9 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
                            if i in by_name and i != s.name) for s in on_wafer}
     cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
-    for s in on_wafer:
-        cal[s.name].max_rows, cal[s.name].max_cols = usable_shape(
-            spec, g, s, moves.get(s.name, []), max_side)
     blocks = [Block(s.name, cal[s.name].work, cal[s.name].sram * SRAM_MARGIN,
                     min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
-                    latency_cycles=cal[s.name].latency, max_rows=cal[s.name].max_rows,
-                    max_cols=cal[s.name].max_cols,
+                    latency_cycles=cal[s.name].latency,
                     time_at=stage_time_at(spec, g, s, moves.get(s.name, []), max_side,
                                           feeds[s.name]))
               for s in on_wafer]
@@ -435,5 +402,4 @@ def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
 
 __all__ = ["COMPILE_CONFIG", "Calibration", "PlacedProgram", "as_rect", "build_problem",
            "busy_pe_cycles", "calibrate", "fit_into", "flop_utilization", "out_numel", "place",
-           "place_plan", "read_numel", "routed_offsets", "stage_time_at", "usable_shape",
-           "wavelets"]
+           "place_plan", "read_numel", "routed_offsets", "stage_time_at", "wavelets"]

@@ -13,8 +13,19 @@ import numpy as np
 from waferscale.fabric.grid import Rect
 
 
+def curve_area(areas: np.ndarray, times: np.ndarray, t: float) -> float:
+    """Fewest sampled PEs at which a block's time curve (non-increasing) reaches ``t``;
+    the largest sampled area when ``t`` is below the curve's fastest time. No
+    interpolation between samples: kernel times fall in stairs, and an area between two
+    samples may run no faster than the smaller one (`PlacementProblem.time_curve`
+    samples densely where the time drops)."""
+    ok = np.flatnonzero(times <= t)
+    return float(areas[ok[0]] if ok.size else areas[-1])
+
+
 def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
-               total_area: float, max_area: np.ndarray | None = None
+               total_area: float, max_area: np.ndarray | None = None,
+               curves: list[tuple[np.ndarray, np.ndarray] | None] | None = None
                ) -> tuple[np.ndarray, float]:
     """Real-valued areas and the common stage time T.
 
@@ -23,6 +34,8 @@ def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
     never planned more (the PEs would idle), so T is at least ``max_i work_i / max_i +
     latency_i`` and, when the capped blocks leave PEs over, the areas sum to less than
     ``total_area``: the rest is slack the slicer spreads, not time any block gains.
+    ``curves[i]`` (areas, non-increasing times), where given, replaces block i's
+    ``W / a + L`` model: its area at T is read off the curve (`curve_area`).
     """
     work = np.asarray(work, dtype=float)
     latency = np.asarray(latency, dtype=float)
@@ -36,14 +49,25 @@ def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
         areas = min_area + extra * (min_area / min_area.sum())
         return areas, float(np.max(work / np.minimum(areas, cap) + latency))
 
+    curved = [k for k, c in enumerate(curves or []) if c is not None]
+
     def areas_at(t: float) -> np.ndarray:
         slack = np.maximum(t - latency, 1e-300)
-        return np.minimum(cap, np.maximum(min_area, work / slack))
+        out = np.minimum(cap, np.maximum(min_area, work / slack))
+        for k in curved:
+            a, ts = curves[k]  # type: ignore[index]
+            out[k] = min(cap[k], max(min_area[k], curve_area(a, ts, t)))
+        return out
 
-    # No T below the slowest capped block is reachable, however many PEs are left.
+    # No T below the slowest capped block is reachable, however many PEs are left (a
+    # curve's latency is inside its times).
     with np.errstate(divide="ignore"):
-        floor_t = float(np.max(np.where(np.isfinite(cap), work / cap + latency, 0.0)))
-    lo = max(float(latency.max()), floor_t)
+        capped_t = np.where(np.isfinite(cap), work / cap + latency, 0.0)
+    fit_latency = latency.copy()
+    for k in curved:
+        capped_t[k] = float(np.min(curves[k][1]))  # type: ignore[index]
+        fit_latency[k] = 0.0
+    lo = max(float(fit_latency.max()), float(np.max(capped_t)))
     if areas_at(lo).sum() <= total_area:
         hi = lo
     else:

@@ -95,8 +95,10 @@ def initial_layout(problem: PlacementProblem, config: FloorplanConfig | None = N
     need = problem.min_areas.copy()
     if order.size:
         caps = problem.max_areas[order]
+        curves = [problem.time_curve(int(b)) if problem.has_time_at[b] else None
+                  for b in order]
         areas, t_ref = water_fill(problem.work[order], problem.latency[order],
-                                  need[order], free_area, caps)
+                                  need[order], free_area, caps, curves)
         if cfg.io_lane_load > 0 and len(problem.nets):
             t_in = np.zeros(problem.n)
             t_out = np.zeros(problem.n)
@@ -107,7 +109,7 @@ def initial_layout(problem: PlacementProblem, config: FloorplanConfig | None = N
                              max(budget - float(need[order].sum()), 0.0))
             need[order] = np.maximum(need[order], floor)
             areas, t_ref = water_fill(problem.work[order], problem.latency[order],
-                                      need[order], free_area, caps)
+                                      need[order], free_area, caps, curves)
         targets[order] = areas
     fixed = [i for i, b in enumerate(problem.blocks) if b.fixed is not None]
     if fixed and not order.size:

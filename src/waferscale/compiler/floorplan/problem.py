@@ -18,6 +18,12 @@ from waferscale.compiler.floorplan.errors import BlockSramError, ConstraintError
 from waferscale.fabric.grid import Rect
 from waferscale.hardware.spec import WaferSpec
 
+#: `PlacementProblem.time_curve`: areas sampled per block, the time ratio between
+#: neighbouring samples above which the gap is bisected, and how many times at most.
+CURVE_SAMPLES = 16
+CURVE_STEP = 1.2
+CURVE_REFINE = 4
+
 
 @dataclass(frozen=True)
 class Block:
@@ -224,6 +230,47 @@ class PlacementProblem:
         areas = np.minimum(np.asarray(areas, dtype=float), self.max_areas)
         with np.errstate(divide="ignore"):
             return np.where(areas > 0, self.work / np.maximum(areas, 1e-300), np.inf) + self.latency
+
+    def time_curve(self, b: int, samples: int = CURVE_SAMPLES
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(areas, times): the fastest a block with ``time_at`` runs on about each area
+        from its SRAM minimum to what it can use, over a few rectangle shapes per area
+        (aspects 1, 2, 1/2, 4, 1/4 within ``max_rows x max_cols`` and the wafer). Times are
+        made non-increasing in area (a kernel given more PEs can leave them idle).
+        ``samples`` areas are spaced geometrically; where the time falls by more than
+        `CURVE_STEP` between neighbours, the gap is bisected (up to `CURVE_REFINE` times),
+        so the steps of kernels whose time falls in stairs (attention at one token per
+        block, a GEMM's square grid) are found. Water filling reads areas off these
+        curves instead of the ``W / a + L`` fit, which misjudges such kernels."""
+        spec = self.spec
+        assert self.blocks[b].time_at is not None
+        rows_cap = int(min(self.max_rows[b], spec.rows))
+        cols_cap = int(min(self.max_cols[b], spec.cols))
+        lo = max(1, int(self.min_areas[b]))
+        hi = max(lo, rows_cap * cols_cap)
+
+        def best(a: int) -> float:
+            t = math.inf
+            for aspect in (1.0, 2.0, 0.5, 4.0, 0.25):
+                h = int(min(rows_cap, max(1, round(math.sqrt(a * aspect)))))
+                w = int(min(cols_cap, max(1, -(-a // h))))
+                h = int(min(rows_cap, max(h, -(-a // w))))
+                t = min(t, float(self.rect_times(np.array([b]), np.array([h]),
+                                                 np.array([w]))[0]))
+            return t
+
+        pts = {int(a): best(int(a))
+               for a in np.unique(np.geomspace(lo, hi, samples).round().astype(np.int64))}
+        for _ in range(CURVE_REFINE):
+            keys = sorted(pts)
+            new = [int(round(math.sqrt(a0 * a1))) for a0, a1 in zip(keys, keys[1:], strict=False)
+                   if a1 > a0 + 1 and pts[a1] * CURVE_STEP < pts[a0]]
+            if not new:
+                break
+            pts.update({a: best(a) for a in new if a not in pts})
+        keys = sorted(pts)
+        times = np.minimum.accumulate(np.array([pts[a] for a in keys]))
+        return np.array(keys, dtype=float), times
 
     def rect_times(self, idx: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Cycles per sample of blocks ``idx`` on ``h x w`` rectangles: the block's
