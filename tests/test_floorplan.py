@@ -22,7 +22,7 @@ from waferscale.compiler.floorplan import (
     route,
     strip_placement,
 )
-from waferscale.compiler.floorplan.alloc import free_regions, water_fill
+from waferscale.compiler.floorplan.alloc import curve_area, free_regions, water_fill
 from waferscale.compiler.floorplan.objective import Scorer
 from waferscale.compiler.floorplan.route import accumulate_loads
 from waferscale.compiler.floorplan.serialize import rects_from, to_dict
@@ -251,6 +251,42 @@ def test_water_fill_respects_caps() -> None:
     areas, t = water_fill(np.array([100.0, 100.0]), np.zeros(2), np.ones(2), 1000.0,
                           np.array([10.0, np.inf]))
     assert areas[0] <= 10 + 1e-9 and t >= 10.0 - 1e-9
+
+
+def test_curve_area_takes_the_first_sample_that_is_fast_enough() -> None:
+    areas, times = np.array([10.0, 20.0, 40.0, 80.0]), np.array([100.0, 100.0, 50.0, 50.0])
+    assert curve_area(areas, times, 100.0) == 10.0
+    assert curve_area(areas, times, 60.0) == 40.0     # a stair: 20 PEs are no faster than 10
+    assert curve_area(areas, times, 10.0) == 80.0     # below the fastest: all it can use
+
+
+def test_water_fill_with_a_stair_curve() -> None:
+    """A block whose time falls in one stair (100 cycles below 64 PEs, 25 from 64 on)
+    gets 64 PEs, never more (they would idle), and the W/a block the rest; with more work
+    on the W/a block the common time is what it reaches on the 64 PEs left (dropping the
+    stair block to 16 PEs would make that one 100 cycles)."""
+    curve = (np.array([16.0, 32.0, 64.0, 128.0]), np.array([100.0, 100.0, 25.0, 25.0]))
+    areas, t = water_fill(np.array([1.0, 1000.0]), np.zeros(2), np.ones(2), 128.0,
+                          curves=[curve, None])
+    assert areas[0] == 64.0 and areas[1] == pytest.approx(64.0) and t == 25.0
+    areas, t = water_fill(np.array([1.0, 4000.0]), np.zeros(2), np.ones(2), 128.0,
+                          curves=[curve, None])
+    assert areas[0] == 64.0 and t == pytest.approx(4000.0 / 64.0, rel=1e-6)
+
+
+def test_time_curve_finds_the_stair() -> None:
+    """`time_curve` is non-increasing and bisects towards where a stepped kernel's time
+    drops (here at 300 PEs)."""
+    spec = custom_spec(rows=64, cols=64)
+
+    def stepped(rows: int, cols: int) -> float:
+        return 100.0 if rows * cols < 300 else 40.0
+
+    problem = PlacementProblem([Block("s", 1.0, time_at=stepped)], [], spec)
+    areas, times = problem.time_curve(0)
+    assert np.all(np.diff(times) <= 0) and times[0] == 100.0 and times[-1] == 40.0
+    first = areas[np.argmax(times <= 40.0)]
+    assert 300 <= first <= 300 * 1.2
 
 
 def test_shape_model_guides_placement() -> None:

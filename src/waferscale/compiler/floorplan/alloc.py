@@ -50,6 +50,9 @@ def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
         return areas, float(np.max(work / np.minimum(areas, cap) + latency))
 
     curved = [k for k, c in enumerate(curves or []) if c is not None]
+    for k in curved:  # beyond its fastest point a block only idles PEs
+        a, ts = curves[k]  # type: ignore[index]
+        cap[k] = max(min_area[k], min(cap[k], curve_area(a, ts, float(np.min(ts)))))
 
     def areas_at(t: float) -> np.ndarray:
         slack = np.maximum(t - latency, 1e-300)

@@ -21,6 +21,7 @@ from waferscale.hardware.spec import WaferSpec
 #: `PlacementProblem.time_curve`: areas sampled per block, the time ratio between
 #: neighbouring samples above which the gap is bisected, and how many times at most.
 CURVE_SAMPLES = 16
+CURVE_ASPECTS = (1.0, 2.0, 0.5)
 CURVE_STEP = 1.2
 CURVE_REFINE = 4
 
@@ -233,9 +234,9 @@ class PlacementProblem:
 
     def time_curve(self, b: int, samples: int = CURVE_SAMPLES
                    ) -> tuple[np.ndarray, np.ndarray]:
-        """(areas, times): the fastest a block with ``time_at`` runs on about each area
-        from its SRAM minimum to what it can use, over a few rectangle shapes per area
-        (aspects 1, 2, 1/2, 4, 1/4 within ``max_rows x max_cols`` and the wafer). Times are
+        """(areas, times): how fast a block with ``time_at`` runs on about each area from
+        its SRAM minimum to what it can use, in the worst of a few rectangle shapes per
+        area (`CURVE_ASPECTS`, within ``max_rows x max_cols`` and the wafer). Times are
         made non-increasing in area (a kernel given more PEs can leave them idle).
         ``samples`` areas are spaced geometrically; where the time falls by more than
         `CURVE_STEP` between neighbours, the gap is bisected (up to `CURVE_REFINE` times),
@@ -249,25 +250,33 @@ class PlacementProblem:
         lo = max(1, int(self.min_areas[b]))
         hi = max(lo, rows_cap * cols_cap)
 
-        def best(a: int) -> float:
-            t = math.inf
-            for aspect in (1.0, 2.0, 0.5, 4.0, 0.25):
+        pts: dict[int, float] = {}
+
+        def sample(a: int) -> None:
+            """About ``a`` PEs in the shapes the slicer hands out (aspects 1, 2 and 1/2):
+            the slowest of them, at the largest of their areas, so that a cell of that
+            size reaches the time whatever its aspect."""
+            worst, most = 0.0, 0
+            for aspect in CURVE_ASPECTS:
                 h = int(min(rows_cap, max(1, round(math.sqrt(a * aspect)))))
                 w = int(min(cols_cap, max(1, -(-a // h))))
                 h = int(min(rows_cap, max(h, -(-a // w))))
-                t = min(t, float(self.rect_times(np.array([b]), np.array([h]),
-                                                 np.array([w]))[0]))
-            return t
+                t = float(self.rect_times(np.array([b]), np.array([h]), np.array([w]))[0])
+                worst, most = max(worst, t), max(most, h * w)
+            pts[most] = min(worst, pts.get(most, math.inf))
 
-        pts = {int(a): best(int(a))
-               for a in np.unique(np.geomspace(lo, hi, samples).round().astype(np.int64))}
+        for a in np.unique(np.geomspace(lo, hi, samples).round().astype(np.int64)):
+            sample(int(a))
         for _ in range(CURVE_REFINE):
             keys = sorted(pts)
-            new = [int(round(math.sqrt(a0 * a1))) for a0, a1 in zip(keys, keys[1:], strict=False)
-                   if a1 > a0 + 1 and pts[a1] * CURVE_STEP < pts[a0]]
+            best = np.minimum.accumulate([pts[a] for a in keys])
+            new = [int(round(math.sqrt(a0 * a1)))
+                   for a0, a1, t0, t1 in zip(keys, keys[1:], best, best[1:], strict=False)
+                   if a1 > a0 + 1 and t1 * CURVE_STEP < t0]
             if not new:
                 break
-            pts.update({a: best(a) for a in new if a not in pts})
+            for a in new:
+                sample(a)
         keys = sorted(pts)
         times = np.minimum.accumulate(np.array([pts[a] for a in keys]))
         return np.array(keys, dtype=float), times
