@@ -246,6 +246,133 @@ def test_folding_beats_the_unfolded_chain_on_genslm():
     assert folded < unfolded / 3
 
 
+# -------------------------------------------------------------------- K/V stream, split -----
+WIDE = custom_spec(rows=64, cols=64)
+STREAM = [  # groups, seq, head_dim, rows, cols, fold, split, dtype
+    (2, 16, 8, 4, 2, 1, 1, "fp32"),        # one chain per group, no split
+    (3, 37, 16, 5, 6, 3, 1, "fp16"),       # odd R folded, 3 groups on 2 bands, padded blocks
+    (3, 37, 16, 5, 12, 3, 2, "bf16"),
+    (5, 50, 8, 3, 9, 3, 3, "fp16"),        # a 3-level snake split 3 ways, 5 groups per PE
+    (3, 41, 16, 4, 12, 2, 3, "bf16"),      # 3 groups over 2 bands of 3 sub-bands
+    (2, 10, 4, 5, 8, 2, 4, "fp32"),        # one token per block
+    (9, 40, 8, 4, 12, 1, 4, "fp32"),       # 9 groups over 3 bands: the last band pads
+    (2, 33, 8, 5, 6, 1, 3, "fp16"),        # seq 33 over 5 blocks of 7
+    (2, 12, 4, 3, 12, 2, 6, "fp32"),       # split = chain: one block per sub-band
+    (1, 16, 4, 4, 60, 4, 15, "fp32"),      # sub-band 14's late queries make it finish last
+]
+
+
+@pytest.mark.parametrize("case", STREAM)
+def test_stream_attention_matches_torch_and_cost(case):
+    groups, seq, d, rows, cols, fold, split, dtype = case
+    f = Fabric(WIDE, rows + 2, cols + 1)
+    rect = f.rect(1, 1, rows, cols)
+    q, k, v = (RNG.standard_normal((groups, seq, d)).astype(np.float32) for _ in range(3))
+    out = at.run(f, q, k, v, rect=rect, dtype=dtype, fold=fold, kv="stream", split=split)
+    assert out.rect == rect
+    assert isinstance(out, at.FoldedOutput) == (fold > 1 or split > 1)
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(out.to_numpy().astype(np.float32),
+                               attention_reference(q, k, v, dtype), rtol=rtol, atol=atol)
+    kw = {"dtype": dtype, "fold": fold, "kv": "stream", "split": split}
+    assert f.elapsed() == at.cost(WIDE, groups, seq, d, (rows, cols), **kw)
+    p = at.plan(WIDE, groups, seq, d, (rows, cols), **kw)
+    assert p.steps == -(-rows * fold // split)
+    assert f.sram.peak() == p.sram()["peak"]
+    assert f.busy[rect.slices].mean() == pytest.approx(at.mean_busy_cycles(WIDE, p), rel=1e-12)
+    assert f.sram.used.sum() == out.bytes_per_pe().sum()      # only the output is left
+    sub = (np.arange(cols) // fold) % split                    # it lives on sub-band 0
+    assert np.all(f.sram.used[rect.slices][:, sub > 0] == 0)
+
+
+#: A CE 16x wider than WSE-2's: a step computes faster than its block streams in (W < B).
+FAST = custom_spec(rows=16, cols=16, simd={"fp32_fmac": 16, "fp32_mul": 16, "fp32_add": 16,
+                                            "mixed_fmac": 16},
+                   mem_reads_per_cycle=64, mem_writes_per_cycle=64)
+
+
+@pytest.mark.parametrize("spec,groups,seq,d,rows,cols,fold,split", [
+    (SPEC, 3, 100, 16, 10, 12, 2, 3), (SPEC, 5, 64, 8, 16, 16, 1, 8),
+    (SPEC, 3, 90, 8, 9, 15, 1, 5), (WIDE, 1, 30, 4, 10, 63, 3, 21),
+    (FAST, 2, 16, 32, 8, 4, 1, 2), (FAST, 1, 30, 64, 10, 3, 1, 3), (FAST, 1, 30, 64, 10, 1, 1, 1)])
+def test_stream_cost_equals_fabric_over_a_sweep_timing_only(spec, groups, seq, d, rows, cols,
+                                                            fold, split):
+    for dtype in ("fp32", "bf16"):
+        f = Fabric(spec, rows, cols, timing_only=True)
+        z = np.broadcast_to(np.float32(0), (groups, seq, d))
+        at.run(f, z, z, z, dtype=dtype, fold=fold, kv="stream", split=split)
+        assert f.elapsed() == at.cost(spec, groups, seq, d, (rows, cols), dtype=dtype,
+                                      fold=fold, kv="stream", split=split)
+
+
+def test_stream_traffic_copies_each_position_only_the_blocks_it_needs():
+    """Every snake link carries all L blocks; position l's ramp takes blocks 0..l."""
+    rows, fold, seq, d = 3, 2, 12, 4
+    f = Fabric(SPEC, rows, fold, timing_only=True)
+    z = np.broadcast_to(np.float32(0), (1, seq, d))
+    at.run(f, z, z, z, fold=fold, kv="stream")
+    block, chain = 2 * (seq // (rows * fold)) * d, rows * fold
+    sn = at._snake(rows, fold, fold)
+    np.testing.assert_array_equal(f.port_wavelets[4], (sn.block + 1) * block)   # ramp in
+    assert f.port_wavelets[5].sum() == 0                    # the stream enters from outside
+    assert f.port_wavelets[:4].sum() == (chain - 1) * chain * block
+    assert f.wavelet_hops == (chain - 1) * chain * block
+
+
+def test_stream_options_are_checked():
+    with pytest.raises(KernelShapeError, match="kv 'ring'"):
+        at.plan(SPEC, 2, 16, 8, (4, 2), kv="ring")
+    with pytest.raises(KernelShapeError, match="split 2 needs kv='stream'"):
+        at.plan(SPEC, 2, 16, 8, (4, 4), split=2)
+    with pytest.raises(KernelShapeError, match="takes K already rotated"):
+        at.plan(SPEC, 2, 16, 8, (4, 2), kv="stream", rotary_pct=0.5)
+    with pytest.raises(KernelShapeError, match="split must be a positive integer"):
+        at.plan(SPEC, 2, 16, 8, (4, 2), kv="stream", split=0)
+    with pytest.raises(KernelShapeError, match="multiple of 6"):
+        at.plan(SPEC, 2, 16, 8, (4, 8), kv="stream", fold=2, split=3)
+    with pytest.raises(KernelFitError, match="use at most 12 columns"):
+        at.plan(SPEC, 2, 16, 8, (4, 18), kv="stream", fold=2, split=3)
+    with pytest.raises(KernelFitError, match="use a split of at most 4"):
+        at.plan(SPEC, 2, 16, 8, (4, 10), kv="stream", split=5)
+    with pytest.raises(KernelFitError, match=r"\(kv stream, split 4\).*query blocks of at most"):
+        at.plan("wse2", 8, 10240, 64, (64, 32), kv="stream", split=4)
+
+
+def test_stream_on_a_defective_wafer_is_slower_with_the_same_values():
+    rows, cols, fold, split = 5, 12, 2, 3
+    extra = np.random.default_rng(2).integers(0, 3, size=(4, rows, cols)).astype(float)
+    q, k, v = (RNG.standard_normal((2, 40, 8)).astype(np.float32) for _ in range(3))
+    f0, f1 = Fabric(SPEC, rows, cols), Fabric(SPEC, rows, cols, link_extra=extra)
+    a = at.run(f0, q, k, v, fold=fold, kv="stream", split=split)
+    b = at.run(f1, q, k, v, fold=fold, kv="stream", split=split)
+    assert f1.elapsed() > f0.elapsed() == at.cost(SPEC, 2, 40, 8, (rows, cols), fold=fold,
+                                                  kv="stream", split=split)
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+
+
+def test_the_vectorised_transfer_is_the_documented_formula():
+    from waferscale.fabric.timing import transfer_cycles
+    for wav, hops, share in ((1, 0, 1), (128, 1, 1), (66, 24, 3), (700, 5, 11)):
+        assert at._transfer(SPEC, np.array([wav]), hops, share)[0] == \
+            transfer_cycles(SPEC, wav, hops, share)
+
+
+@pytest.mark.parametrize("case,cycles", [
+    ((3, 37, 16, (5, 6), "fp32", 0.25, 3), 12876.0), ((2, 16, 8, (4, 2), "fp16", 0.0, 1), 1252.0),
+    ((5, 50, 8, (3, 9), "bf16", 0.5, 3), 11484.0), ((4, 30, 8, (1, 4), "fp32", 0.0, 2), 22245.0),
+    ((2, 10, 4, (10, 1), "fp32", 0.5, 1), 565.0)])
+def test_the_shift_is_still_the_default_and_unchanged(case, cycles):
+    """Cycles of the shift measured before the stream existed; defaults are the shift."""
+    groups, seq, d, shape, dtype, pct, fold = case
+    assert at.cost(SPEC, groups, seq, d, shape, dtype=dtype, rotary_pct=pct, fold=fold) == \
+        cycles == at.cost(SPEC, groups, seq, d, shape, dtype=dtype, rotary_pct=pct, fold=fold,
+                          kv="shift", split=1)
+    f = Fabric(SPEC, *shape, timing_only=True)
+    z = np.broadcast_to(np.float32(0), (groups, seq, d))
+    at.run(f, z, z, z, dtype=dtype, rotary_pct=pct, fold=fold)
+    assert f.elapsed() == cycles
+
+
 def _recurrence(t0, w0, w, x, steps):
     """The step recurrence `last_step_end` solves, step by step (what cost() used to loop)."""
     arrive, done_prev2, done = t0, 0, t0 + w0
@@ -280,44 +407,67 @@ SMALL = custom_spec(rows=24, cols=12, sram_bytes=4096)
 
 
 def _brute_force(spec, groups, seq, d, max_rows, max_cols, dtype, pct):
-    """Every (rows, cols, fold) within the bounds: the fastest that fits, by cost()."""
+    """Every (rows, cols, fold, kv, split) within the bounds: the fastest that fits by cost(),
+    with choose_layout's tie-breaks (fewer PEs, less folding, the shift, smaller split)."""
     best = None
     for rows, fold in itertools.product(range(1, max_rows + 1), range(1, max_cols + 1)):
-        for bands in range(1, max_cols // fold + 1):
-            try:
-                c = at.cost(spec, groups, seq, d, (rows, bands * fold), dtype=dtype,
-                            rotary_pct=pct, fold=fold)
-            except KernelError:
-                continue
-            best = c if best is None else min(best, c)
+        for split, kv in itertools.product(range(1, max_cols // fold + 1), at.KV_MODES):
+            for bands in range(1, max_cols // (fold * split) + 1):
+                cols = bands * fold * split
+                try:
+                    c = at.cost(spec, groups, seq, d, (rows, cols), dtype=dtype, rotary_pct=pct,
+                                fold=fold, kv=kv, split=split)
+                except KernelError:
+                    continue
+                key = (c, rows * cols, fold, kv == "stream", split)
+                best = key if best is None else min(best, key)
     return best
 
 
 @pytest.mark.parametrize("groups,seq,d,max_rows,max_cols,dtype,pct", [
     (3, 40, 8, 6, 9, "fp32", 0.0), (4, 100, 16, 24, 12, "bf16", 0.25),
-    (2, 9, 4, 12, 12, "fp32", 0.5), (5, 300, 16, 24, 12, "fp16", 0.25)])
+    (2, 9, 4, 12, 12, "fp32", 0.5), (5, 300, 16, 24, 12, "fp16", 0.25),
+    (4, 100, 16, 24, 12, "bf16", 0.0), (5, 300, 16, 24, 12, "fp16", 0.0),
+    (1, 64, 8, 24, 12, "fp32", 0.0), (8, 50, 4, 10, 12, "fp32", 0.0)])
 def test_choose_layout_is_the_fastest_that_fits(groups, seq, d, max_rows, max_cols, dtype, pct):
-    rows, cols, fold, cycles = at.choose_layout(SMALL, groups, seq, d, max_rows=max_rows,
-                                                max_cols=max_cols, dtype=dtype, rotary_pct=pct)
-    assert rows <= max_rows and cols <= max_cols and cols % fold == 0
-    assert cycles == at.cost(SMALL, groups, seq, d, (rows, cols), dtype=dtype, rotary_pct=pct,
-                             fold=fold)
-    assert cycles == _brute_force(SMALL, groups, seq, d, max_rows, max_cols, dtype, pct)
+    lay = at.choose_layout(SMALL, groups, seq, d, max_rows=max_rows, max_cols=max_cols,
+                           dtype=dtype, rotary_pct=pct)
+    assert lay.rows <= max_rows and lay.cols <= max_cols
+    assert lay.cols % (lay.fold * lay.split) == 0 and lay.kv in at.KV_MODES
+    assert lay.cycles == at.cost(SMALL, groups, seq, d, (lay.rows, lay.cols), dtype=dtype,
+                                 rotary_pct=pct, fold=lay.fold, kv=lay.kv, split=lay.split)
+    assert (lay.cycles, lay.rows * lay.cols, lay.fold, lay.kv == "stream", lay.split) == \
+        _brute_force(SMALL, groups, seq, d, max_rows, max_cols, dtype, pct)
+    if pct:
+        assert lay.kv == "shift"                 # the stream takes K already rotated
 
 
 def test_choose_layout_unfolded_within_a_narrow_rectangle_and_refuses_what_cannot_fit():
     spec = get_spec("wse2")
-    rows, cols, fold, _ = at.choose_layout(spec, 8, 10240, 64, max_rows=994, max_cols=8,
-                                           dtype="fp16", rotary_pct=0.25)
-    assert (cols, fold) == (8, 1) and rows <= 994
-    rows, cols, fold, cycles = at.choose_layout(spec, 8, 10240, 64, max_rows=994,
-                                                max_cols=64, dtype="fp16", rotary_pct=0.25)
-    assert fold > 1 and cycles < at.cost(spec, 8, 10240, 64, (931, 8), dtype="fp16",
-                                         rotary_pct=0.25) / 3
+    lay = at.choose_layout(spec, 8, 10240, 64, max_rows=994, max_cols=8, dtype="fp16",
+                           rotary_pct=0.25)
+    assert (lay.cols, lay.fold, lay.kv, lay.split) == (8, 1, "shift", 1) and lay.rows <= 994
+    lay = at.choose_layout(spec, 8, 10240, 64, max_rows=994, max_cols=64, dtype="fp16",
+                           rotary_pct=0.25)
+    assert lay.fold > 1 and lay.cycles < at.cost(spec, 8, 10240, 64, (931, 8), dtype="fp16",
+                                                 rotary_pct=0.25) / 3
     with pytest.raises(KernelFitError, match=r"at least \d+ PE rows at fold \d+"):
         at.choose_layout(spec, 8, 10240, 64, max_rows=16, max_cols=16, dtype="fp16")
     with pytest.raises(KernelShapeError, match="max_cols must be a positive integer"):
         at.choose_layout(spec, 8, 1024, 64, max_rows=16, max_cols=0)
+
+
+@pytest.mark.parametrize("seq,shift_cycles", [(1024, 213062.0), (10240, 2129990.0)])
+def test_split_streams_beat_the_shift_on_the_whole_wafer(seq, shift_cycles):
+    """GenSLM-25M's attention (8 heads x 64, fp32) within 994 x 755: the shift's best
+    (docs/kernels-transformer.md) uses at most 8 x seq PEs; split streams use the wafer."""
+    spec = get_spec("wse2")
+    lay = at.choose_layout(spec, 8, seq, 64, max_rows=994, max_cols=755)
+    assert lay.kv == "stream" and lay.split > 8 and lay.rows * lay.cols > 8 * seq
+    assert lay.cycles < shift_cycles / 10
+    best_shift = at.cost(spec, 8, seq, 64, (512, 16) if seq == 1024 else (640, 128),
+                         fold=2 if seq == 1024 else 16)
+    assert best_shift == shift_cycles
 
 
 @pytest.mark.parametrize("fold,rows", [(1, 64), (4, 16)])

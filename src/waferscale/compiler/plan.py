@@ -622,9 +622,10 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
 def _size_attention(spec: WaferSpec, st: Stage, area: float, side_cap: int,
                     bounds: tuple[int, int] | None) -> None:
     """The fastest flash-attention layout (`attention.choose_layout`: query blocks over
-    rows, each group's chain of blocks snaked over ``fold`` columns) inside the placed
-    rectangle, or at planning time inside about ``area`` PEs of full-height columns
-    (the whole wafer when nothing fits there)."""
+    rows, each group's chain of blocks snaked over ``fold`` columns, K/V shifted along it
+    or multicast down it to ``split`` sub-bands) inside the placed rectangle, or at
+    planning time inside about ``area`` PEs of full-height columns (the whole wafer when
+    nothing fits there)."""
     p, dt = st.params, st.dtype
     g_, s, d = p["groups"], p["seq"], p["head_dim"]
     if bounds is not None:
@@ -633,20 +634,21 @@ def _size_attention(spec: WaferSpec, st: Stage, area: float, side_cap: int,
         rows = max(1, min(spec.rows, side_cap))
         limits = (rows, max(1, min(spec.cols, side_cap, int(max(area, 1) // rows))))
     try:
-        rows, cols, fold, cycles = attention.choose_layout(
-            spec, g_, s, d, max_rows=limits[0], max_cols=limits[1], dtype=dt)
+        lay = attention.choose_layout(spec, g_, s, d, max_rows=limits[0],
+                                      max_cols=limits[1], dtype=dt)
     except KernelError:
         if bounds is not None:
             raise
-        rows, cols, fold, cycles = attention.choose_layout(
-            spec, g_, s, d, max_rows=min(spec.rows, side_cap),
-            max_cols=min(spec.cols, side_cap), dtype=dt)
-    st.params = {**p, "fold": fold}
-    st.rect = (rows, cols)
-    st.cost_cycles = cycles
-    st.sram_per_pe = attention.plan(spec, g_, s, d, st.rect, dtype=dt,
-                                    fold=fold).sram()["peak"]
-    st.algorithm = f"flash, K/V streamed along a snake (fold {fold})"
+        lay = attention.choose_layout(spec, g_, s, d, max_rows=min(spec.rows, side_cap),
+                                      max_cols=min(spec.cols, side_cap), dtype=dt)
+    st.params = {**p, "fold": lay.fold, "kv": lay.kv, "split": lay.split}
+    st.rect = (lay.rows, lay.cols)
+    st.cost_cycles = lay.cycles
+    st.sram_per_pe = attention.plan(spec, g_, s, d, st.rect, dtype=dt, fold=lay.fold,
+                                    kv=lay.kv, split=lay.split).sram()["peak"]
+    st.algorithm = (f"flash, K/V shifted along a snake (fold {lay.fold})" if lay.kv == "shift"
+                    else f"flash, K/V multicast down a snake (fold {lay.fold}, split "
+                         f"{lay.split})")
 
 
 def _size_embedding(spec: WaferSpec, st: Stage, area: float,

@@ -192,7 +192,8 @@ def _copy_region(fab: Fabric, src: tuple[int, int], dst: tuple[int, int], p: int
 def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
                   v: torch.Tensor, scale: float | None, timing_only: bool = False
                   ) -> tuple[torch.Tensor | None, StageRun]:
-    """Causal attention on the stage's rectangle (`attention`, fold from the plan).
+    """Causal attention on the stage's rectangle (`attention`; fold, K/V mode and split
+    from the plan).
 
     Unless `SIMULATE_ATTENTION` is set, the values come from PyTorch's attention in fp32
     with the kernel's storage rounding (they differ from the kernel's online softmax only
@@ -202,23 +203,24 @@ def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
     wall time at seq 1,024 and about a minute per layer at 10,240, for the same numbers.
     On a defective wafer the kernel runs timing-only on the fabric, which charges the
     detours of the stage's links; the values stay the same as on a perfect wafer."""
-    fold = st.params.get("fold", 1)
+    layout = {"fold": st.params.get("fold", 1), "kv": st.params.get("kv", "shift"),
+              "split": st.params.get("split", 1)}
     b, h, s, d = q.shape
     if SIMULATE_ATTENTION:
         fab = _fabric(spec, st, timing_only)
         if timing_only:
             z = np.broadcast_to(np.float32(0), (b, h, s, d))
-            attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, fold=fold)
+            attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, **layout)
             return None, _done(fab)
         out = attention.run(fab, to_np(q), to_np(k), to_np(v), dtype=st.dtype, causal=True,
-                            scale=scale, fold=fold)
+                            scale=scale, **layout)
         return to_torch(out.to_numpy().reshape(b, h, s, d), q.dtype), _done(fab)
     if LINK_EXTRA.get() is None:
         run = _attention_closed_form(spec, st, b * h, s, d)
     else:
         fab = _fabric(spec, st, True)
         z = np.broadcast_to(np.float32(0), (b, h, s, d))
-        attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, fold=fold)
+        attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, **layout)
         run = _done(fab)
     if timing_only:
         return None, run
@@ -234,9 +236,10 @@ def _attention_closed_form(spec: WaferSpec, st: Stage, groups: int, seq: int, he
     """What `attention.run` would measure on a perfect wafer, from the kernel's closed
     forms: cycles, SRAM peak and the CE busy share (chain position l runs l + 1 of the L
     steps: `attention.mean_busy_cycles`)."""
-    fold = st.params.get("fold", 1)
-    kp = attention.plan(spec, groups, seq, head_dim, st.rect, dtype=st.dtype, fold=fold)
-    cycles = attention.cost(spec, groups, seq, head_dim, st.rect, dtype=st.dtype, fold=fold)
+    layout = {"fold": st.params.get("fold", 1), "kv": st.params.get("kv", "shift"),
+              "split": st.params.get("split", 1)}
+    kp = attention.plan(spec, groups, seq, head_dim, st.rect, dtype=st.dtype, **layout)
+    cycles = attention.cost(spec, groups, seq, head_dim, st.rect, dtype=st.dtype, **layout)
     busy = attention.mean_busy_cycles(spec, kp) / cycles if cycles else 0.0
     return StageRun(cycles, int(kp.sram()["peak"]), busy)
 
