@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,24 @@ def stage_time_at(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
     return time_at
 
 
+def smallest_square(time_at: Callable[[int, int], float], spec: WaferSpec) -> int:
+    """Side of the smallest square rectangle the kernel fits in (finite ``time_at``), by
+    bisection. Its area is the block's SRAM minimum: the bytes a planned layout keeps
+    can be several times what the kernel needs at its densest (weights replicated per
+    row group, queries per key split), and minimums that big left the water filling a
+    third of the wafer (GenSLM-25M at 10,240 tokens: 566k of 750k PEs)."""
+    lo, hi = 1, min(spec.rows, spec.cols)
+    if not math.isfinite(time_at(hi, hi)):
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if math.isfinite(time_at(mid, mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def out_numel(g: Graph, st: Stage) -> int:
     """Elements of a stage's output (the first output of a multi-output kernel)."""
     node = g.nodes[st.nodes[-1]]
@@ -219,7 +238,11 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
                            if i in by_name and i != s.name) for s in on_wafer}
     cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
-    blocks = [Block(s.name, cal[s.name].work, cal[s.name].sram * SRAM_MARGIN,
+    fit_sides = {s.name: smallest_square(stage_time_at(spec, g, s, moves.get(s.name, []),
+                                                        max_side), spec) for s in on_wafer}
+    blocks = [Block(s.name, cal[s.name].work,
+                    min(cal[s.name].sram * SRAM_MARGIN,
+                        float(fit_sides[s.name] ** 2 * spec.sram_bytes)),
                     min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
                     latency_cycles=cal[s.name].latency,
                     time_at=stage_time_at(spec, g, s, moves.get(s.name, []), max_side,
@@ -402,4 +425,5 @@ def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
 
 __all__ = ["COMPILE_CONFIG", "Calibration", "PlacedProgram", "as_rect", "build_problem",
            "busy_pe_cycles", "calibrate", "fit_into", "flop_utilization", "out_numel", "place",
-           "place_plan", "read_numel", "routed_offsets", "stage_time_at", "wavelets"]
+           "place_plan", "read_numel", "routed_offsets", "smallest_square", "stage_time_at",
+           "wavelets"]

@@ -39,12 +39,6 @@ AREA_FRACTION = 0.6
 #: Density assumed for activations after a ReLU when no values exist (estimate mode).
 RELU_DENSITY = 0.5
 
-#: Fuse pointwise chains into the GEMM producing them (`fuse_epilogues`). Off: measured on
-#: GenSLM-25M (seq 1,024) it removed 8 stages but the floorplanner then left ~280k PEs
-#: idle and the slowest stage got slower (420,287 vs 357,453 cycles), although the
-#: work-based utilisation figure rose (the calibrated work of the fused GEMMs grew); the
-#: area model must learn fused stages before this is on. Values match eager either way.
-FUSE_EPILOGUES = True
 
 TORCH_TO_FABRIC = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -132,8 +126,8 @@ def build_stages(g: Graph) -> tuple[list[Stage], dict[str, str]]:
         stage_of[node.name] = head
     for st in stages.values():
         _describe(g, st)
-    if FUSE_EPILOGUES:
-        fuse_epilogues(g, stages, stage_of)
+    fuse_epilogues(g, stages, stage_of)
+    fuse_prologues(g, stages, stage_of)
     for st in stages.values():
         feeds: list[str] = []
         members = set(st.nodes)
@@ -228,6 +222,67 @@ def fuse_epilogues(g: Graph, stages: dict[str, Stage], stage_of: dict[str, str])
         gst.flops += st.flops
         for n in st.nodes:
             stage_of[n] = home
+        del stages[name]
+
+
+def _gemm_reading(g: Graph, name: str, users: dict[str, list[str]],
+                  stages: dict[str, Stage], stage_of: dict[str, str]) -> str | None:
+    """The mm/addmm stage that is the only reader of a layer norm's output, as its A
+    operand (through getitem and free views), or None."""
+    todo, found = [name], set()
+    while todo:
+        n = todo.pop()
+        for u in users[n]:
+            node = g.nodes[u] if u in g.nodes else None
+            if node is None:
+                return None
+            if node.short == "getitem" and n == name:
+                if node.args[1] != 0:
+                    if users[u]:
+                        return None   # mean or rstd is used outside
+                    continue
+                todo.append(u)
+            elif node.meta.get("kind") == "relabel":
+                todo.append(u)
+            elif stage_of.get(u) in stages and stages[stage_of[u]].kind == "gemm":
+                gst = stages[stage_of[u]]
+                a = node.args[1] if node.short == "addmm" else node.args[0]
+                if u != gst.nodes[0] or gst.params.get("op") not in ("mm", "addmm") \
+                        or not isinstance(a, Ref) or a.name != n:
+                    return None
+                found.add(gst.name)
+            else:
+                return None
+    return found.pop() if len(found) == 1 else None
+
+
+def fuse_prologues(g: Graph, stages: dict[str, Stage], stage_of: dict[str, str]) -> None:
+    """Fuse a layer norm into the mm/addmm that alone reads it, as a prologue.
+
+    Why: in a transformer every layer norm feeds one projection (QKV, the MLP's first
+    layer, the LM head). As a stage of its own it had a sliver of the wafer and the
+    [tokens, hidden] stream to swallow through it (GenSLM-25M at seq 1,024: the slowest
+    stages, ~270k cycles, against ~50k for the GEMMs). On the GEMM's grid the A operand
+    already lies as [rows, hidden] over the q x q PEs of each group: the row statistics
+    are a chain allreduce along the grid rows and the normalisation a local pass, which is
+    exactly `norm.cost` on a q x q rectangle of ``mrows`` tokens (``params["prologue"]``,
+    charged per round by `prologue_cycles`, the same in plan and runtime)."""
+    users = g.users()
+    for name in list(stages):
+        st = stages[name]
+        if st.kind != "layer_norm":
+            continue
+        home = _gemm_reading(g, st.nodes[0], users, stages, stage_of)
+        if home is None:
+            continue
+        gst = stages[home]
+        if st.params["hidden"] != gst.params["k"] or st.params["tokens"] != gst.params["m"]:
+            continue
+        gst.nodes.insert(1, st.nodes[0])
+        gst.params["prologue"] = {k: st.params[k] for k in ("weight", "bias", "eps")}
+        gst.flops += st.flops
+        gst.weight_bytes += st.weight_bytes
+        stage_of[st.nodes[0]] = home
         del stages[name]
 
 
@@ -413,20 +468,60 @@ def batched_tiling(batch: int, p: int, rows: int, cols: int) -> tuple[int, int]:
     return best[3], best[4]
 
 
+def _extra_bytes(mb: int, kb: int, nb: int, b: int, extras: tuple[bool, bool, int]) -> int:
+    """SRAM per PE a GEMM stage keeps beyond `gemm.sram_bytes`: the bias slice, a fused
+    layer norm's gamma / beta slices and two fp32 statistics per row, and the output tiles
+    of fused pointwise chains (and of their streamed operands). ``extras`` = (bias,
+    prologue, output tiles)."""
+    bias, prologue, tiles = extras
+    return (nb * b if bias else 0) + ((2 * kb * b + 8 * mb) if prologue else 0) \
+        + tiles * mb * nb * b
+
+
+def gemm_extras(st: Stage) -> tuple[bool, bool, int]:
+    """A GEMM stage's (bias, layer-norm prologue, fused output tiles) for `_extra_bytes`."""
+    p = st.params
+    tiles = 1 + sum(c.get("streamed", 0) for c in p["epilogue"]) if p.get("epilogue") else 0
+    return bool(p.get("bias")), bool(p.get("prologue")), tiles
+
+
+def stage_extra_bytes(st: Stage, q: int, mg: int) -> int:
+    """`_extra_bytes` of a sized GEMM stage on q x q groups of ``mg`` rows (the runtime's
+    SRAM peak adds the same)."""
+    return _extra_bytes(-(-mg // q), -(-st.params["k"] // q), -(-st.params["n"] // q),
+                        BYTES[st.dtype], gemm_extras(st))
+
+
 @lru_cache(maxsize=65536)
 def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: str | None,
-             density: float) -> tuple[float, int] | None:
-    """(cycles, SRAM bytes per PE) of MeshGEMM [m,k]x[k,n] on a q x q grid, or None when
-    it does not fit (q > min(m, k, n) or over the SRAM). Cached: the floorplanner asks
-    ``time_at`` for thousands of rectangles and each one searches every grid."""
+             density: float, extras: tuple[bool, bool, int] = (False, False, 0)
+             ) -> tuple[float, int] | None:
+    """(cycles, SRAM bytes per PE) of MeshGEMM [m,k]x[k,n] on a q x q grid with the
+    stage's ``extras`` (`_extra_bytes`), or None when it does not fit (q > min(m, k, n) or
+    over the SRAM). Cached: the floorplanner asks ``time_at`` for thousands of rectangles
+    and each one searches every grid."""
     if q > min(m, k, n):
         return None
-    sram = gemm.sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm")
+    sram = gemm.sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm") + _extra_bytes(
+        -(-m // q), -(-k // q), -(-n // q), BYTES[dtype], extras)
     if sram > spec.sram_bytes:
         return None
     c = gemm.cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
                   accumulate="fp32", skip=skip, a_density=density)
     return float(c.cycles), int(sram)
+
+
+def _rows_that_fit(spec: WaferSpec, k: int, n: int, q: int, dtype: str,
+                   extras: tuple[bool, bool, int]) -> int:
+    """Most A rows a q x q MeshGEMM grid holds with the weights: `gemm.sram_bytes` is
+    ``2 (mb kb + kb nb) B + mb nb 4`` (fp32 accumulator) and `_extra_bytes` is linear in
+    the row block mb too."""
+    b = BYTES[dtype]
+    kb, nb = -(-k // q), -(-n // q)
+    fixed = 2 * kb * nb * b + _extra_bytes(0, kb, nb, b, extras)
+    per_row = 2 * kb * b + nb * 4 + _extra_bytes(1, kb, nb, b, extras) \
+        - _extra_bytes(0, kb, nb, b, extras)
+    return int(max(0, (spec.sram_bytes - fixed) // per_row)) * q
 
 
 def row_split(m: int, groups: int) -> tuple[int, int]:
@@ -441,7 +536,8 @@ def row_split(m: int, groups: int) -> tuple[int, int]:
 @lru_cache(maxsize=65536)
 def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int, cols: int,
                  area: float, side_cap: int, bounded: bool, split: bool, dtype: str,
-                 skip: str | None, density: float
+                 skip: str | None, density: float,
+                 extras: tuple[bool, bool, int] = (False, False, 0)
                  ) -> tuple[float, int, int, int, int, int, int, int] | None:
     """The fastest side-by-side layout of a GEMM stage in a ``rows x cols`` rectangle (or
     about ``area`` PEs when not ``bounded``): (cycles per entry x rounds, PEs, grid q,
@@ -467,14 +563,21 @@ def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int,
             slots_r, slots_c, slots = gr, gc, gr * gc
         if split and batch == 1:
             mg, used = row_split(m, min(slots, max(1, m // q)))
-            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density)
+            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras)
+            if got is None and mg > q:
+                # too many rows for the SRAM: chunks of the most rows that fit, the groups
+                # taking them in rounds (a weight-stationary stream of token rows)
+                fit = _rows_that_fit(spec, k, n, q, dtype, extras)
+                if fit >= 1:
+                    mg, used = row_split(m, -(-m // max(q, fit)))
+                    got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras)
             if got is None:
                 continue
-            gr, gc = batched_tiling(used, q, slots_r * q, slots_c * q)
-            rounds = 1
+            gr, gc = batched_tiling(min(used, slots), q, slots_r * q, slots_c * q)
+            rounds = -(-used // (gr * gc))
         else:
             mg, used = m, 1
-            got = _gemm_at(spec, m, k, n, q, dtype, skip, density)
+            got = _gemm_at(spec, m, k, n, q, dtype, skip, density, extras)
             if got is None:
                 continue
             if bounded:
@@ -501,24 +604,25 @@ def _size_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
     skip = "a" if p["skip"] else None
     dens = RELU_DENSITY if skip else 1.0
     split = p.get("op") in ("mm", "addmm") and batch == 1
+    extras = gemm_extras(st)
     if bounds is not None:
         best = _gemm_layout(spec, batch, m, k, n, bounds[0], bounds[1], 0.0, side_cap, True,
-                            split, dt, skip, dens)
+                            split, dt, skip, dens, extras)
         where = f"{bounds[0]}x{bounds[1]}"
     else:
         side = max(1, min(side_cap, int(math.sqrt(max(area, 1)))))
         best = _gemm_layout(spec, batch, m, k, n, side, side, area, side_cap, False, split,
-                            dt, skip, dens)
+                            dt, skip, dens, extras)
         if best is None:
             full = max(1, min(side_cap, m, k, n))
             best = _gemm_layout(spec, batch, m, k, n, full, full, float(full * full),
-                                side_cap, False, split, dt, skip, dens)
+                                side_cap, False, split, dt, skip, dens, extras)
         where = f"~{area:.0f}-PE"
     if best is None:
         raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
                           f"{where} rectangle fits the {spec.sram_bytes} B SRAM")
     total, _, q, gr, gc, mg, used, sram = best
-    rounds = -(-batch // (gr * gc))
+    rounds = -(-(used if split and batch == 1 else batch) // (gr * gc))
     st.rect = (gr * q, gc * q)
     st.algorithm = "meshgemm"
     st.sram_per_pe = sram
@@ -528,27 +632,37 @@ def _size_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
         st.algorithm += f" x{batch} on {gr}x{gc} groups of {q}x{q} ({rounds} per group)"
     elif used > 1:
         st.algorithm += (f", M split over {gr}x{gc} groups of {q}x{q} ({mg} rows each, "
-                         f"weights replicated)")
+                         f"weights replicated" + (f", {rounds} rounds)" if rounds > 1 else ")"))
     if p["bias"]:
         mb, nb = -(-mg // q), -(-n // q)
         st.cost_cycles += rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
-        st.sram_per_pe += nb * BYTES[dt]
     st.cost_cycles += epilogue_cycles(spec, st, q, mg, rounds)
-    if p.get("epilogue"):  # the chains' output tile and a tile per streamed operand
-        tiles = 1 + sum(c.get("streamed", 0) for c in p["epilogue"])
-        st.sram_per_pe += tiles * -(-mg // q) * -(-n // q) * BYTES[dt]
+    st.cost_cycles += prologue_cycles(spec, st, q, mg, rounds)
+    if p.get("prologue"):
+        st.algorithm = "layer norm + " + st.algorithm
+
+
+def prologue_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
+    """Cycles of a layer norm fused in front of a GEMM (`fuse_prologues`): `norm.cost` of
+    ``mg`` token rows x ``k`` over each q x q group, every round; 0 without one."""
+    pro = st.params.get("prologue")
+    if not pro:
+        return 0.0
+    return rounds * norm.cost(spec, [mg, st.params["k"]], (min(q, mg), q), dtype=st.dtype,
+                              weight=pro["weight"], bias=pro["bias"])
 
 
 def epilogue_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
     """Cycles of the pointwise chains fused into a GEMM (`fuse_epilogues`): each chain is a
     `fused_cycles` pass over the per-PE output tile (``ceil(mg/q) x ceil(n/q)``), or for a
-    chain over a slice of the output its ``numel`` elements spread over the GEMM's PEs,
-    after the product, on every group; the runtime charges the same."""
+    chain over a slice of the output its ``numel`` elements spread over the GEMM's PEs and
+    rounds, after the product, on every group and round; the runtime charges the same."""
     chains = st.params.get("epilogue") or []
     tile = -(-mg // q) * -(-st.params["n"] // q)
-    pes = q * q * max(1, st.params.get("msplit", 1))
-    return rounds * sum(fused_cycles(spec, -(-c["numel"] // pes) if "numel" in c else tile,
-                                     st.dtype, c["ops"], c["reads"]) for c in chains)
+    per_round = rounds * q * q * math.prod(st.params.get("tiling", [1, 1]))
+    return rounds * sum(fused_cycles(spec, -(-c["numel"] // per_round) if "numel" in c
+                                     else tile, st.dtype, c["ops"], c["reads"])
+                        for c in chains)
 
 
 def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
@@ -788,4 +902,6 @@ def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None,
 
 
 __all__ = ["AREA_FRACTION", "Plan", "Stage", "add_move_cycles", "build_stages", "charge_moves",
-           "epilogue_cycles", "fuse_epilogues", "fused_cycles", "home_of", "plan", "size_stage"]
+           "epilogue_cycles", "fuse_epilogues", "fuse_prologues", "fused_cycles", "home_of",
+           "gemm_extras", "plan", "prologue_cycles", "size_stage",
+           "stage_extra_bytes"]

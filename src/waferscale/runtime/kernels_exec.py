@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from waferscale.compiler.plan import Stage
+from waferscale.compiler.plan import Stage, epilogue_cycles, prologue_cycles, stage_extra_bytes
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric.dtypes import to_storage
 from waferscale.hardware.spec import WaferSpec
@@ -137,12 +137,11 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
     if bias is not None:
         mb, nb = -(-mg // p), -(-b3.shape[2] // p)
         extra = rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
-        peak += nb * (2 if st.dtype != "fp32" else 4)
+    if st.params.get("prologue"):
+        extra += prologue_cycles(spec, st, p, mg, rounds)
     if st.params.get("epilogue"):
-        from waferscale.compiler.plan import epilogue_cycles
         extra += epilogue_cycles(spec, st, p, mg, rounds)
-        tiles = 1 + sum(c.get("streamed", 0) for c in st.params["epilogue"])
-        peak += tiles * -(-mg // p) * -(-b3.shape[2] // p) * (2 if st.dtype != "fp32" else 4)
+    peak += stage_extra_bytes(st, p, mg)
     run = StageRun(cycles + extra, peak, float(np.mean(busy)), density)
     if timing_only:
         return None, run
@@ -265,6 +264,25 @@ def run_layer_norm(spec: WaferSpec, st: Stage, x: torch.Tensor, w: torch.Tensor 
     out = norm.run(xm, None if w is None else to_np(w), None if b is None else to_np(b),
                    eps=eps)
     return to_torch(out.to_numpy().reshape(x.shape), x.dtype), _done(fab)
+
+
+def layer_norm_values(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None,
+                      eps: float, dtype: str) -> torch.Tensor:
+    """A layer norm fused in front of a GEMM (`plan.fuse_prologues`): `norm.run`'s
+    arithmetic (fp32 two-pass statistics, one rounding of the output to the storage
+    dtype) on the plain [..., hidden] array; its cycles are part of the GEMM stage's
+    (`plan.prologue_cycles`). The row sums are added in one order instead of per tile
+    then across the row: rounding order only."""
+    x32 = to_np(x).astype(np.float32)
+    mean = x32.mean(-1, keepdims=True, dtype=np.float32)
+    dev = x32 - mean
+    var = np.square(dev).sum(-1, keepdims=True, dtype=np.float32) / np.float32(x.shape[-1])
+    y = dev * (np.float32(1) / np.sqrt(var + np.float32(eps)))
+    if w is not None:
+        y = y * to_np(w).astype(np.float32)
+    if b is not None:
+        y = y + to_np(b).astype(np.float32)
+    return to_torch(to_storage(y, dtype), x.dtype)
 
 
 def run_softmax(spec: WaferSpec, st: Stage, x: torch.Tensor, timing_only: bool = False
@@ -419,5 +437,6 @@ def run_epilogue_node(node: Any, env: dict[str, Any]) -> torch.Tensor:
     return to_torch(np.asarray(res, np.float32), getattr(torch, node.meta["dtype"]))
 
 
-__all__ = ["StageRun", "run_attention", "run_embedding", "run_epilogue_node", "run_gemm",
-           "run_layer_norm", "run_pointwise", "run_softmax", "to_np", "to_torch"]
+__all__ = ["StageRun", "layer_norm_values", "run_attention", "run_embedding",
+           "run_epilogue_node", "run_gemm", "run_layer_norm", "run_pointwise", "run_softmax",
+           "to_np", "to_torch"]
