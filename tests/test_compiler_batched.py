@@ -114,3 +114,24 @@ def test_mm_rows_split_over_groups(bounds: tuple[int, int] | None, bias: bool) -
     assert float((out - ref).abs().max()) < 1e-4
     assert run.cycles == pytest.approx(st.cost_cycles)
     assert timed.cycles == pytest.approx(st.cost_cycles)
+
+
+@pytest.mark.parametrize("prologue", [False, True])
+def test_mm_rows_in_rounds_when_they_do_not_fit(prologue: bool) -> None:
+    """4,096 token rows do not fit beside the weights on an 8 x 8 grid: the rows go in
+    chunks that fit, the group takes them in rounds (weights stationary), cost() == the
+    fabric's cycles (a fused layer norm's cycles included), the SRAM peak is the plan's
+    and the values match torch."""
+    st = _mm(4096, 64, 64, True)
+    if prologue:
+        st.params["prologue"] = {"weight": True, "bias": True, "eps": 1e-5}
+    size_stage(SPEC, st, 0.0, None, (8, 8))
+    assert st.fits and st.sram_per_pe <= SPEC.sram_bytes
+    groups = st.params["tiling"][0] * st.params["tiling"][1]
+    assert st.params["msplit"] > groups           # more chunks than groups: rounds
+    torch.manual_seed(2)
+    a, b, c = torch.randn(4096, 64), torch.randn(64, 64), torch.randn(64)
+    out, run = run_gemm(SPEC, st, a, b, c)
+    assert out is not None and float((out - torch.addmm(c, a, b)).abs().max()) < 1e-4
+    assert run.cycles == pytest.approx(st.cost_cycles)
+    assert run.sram_peak == st.sram_per_pe

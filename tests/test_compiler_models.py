@@ -223,3 +223,31 @@ def test_program_serialises() -> None:
     cm = waferscale.compile(MLP(), (torch.randn(8, 32),))
     doc = json.loads(cm.program.dumps())
     assert doc["mode"] == "pipelined" and doc["stages"] and doc["placement"]
+
+
+class _TwoHeads(torch.nn.Module):
+    """A layer norm read by one projection (fused into it) and one read by two (a stage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = torch.nn.LayerNorm(32), torch.nn.LayerNorm(32)
+        self.a, self.b, self.c = (torch.nn.Linear(32, 32) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(self.ln1(x))
+        z = self.ln2(y)
+        return self.b(z) + self.c(z)
+
+
+def test_layer_norm_fused_only_into_its_sole_projection() -> None:
+    torch.manual_seed(0)
+    m = _TwoHeads().eval()
+    x = torch.randn(64, 32)
+    cm = waferscale.compile(m, (x,))
+    with torch.no_grad():
+        ref = m(x)
+    assert float((cm(x) - ref).abs().max()) < TOL[torch.float32]
+    stages = cm.report()["stages"]
+    assert sum(s["kind"] == "layer_norm" for s in stages) == 1       # ln2: two readers
+    assert sum(s["algorithm"].startswith("layer norm + ") for s in stages) == 1
+    assert cm.report()["cost_agreement_max_deviation"] < 1e-9
