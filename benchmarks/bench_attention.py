@@ -1,10 +1,13 @@
 """Causal attention of GenSLM-25M (hidden 512, 8 heads of 64, rotary 25%) at 1,024 and 10,240
 tokens on a WSE-2: simulated cycles and time, wall time, peak SRAM per PE.
 
-The rectangle is 8 columns (one per head) by as many rows as the closed-form cost says is
-fastest (smaller query blocks are faster until the K/V stream, not compute, paces the
-rows). 1,024 tokens run with real fp16 values and are checked against PyTorch; 10,240
-tokens run timing-only (same clocks, no values) unless --values is given.
+Two layouts per length: "8 cols" is one column per head (K/V shifted down the query
+blocks, rotary inside the kernel) with as many rows as the closed-form cost says is
+fastest; "best" is `attention.choose_layout` on the whole wafer without rotary (the
+compiler applies rotary on the QKV GEMM's rectangle), which folds each head's chain over
+columns, streams K/V down it and splits the keys. 1,024 tokens run with real values and
+are checked against PyTorch; 10,240 tokens run timing-only (same clocks, no values)
+unless --values is given.
 
     python benchmarks/bench_attention.py [--seqs 1024 10240] [--dtype fp16] [--values]
 """
@@ -42,9 +45,9 @@ def best_rows(spec, seq: int, dtype: str) -> int:
     return best
 
 
-def reference(q, k, v, dtype: str) -> np.ndarray:
+def reference(q, k, v, dtype: str, pct: float) -> np.ndarray:
     q, k, v = (to_storage(a, dtype).astype(np.float32) for a in (q, k, v))
-    rot = rotary.rotary_dims(HEAD_DIM, ROTARY_PCT)
+    rot = rotary.rotary_dims(HEAD_DIM, pct)
     cos, sin = (t.astype(np.float32) for t in rotary.tables(q.shape[1], rot, 10000.0, dtype))
     q = to_storage(rotary.rotate(q, cos, sin, rot), dtype).astype(np.float32)
     k = to_storage(rotary.rotate(k, cos, sin, rot), dtype).astype(np.float32)
@@ -52,10 +55,17 @@ def reference(q, k, v, dtype: str) -> np.ndarray:
         *(torch.from_numpy(a) for a in (q, k, v)), is_causal=True).numpy()
 
 
-def bench(seq: int, dtype: str, values: bool) -> dict[str, float]:
+def bench(seq: int, dtype: str, values: bool, best: bool = False) -> dict[str, float]:
     spec = get_spec("wse2")
-    rows = best_rows(spec, seq, dtype)
-    fabric = Fabric(spec, rows, HEADS, timing_only=not values)
+    pct = 0.0 if best else ROTARY_PCT
+    if best:
+        lay = at.choose_layout(spec, HEADS, seq, HEAD_DIM, max_rows=spec.rows,
+                               max_cols=spec.cols, dtype=dtype)
+        rows, cols = lay.rows, lay.cols
+        how = {"fold": lay.fold, "kv": lay.kv, "split": lay.split}
+    else:
+        rows, cols, how = best_rows(spec, seq, dtype), HEADS, {}
+    fabric = Fabric(spec, rows, cols, timing_only=not values)
     rng = np.random.default_rng(0)
     if values:
         q, k, v = (rng.standard_normal((HEADS, seq, HEAD_DIM)).astype(np.float32)
@@ -63,19 +73,21 @@ def bench(seq: int, dtype: str, values: bool) -> dict[str, float]:
     else:
         q = k = v = np.broadcast_to(np.float32(0), (HEADS, seq, HEAD_DIM))
     t0 = time.perf_counter()
-    out = at.run(fabric, q, k, v, dtype=dtype, rotary_pct=ROTARY_PCT)
+    out = at.run(fabric, q, k, v, dtype=dtype, rotary_pct=pct, **how)
     wall = time.perf_counter() - t0
     stats = fabric.stats()
     t1 = time.perf_counter()
-    closed = at.cost(spec, HEADS, seq, HEAD_DIM, (rows, HEADS), dtype=dtype,
-                     rotary_pct=ROTARY_PCT)
+    closed = at.cost(spec, HEADS, seq, HEAD_DIM, (rows, cols), dtype=dtype, rotary_pct=pct,
+                     **how)
     cost_wall = time.perf_counter() - t1
-    plan = at.plan(spec, HEADS, seq, HEAD_DIM, (rows, HEADS), dtype=dtype,
-                   rotary_pct=ROTARY_PCT)
+    plan = at.plan(spec, HEADS, seq, HEAD_DIM, (rows, cols), dtype=dtype, rotary_pct=pct,
+                   **how)
     useful = at.flops(HEADS, seq, HEAD_DIM)
-    peak = spec.peak_flops(dtype, pes=rows * HEADS)
+    peak = spec.peak_flops(dtype, pes=rows * cols)
     result = {
-        "seq": seq, "rows": rows, "cols": HEADS, "block": plan.tq,
+        "seq": seq, "layout": ("best: " + ", ".join(f"{k} {v}" for k, v in how.items())
+                               if best else "8 cols"),
+        "rows": rows, "cols": cols, "block": plan.tq,
         "cycles": stats["cycles"], "cost_cycles": closed,
         "seconds": stats["seconds"], "wall_s": wall, "cost_wall_s": cost_wall,
         "sram_peak": stats["sram_peak_bytes"], "busy": stats["busy_fraction"],
@@ -83,7 +95,7 @@ def bench(seq: int, dtype: str, values: bool) -> dict[str, float]:
         "max_error": float("nan"),
     }
     if values:
-        ref = reference(q, k, v, dtype)
+        ref = reference(q, k, v, dtype, pct)
         result["max_error"] = float(np.abs(out.to_numpy().astype(np.float32) - ref).max())
     return result
 
@@ -102,12 +114,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
           f"{'wall':>7} {'SRAM/PE':>9} {'busy':>5} {'eff':>5} {'max err':>8}")
     results = []
     for seq in args.seqs:
-        r = bench(seq, args.dtype, args.values or seq <= 2048)
-        results.append(r)
-        err = "timing" if np.isnan(r["max_error"]) else f"{r['max_error']:.1e}"
-        print(f"{seq:>6} {r['rows']:>4}x{r['cols']:<4} {r['block']:>5} {r['cycles']:>11,.0f} "
-              f"{r['cost_cycles']:>11,.0f} {r['seconds'] * 1e3:>8.3f}ms {r['wall_s']:>6.2f}s "
-              f"{r['sram_peak']:>7,.0f} B {r['busy']:>5.2f} {r['efficiency']:>5.1%} {err:>8}")
+        for best in (False, True):
+            r = bench(seq, args.dtype, args.values or seq <= 2048, best)
+            results.append(r)
+            err = "timing" if np.isnan(r["max_error"]) else f"{r['max_error']:.1e}"
+            print(f"{seq:>6} {r['rows']:>4}x{r['cols']:<4} {r['block']:>5} "
+                  f"{r['cycles']:>11,.0f} {r['cost_cycles']:>11,.0f} "
+                  f"{r['seconds'] * 1e3:>8.3f}ms {r['wall_s']:>6.2f}s "
+                  f"{r['sram_peak']:>7,.0f} B {r['busy']:>5.2f} {r['efficiency']:>5.1%} "
+                  f"{err:>8}  {r['layout']}")
     print("cycles: simulated on the fabric; cost(): closed form; eff: useful FLOPs / peak of "
           "the PEs used; busy: CE-busy share (causal rows finish early)")
     return results
