@@ -333,6 +333,9 @@ def _describe(g: Graph, st: Stage) -> None:
                      "bias": short == "addmm", "skip": _relu_fed(g, a_arg)}
         st.flops = 2.0 * batch * m * k * n
     elif st.kind == "attention":
+        # its only constant is the causal mask, which the kernel builds from positions
+        # instead of storing (a [seq, seq] table: 419 MB per layer at 10,240 tokens)
+        st.weight_bytes = 0
         b, h, s, d = _shape(g, node.args[0])
         st.params = {"groups": b * h, "seq": s, "head_dim": d, "batch": b, "heads": h,
                      "assumed_causal": bool(node.meta.get("assumed_causal"))}
