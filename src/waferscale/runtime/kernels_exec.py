@@ -28,7 +28,10 @@ def to_np(x: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype)
+    """A torch tensor of ``x`` (a read-only array, e.g. a broadcast, is copied: torch
+    tensors are writable)."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy()).to(dtype)
 
 
 class StageRun:
