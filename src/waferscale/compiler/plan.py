@@ -1,7 +1,9 @@
 """Planning: group nodes into kernel stages, pick each stage's kernel, rectangle and cost.
 
 A *stage* is what gets its own rectangle of the wafer in pipelined execution: one kernel
-node, or one fused chain of pointwise ops. Free layout nodes (relabel) belong to the stage
+node, or one fused group of pointwise ops; pointwise groups and layer norms that only
+feed (or only read) one GEMM are fused into it as epilogues and prologues
+(`fuse_epilogues`, `fuse_prologues`). Free layout nodes (relabel) belong to the stage
 that produced their input; data-moving layout nodes (move) are charged to the bigger of
 their producing and consuming stages (a slice or cat streamed over a GEMM's rectangle is
 cheap; the same stream over a one-op ``neg`` stage's few PEs made it the pipeline's
@@ -11,8 +13,9 @@ inputs and outputs cross.
 Rectangle sizes: stages share the wafer in proportion to their work (FLOPs), so that the
 pipeline is roughly balanced; every stage gets at least what its SRAM needs, and no more
 than its problem can use (a p x p GEMM needs p <= min(m, k, n)). Within its share a GEMM
-takes the grid and algorithm `kernels.choose` finds fastest, attention the number of query
-rows that minimises `attention.cost`. All cycle counts here come from the kernels' closed
+takes the fastest MeshGEMM layout (`_gemm_layout`: q x q groups side by side, token rows
+split over them and taken in rounds when they do not fit), attention
+`attention.choose_layout`. All cycle counts here come from the kernels' closed
 form ``cost()``: the same numbers the estimate mode reports and the fabric run must meet.
 These first sizes are a calibration: `compiler.place` turns them into placement blocks,
 the floorplanner decides the final rectangles, and `size_stage(..., bounds=)` re-sizes
