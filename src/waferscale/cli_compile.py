@@ -101,7 +101,9 @@ def write_map(cm: Any, path: str | Path) -> Path:
     if placed is None:
         raise CompileError(f"no placement to draw: the model compiled in {cm.program.mode} "
                            f"mode ({'; '.join(cm.program.notes)[:300]})")
-    return plot_floorplan(placed.result, path, baseline=True)
+    f = placed.figures
+    return plot_floorplan(placed.result, path, baseline=True,
+                          utilisation=(f["utilization"], f.get("baseline_utilization", 0.0)))
 
 
 def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: bool,

@@ -42,17 +42,23 @@ def _panels(ax_plan, ax_load, result: FloorplanResult, g: Geometry, routing: Rou
     ax_load.set_title(f"{title}: link load")
 
 
-def plot_floorplan(result: FloorplanResult, path: str | Path, baseline: bool = False) -> Path:
-    """Two panels (floorplan, link load); with ``baseline`` a second row for the strips."""
+def plot_floorplan(result: FloorplanResult, path: str | Path, baseline: bool = False,
+                   utilisation: tuple[float, float] | None = None) -> Path:
+    """Two panels (floorplan, link load); with ``baseline`` a second row for the strips.
+
+    ``utilisation``: (placed, strips) figures to print in the titles, e.g. the compiler's
+    measured ones (kernels re-sized in their rectangles); by default the placer's own
+    area-model figures (`Quality.utilisation`)."""
     rows = 2 if baseline and result.baseline_geometry is not None else 1
     fig, axes = plt.subplots(rows, 2, figsize=(12, 5.5 * rows), squeeze=False)
-    q = result.quality
+    placed_u = utilisation[0] if utilisation else result.quality.utilisation
     _panels(axes[0][0], axes[0][1], result, result.geometry, result.routing,
-            f"placed (util {q.utilisation:.0%})")
+            f"placed (util {placed_u:.0%})")
     if rows == 2:
         assert result.baseline is not None and result.baseline_geometry is not None
+        strips_u = utilisation[1] if utilisation else result.baseline.utilisation
         _panels(axes[1][0], axes[1][1], result, result.baseline_geometry,
-                result.baseline_routing, f"strips (util {result.baseline.utilisation:.0%})")
+                result.baseline_routing, f"strips (util {strips_u:.0%})")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
