@@ -55,8 +55,10 @@ def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
         cap[k] = max(min_area[k], min(cap[k], curve_area(a, ts, float(np.min(ts)))))
 
     def areas_at(t: float) -> np.ndarray:
+        # no block needs more than the free area: the clip changes no comparison with
+        # it and keeps the sum finite where T sits at a block's latency (work / ~0)
         slack = np.maximum(t - latency, 1e-300)
-        out = np.minimum(cap, np.maximum(min_area, work / slack))
+        out = np.minimum(np.minimum(cap, total_area), np.maximum(min_area, work / slack))
         for k in curved:
             a, ts = curves[k]  # type: ignore[index]
             out[k] = min(cap[k], max(min_area[k], curve_area(a, ts, t)))
