@@ -519,15 +519,16 @@ def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: 
 
 def _rows_that_fit(spec: WaferSpec, k: int, n: int, q: int, dtype: str,
                    extras: tuple[bool, bool, int]) -> int:
-    """Most A rows a q x q MeshGEMM grid holds with the weights: `gemm.sram_bytes` is
-    ``2 (mb kb + kb nb) B + mb nb 4`` (fp32 accumulator) and `_extra_bytes` is linear in
-    the row block mb too."""
-    b = BYTES[dtype]
+    """Most A rows a q x q MeshGEMM grid holds with the weights: `gemm.sram_bytes` and
+    `_extra_bytes` are both linear in the row block mb, so two evaluations give it."""
     kb, nb = -(-k // q), -(-n // q)
-    fixed = 2 * kb * nb * b + _extra_bytes(0, kb, nb, b, extras)
-    per_row = 2 * kb * b + nb * 4 + _extra_bytes(1, kb, nb, b, extras) \
-        - _extra_bytes(0, kb, nb, b, extras)
-    return int(max(0, (spec.sram_bytes - fixed) // per_row)) * q
+
+    def per_pe(mb: int) -> int:
+        return gemm.sram_bytes(mb * q, k, n, q, dtype, "fp32", "meshgemm") + _extra_bytes(
+            mb, kb, nb, BYTES[dtype], extras)
+
+    fixed = per_pe(0)
+    return int(max(0, (spec.sram_bytes - fixed) // (per_pe(1) - fixed))) * q
 
 
 def row_split(m: int, groups: int) -> tuple[int, int]:
@@ -639,13 +640,21 @@ def _size_gemm(spec: WaferSpec, st: Stage, area: float, side_cap: int,
     elif used > 1:
         st.algorithm += (f", M split over {gr}x{gc} groups of {q}x{q} ({mg} rows each, "
                          f"weights replicated" + (f", {rounds} rounds)" if rounds > 1 else ")"))
-    if p["bias"]:
-        mb, nb = -(-mg // q), -(-n // q)
-        st.cost_cycles += rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
-    st.cost_cycles += epilogue_cycles(spec, st, q, mg, rounds)
-    st.cost_cycles += prologue_cycles(spec, st, q, mg, rounds)
+    st.cost_cycles += gemm_extra_cycles(spec, st, q, mg, rounds)
     if p.get("prologue"):
         st.algorithm = "layer norm + " + st.algorithm
+
+
+def gemm_extra_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
+    """Cycles a sized GEMM stage adds to its products, every round: the bias add over the
+    output tile, a fused layer norm (`prologue_cycles`) and fused pointwise chains
+    (`epilogue_cycles`). The plan's cost and the runtime's measured cycles both take them
+    from here."""
+    extra = prologue_cycles(spec, st, q, mg, rounds) + epilogue_cycles(spec, st, q, mg, rounds)
+    if st.params.get("bias"):
+        tile = -(-mg // q) * -(-st.params["n"] // q)
+        extra += rounds * float(ew.op_cycles(spec, tile, "fp32", "add", reads=2))
+    return extra
 
 
 def prologue_cycles(spec: WaferSpec, st: Stage, q: int, mg: int, rounds: int) -> float:
@@ -908,6 +917,6 @@ def plan(g: Graph, spec: WaferSpec, *, max_side: int | None = None,
 
 
 __all__ = ["AREA_FRACTION", "Plan", "Stage", "add_move_cycles", "build_stages", "charge_moves",
-           "epilogue_cycles", "fuse_epilogues", "fuse_prologues", "fused_cycles", "home_of",
-           "gemm_extras", "plan", "prologue_cycles", "size_stage",
-           "stage_extra_bytes"]
+           "epilogue_cycles", "fuse_epilogues", "fuse_prologues", "fused_cycles",
+           "gemm_extra_cycles", "gemm_extras", "home_of", "plan", "prologue_cycles",
+           "size_stage", "stage_extra_bytes"]

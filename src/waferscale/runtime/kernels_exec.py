@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from waferscale.compiler.plan import Stage, epilogue_cycles, prologue_cycles, stage_extra_bytes
+from waferscale.compiler.plan import (
+    TORCH_TO_FABRIC,
+    Stage,
+    gemm_extra_cycles,
+    stage_extra_bytes,
+)
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric.dtypes import to_storage
 from waferscale.hardware.spec import WaferSpec
@@ -136,16 +141,9 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
         busy.append(fab.stats()["busy_fraction"])
     if skip and total:
         density = nnz / total
-    extra = 0.0
-    if bias is not None:
-        mb, nb = -(-mg // p), -(-b3.shape[2] // p)
-        extra = rounds * float(ew.op_cycles(spec, mb * nb, "fp32", "add", reads=2))
-    if st.params.get("prologue"):
-        extra += prologue_cycles(spec, st, p, mg, rounds)
-    if st.params.get("epilogue"):
-        extra += epilogue_cycles(spec, st, p, mg, rounds)
     peak += stage_extra_bytes(st, p, mg)
-    run = StageRun(cycles + extra, peak, float(np.mean(busy)), density)
+    run = StageRun(cycles + gemm_extra_cycles(spec, st, p, mg, rounds), peak,
+                   float(np.mean(busy)), density)
     if timing_only:
         return None, run
     if split:
@@ -205,25 +203,20 @@ def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
     wall time at seq 1,024 and about a minute per layer at 10,240, for the same numbers.
     On a defective wafer the kernel runs timing-only on the fabric, which charges the
     detours of the stage's links; the values stay the same as on a perfect wafer."""
-    layout = {"fold": st.params.get("fold", 1), "kv": st.params.get("kv", "shift"),
-              "split": st.params.get("split", 1)}
+    layout = _attention_layout(st)
     b, h, s, d = q.shape
-    if SIMULATE_ATTENTION:
-        fab = _fabric(spec, st, timing_only)
-        if timing_only:
-            z = np.broadcast_to(np.float32(0), (b, h, s, d))
-            attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, **layout)
-            return None, _done(fab)
+    if SIMULATE_ATTENTION and not timing_only:
+        fab = _fabric(spec, st, False)
         out = attention.run(fab, to_np(q), to_np(k), to_np(v), dtype=st.dtype, causal=True,
                             scale=scale, **layout)
         return to_torch(out.to_numpy().reshape(b, h, s, d), q.dtype), _done(fab)
-    if LINK_EXTRA.get() is None:
-        run = _attention_closed_form(spec, st, b * h, s, d)
-    else:
+    if SIMULATE_ATTENTION or LINK_EXTRA.get() is not None:
         fab = _fabric(spec, st, True)
         z = np.broadcast_to(np.float32(0), (b, h, s, d))
         attention.run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, **layout)
         run = _done(fab)
+    else:
+        run = _attention_closed_form(spec, st, b * h, s, d)
     if timing_only:
         return None, run
     qs, ks, vs = (torch.from_numpy(to_storage(to_np(x), st.dtype).astype(np.float32))
@@ -233,13 +226,18 @@ def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
     return to_torch(to_storage(out.numpy(), st.dtype), q.dtype), run
 
 
+def _attention_layout(st: Stage) -> dict[str, Any]:
+    """The kernel options the plan chose (`plan._size_attention`); shift defaults."""
+    return {"fold": st.params.get("fold", 1), "kv": st.params.get("kv", "shift"),
+            "split": st.params.get("split", 1)}
+
+
 def _attention_closed_form(spec: WaferSpec, st: Stage, groups: int, seq: int, head_dim: int
                            ) -> StageRun:
     """What `attention.run` would measure on a perfect wafer, from the kernel's closed
     forms: cycles, SRAM peak and the CE busy share (chain position l runs l + 1 of the L
     steps: `attention.mean_busy_cycles`)."""
-    layout = {"fold": st.params.get("fold", 1), "kv": st.params.get("kv", "shift"),
-              "split": st.params.get("split", 1)}
+    layout = _attention_layout(st)
     kp = attention.plan(spec, groups, seq, head_dim, st.rect, dtype=st.dtype, **layout)
     cycles = attention.cost(spec, groups, seq, head_dim, st.rect, dtype=st.dtype, **layout)
     busy = attention.mean_busy_cycles(spec, kp) / cycles if cycles else 0.0
@@ -353,6 +351,15 @@ def _pw_value(short: str, node_args: tuple[Any, ...], kwargs: dict[str, Any],
     return fns[short][1](x)
 
 
+def _op_value(node: Any, vals: list[Any]) -> np.ndarray:
+    """One pointwise node on fp32 operands, rounded to its storage dtype (as PyTorch
+    rounds after every op), as fp32: the value step of fused stages and epilogues."""
+    with np.errstate(all="ignore"):
+        res = _pw_value(node.short, node.args, node.kwargs, vals)
+    return to_storage(np.asarray(res, np.float32), TORCH_TO_FABRIC[node.meta["dtype"]]).astype(
+        np.float32, copy=False)
+
+
 def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
                   timing_only: bool = False) -> tuple[dict[str, torch.Tensor], StageRun]:
     """A fused chain: operands are distributed over the rectangle with the output's layout
@@ -403,12 +410,7 @@ def run_pointwise(spec: WaferSpec, st: Stage, graph: Any, env: dict[str, Any],
                     vals.append(local[a.name] if a.name in members else plain(env[a.name]))
                 else:
                     vals.append(plain(a) if not isinstance(a, (list, tuple)) else a)
-            with np.errstate(all="ignore"):
-                res = _pw_value(node.short, node.args, node.kwargs, vals)
-            out_dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[
-                node.meta["dtype"]]
-            local[name] = to_storage(np.asarray(res, np.float32), out_dt).astype(
-                np.float32, copy=False)
+            local[name] = _op_value(node, vals)
         dtype = getattr(torch, last.meta["dtype"])
         # a fresh, writable array: the result must not alias an operand or a view
         out_vals[last.name] = to_torch(np.array(np.broadcast_to(local[last.name], shape),
@@ -433,11 +435,8 @@ def run_epilogue_node(node: Any, env: dict[str, Any]) -> torch.Tensor:
             vals.append(np.float32(v))
         else:
             vals.append(v)
-    with np.errstate(all="ignore"):
-        res = _pw_value(node.short, node.args, node.kwargs, vals)
-    out_dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[node.meta["dtype"]]
-    res = np.broadcast_to(to_storage(np.asarray(res, np.float32), out_dt), shape)
-    return to_torch(np.asarray(res, np.float32), getattr(torch, node.meta["dtype"]))
+    res = np.broadcast_to(_op_value(node, vals), shape)
+    return to_torch(res, getattr(torch, node.meta["dtype"]))
 
 
 __all__ = ["StageRun", "layer_norm_values", "run_attention", "run_embedding",
