@@ -19,6 +19,7 @@ from waferscale.compiler import lower
 from waferscale.compiler.errors import CompileError, FallbackError
 from waferscale.compiler.floorplan import BlockSramError, ConstraintError, FloorplanConfig
 from waferscale.compiler.ir import Graph
+from waferscale.compiler.match_loss import fuse_cross_entropy
 from waferscale.compiler.place import RectLike, place_plan
 from waferscale.compiler.plan import plan as make_plan
 from waferscale.compiler.program import Program, route
@@ -56,6 +57,7 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
     t0 = time.perf_counter() if t0 is None else t0
     if mode not in MODES:
         raise CompileError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    fuse_cross_entropy(g)
     lower.classify(g)
     lower.fuse_pointwise(g)
     fb = lower.fallbacks(g)
@@ -183,6 +185,7 @@ class CompiledModel:
             "wafer_sram_bytes": prog.plan.wafer_sram_bytes,
             "pipelined_fits": prog.mode.startswith("pipelined"),
             "fallback_ops": prog.fallback_ops(),
+            "host_input_ops": lower.fallbacks(prog.graph, input_only=True),
             "op_counts": prog.graph.op_counts(),
             "notes": list(prog.notes),
         }

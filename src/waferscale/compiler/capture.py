@@ -196,6 +196,11 @@ def fold_constants(g: Graph) -> int:
                 folded += 1
             continue
         g.constants[node.name] = value
+        if value.device.type == "meta" and not node.inputs and len(node.args) == 1 \
+                and isinstance(node.args[0], (int, float, bool)):
+            # a scalar built from a literal (scalar_tensor(0)): the meta device drops the
+            # value, which later passes need to recognise patterns (`match_loss`)
+            node.meta["scalar"] = node.args[0]
         _make_const(node)
         node.meta["folded_from"] = node.target
         folded += 1

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from waferscale.compiler.ir import Graph, Node, Ref
+from waferscale.compiler.match_loss import CROSS_ENTROPY
 
 KERNELS: dict[str, str] = {
     "mm": "gemm", "addmm": "gemm", "bmm": "gemm",
@@ -80,6 +81,7 @@ def _pointwise_op(node: Node, g: Graph) -> str | None:
 def classify(g: Graph) -> dict[str, int]:
     """Write ``meta['kind']`` on every call node; returns counts per kind."""
     counts: dict[str, int] = {}
+    from_inputs: dict[str, bool] = {}
     for node in g.calls():
         kind = "fallback"
         short = node.short
@@ -102,11 +104,31 @@ def classify(g: Graph) -> dict[str, int]:
         if short == "embedding" and kind == "embedding" and node.meta.get("dtype") \
                 not in FLOAT_DTYPES:
             kind = "fallback"
+        if node.target == CROSS_ENTROPY:
+            kind = "cross_entropy"
         node.meta["kind"] = kind
         if kind == "fallback":
             node.meta["fallback_reason"] = _why(node)
+            if _from_inputs_only(node, g, from_inputs):
+                node.meta["input_only"] = True
+                node.meta["fallback_reason"] = ("reads only the model's inputs: runs in the "
+                                                "host's input pipeline, sent with the batch")
+        from_inputs[node.name] = _from_inputs_only(node, g, from_inputs)
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def _from_inputs_only(node: Node, g: Graph, known: dict[str, bool]) -> bool:
+    """True for an integer or bool result that reads only the model's inputs, constants
+    and other such results (labels shifted and masked): nothing the wafer computes. The
+    calls are visited in graph order, so ``known`` holds every call input."""
+    if _float_out(node):
+        return False
+    for name in node.inputs:
+        src = g.nodes[name]
+        if src.op == "call" and not known.get(name, False):
+            return False
+    return True
 
 
 def _why(node: Node) -> str:
@@ -203,11 +225,19 @@ def fuse_pointwise(g: Graph) -> int:
     return groups
 
 
-def fallbacks(g: Graph) -> list[dict[str, Any]]:
-    """Every host-fallback op with its count and the source lines it comes from."""
+def fallbacks(g: Graph, *, input_only: bool = False) -> list[dict[str, Any]]:
+    """Every host-fallback op with its count and the source lines it comes from.
+
+    ``input_only=True`` lists the other host ops instead: integer or bool ops that read
+    only the model's inputs (labels shifted by one and tested against ``ignore_index``).
+    They need nothing from the wafer, so they run in the host's input pipeline before the
+    batch is sent, their results cross the system I/O with the inputs (charged), and they
+    are not fallbacks: no value goes to the host and back.
+    """
     out: dict[str, dict[str, Any]] = {}
     for node in g.calls():
-        if node.meta.get("kind") != "fallback":
+        if node.meta.get("kind") != "fallback" or bool(node.meta.get("input_only")) \
+                != input_only:
             continue
         entry = out.setdefault(node.target, {"op": node.target, "count": 0, "sources": [],
                                              "reason": node.meta.get("fallback_reason", "")})

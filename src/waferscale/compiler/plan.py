@@ -34,7 +34,7 @@ from waferscale.errors import KernelError
 from waferscale.fabric.dtypes import BYTES
 from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec
-from waferscale.kernels import attention, embedding, gemm, norm
+from waferscale.kernels import attention, embedding, gemm, loss, norm
 from waferscale.kernels import elementwise as ew
 
 #: Share of the wafer the planner hands out (the strip placer needs slack to pack).
@@ -361,9 +361,17 @@ def _describe(g: Graph, st: Stage) -> None:
         external = {i for n in st.nodes for i in g.nodes[n].inputs if i not in st.nodes}
         st.params = {"tokens": t, "hidden": h, "ops": ops, "reads": max(1, len(external))}
         st.flops = float(t * h * sum(ew.OP_COSTS[o].flops for o in ops))
+    elif st.kind == "cross_entropy":
+        t, v = _shape(g, node.args[0])
+        st.params = {"tokens": t, "vocab": v, "ignore_index": int(node.args[2]),
+                     "reduction": node.args[3]}
+        st.flops = 4.0 * t * v    # per logit: max, subtract, exp, sum
     else:  # fallback
-        io = sum(g.nodes[i].meta.get("out_bytes", 0) for n in st.nodes
-                 for i in g.nodes[n].inputs if g.nodes[i].op != "const")
+        # integer ops on the inputs alone (`lower.fallbacks(input_only=True)`) run before
+        # the batch is sent: only their results cross the I/O
+        io = 0 if all(g.nodes[n].meta.get("input_only") for n in st.nodes) else sum(
+            g.nodes[i].meta.get("out_bytes", 0) for n in st.nodes
+            for i in g.nodes[n].inputs if g.nodes[i].op != "const")
         io += sum(g.nodes[n].meta.get("out_bytes", 0) for n in st.nodes)
         st.params = {"io_bytes": int(io), "op": node.target}
     for n in st.nodes:
@@ -721,6 +729,16 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
             st.cost_cycles = ew.softmax_cost(spec, [t, h], st.rect, dtype=dt)
             st.sram_per_pe = sm_bytes(*st.rect)
             st.algorithm = "max/exp/sum, chain allreduce"
+        elif st.kind == "cross_entropy":
+            t, v = p["tokens"], p["vocab"]
+
+            def ce_bytes(r: int, c: int) -> int:
+                # logits and their gradient, per token row: target, max, sum, picked logit
+                return 2 * -(-t // r) * -(-v // c) * eb + 16 * -(-t // r)
+            st.rect = _row_rect(spec, t, v, area, bounds, ce_bytes)
+            st.cost_cycles = loss.cost(spec, t, v, st.rect, dtype=dt)
+            st.sram_per_pe = ce_bytes(*st.rect)
+            st.algorithm = "cross-entropy: max/exp/sum/pick, chain allreduce, mean"
         elif st.kind == "embedding":
             _size_embedding(spec, st, area, bounds)
         elif st.kind == "pointwise":

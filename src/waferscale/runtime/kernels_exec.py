@@ -23,7 +23,7 @@ from waferscale.compiler.plan import (
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric.dtypes import to_storage
 from waferscale.hardware.spec import WaferSpec
-from waferscale.kernels import attention, embedding, gemm, norm
+from waferscale.kernels import attention, embedding, gemm, loss, norm
 from waferscale.kernels import elementwise as ew
 
 
@@ -35,8 +35,10 @@ def to_np(x: torch.Tensor) -> np.ndarray:
 def to_torch(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """A torch tensor of ``x`` (a read-only array, e.g. a broadcast, is copied: torch
     tensors are writable)."""
-    a = np.ascontiguousarray(x, dtype=np.float32)
-    return torch.from_numpy(a if a.flags.writeable else a.copy()).to(dtype)
+    a = np.asarray(x, dtype=np.float32)   # not ascontiguousarray: it makes a 0-d array 1-d
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        a = np.array(a, order="C")
+    return torch.from_numpy(a).to(dtype)
 
 
 class StageRun:
@@ -314,6 +316,24 @@ def run_embedding(spec: WaferSpec, st: Stage, table: torch.Tensor, ids: torch.Te
     return to_torch(val, table.dtype), _done(fab)
 
 
+def run_cross_entropy(spec: WaferSpec, st: Stage, logits: torch.Tensor, targets: torch.Tensor,
+                      timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
+    """The loss kernel on the stage's rectangle (`compiler.match_loss`). The kernel gives
+    the mean over targets that are not ignored (and the gradient, in the same sweep); a
+    ``sum`` reduction is that mean times their count."""
+    fab = _fabric(spec, st, timing_only)
+    t, v, ii = st.params["tokens"], st.params["vocab"], st.params["ignore_index"]
+    xm = _mesh(fab, (t, v) if timing_only else to_np(logits).reshape(t, v), st.dtype)
+    tgt = np.zeros(t, np.int64) if timing_only else targets.reshape(-1).numpy()
+    mean, _grad = loss.run(xm, tgt, ignore_index=ii)
+    if timing_only:
+        return None, _done(fab)
+    value = np.float32(mean.to_numpy().reshape(-1)[0])
+    if st.params["reduction"] == "sum":
+        value = value * np.float32((tgt != ii).sum())
+    return torch.tensor(float(value), dtype=torch.float32), _done(fab)
+
+
 # ------------------------------------------------------------------ fused pointwise -------
 def _pw_value(short: str, node_args: tuple[Any, ...], kwargs: dict[str, Any],
               vals: list[Any]) -> np.ndarray:
@@ -440,5 +460,6 @@ def run_epilogue_node(node: Any, env: dict[str, Any]) -> torch.Tensor:
 
 
 __all__ = ["StageRun", "layer_norm_values", "run_attention", "run_embedding",
-           "run_epilogue_node", "run_gemm", "run_layer_norm", "run_pointwise", "run_softmax",
+           "run_cross_entropy", "run_epilogue_node", "run_gemm", "run_layer_norm",
+           "run_pointwise", "run_softmax",
            "to_np", "to_torch"]

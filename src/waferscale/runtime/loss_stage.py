@@ -1,7 +1,8 @@
 """Cross-entropy of the model's logits on its own rectangle (the `loss` kernel).
 
-Kept out of the traced graph on purpose: transformers computes its loss with shifts and
-dtype casts that decompose into a dozen ops; the wafer has one kernel for it.
+`waferscale run` traces the model without labels (so the compiled program serves any
+batch's targets) and computes the loss here from the logits. A model traced *with*
+``labels=`` gets the same kernel inside the graph (`compiler.match_loss`).
 """
 
 from __future__ import annotations
