@@ -147,6 +147,21 @@ def test_softmax_other_layouts(maps, algorithm):
         SPEC, shape, (3, 5), row_map=maps[0], col_map=maps[1], algorithm=algorithm), rel=0.01)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_log_softmax(layout, dtype):
+    """log=True: x - m - log(sum exp(x - m)); finite where the softmax underflows to 0."""
+    shape, rows, cols = layout
+    f = Fabric(SPEC, rows, cols)
+    x = place(f, RNG.standard_normal(shape).astype(np.float32) * 30 - 20, dtype)
+    y = ew.softmax(x, log=True)
+    ref = torch.log_softmax(torch.from_numpy(x.to_numpy().astype(np.float32)), -1).numpy()
+    assert np.isfinite(y.to_numpy()).all()
+    close(y.to_numpy(), ref, dtype)
+    assert f.elapsed() == pytest.approx(ew.softmax_cost(SPEC, shape, (rows, cols), dtype=dtype,
+                                                        log=True), rel=0.01)
+
+
 def test_softmax_masked_scores():
     f = Fabric(SPEC, 2, 4)
     x = RNG.standard_normal((4, 8)).astype(np.float32)

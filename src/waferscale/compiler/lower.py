@@ -32,6 +32,7 @@ KERNELS: dict[str, str] = {
     "scaled_dot_product_attention": "attention",
     "native_layer_norm": "layer_norm",
     "_softmax": "softmax",
+    "_log_softmax": "softmax",
     "embedding": "embedding",
 }
 
@@ -87,7 +88,8 @@ def classify(g: Graph) -> dict[str, int]:
         short = node.short
         if short in KERNELS and _float_out(node) or short == "native_layer_norm":
             kind = KERNELS[short]
-            if short == "_softmax" and node.args[1] not in (-1, len(node.meta["shape"]) - 1):
+            if short in ("_softmax", "_log_softmax") and (
+                    node.args[1] not in (-1, len(node.meta["shape"]) - 1) or node.args[2]):
                 kind = "fallback"
             if short == "scaled_dot_product_attention" and not _causal(node, g):
                 kind = "fallback"
@@ -134,8 +136,9 @@ def _from_inputs_only(node: Node, g: Graph, known: dict[str, bool]) -> bool:
 def _why(node: Node) -> str:
     if node.short == "scaled_dot_product_attention":
         return "attention with a non-causal mask (the kernel is causal only)"
-    if node.short == "_softmax":
-        return "softmax over an axis other than the last"
+    if node.short in ("_softmax", "_log_softmax"):
+        return ("softmax over an axis other than the last, or half_to_float (run it in the "
+                "input's dtype over the last axis)")
     if not _float_out(node):
         return f"no kernel for {node.meta.get('dtype')} results"
     return "no wafer kernel for this op"

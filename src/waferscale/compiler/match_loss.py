@@ -3,9 +3,9 @@
 ``torch.nn.functional.cross_entropy`` (what transformers' causal-LM heads call when given
 ``labels=``) reaches the graph as a dozen core ATen ops: ``_log_softmax``, a ``gather`` of
 the target's log-probability, a ``where`` that zeroes ignored targets, a ``sum`` and, for
-the mean, a ``div`` by the count of targets that are not ignored. One by one most have no
-kernel (``gather``, ``_log_softmax``, bool and int64 results), so the loss fell back to the
-host and took the [tokens, vocab] logits across the system I/O. The wafer has one kernel
+the mean, a ``div`` by the count of targets that are not ignored. One by one, ``gather``
+and the float ``where`` and ``sum`` have no kernel, so the loss fell back to the host and
+took the [tokens, vocab] log-probabilities across the system I/O. The wafer has one kernel
 for the whole thing (`kernels.loss`: row max, exponentials, the target's logit and the mean
 in one sweep), so this pass finds the pattern and replaces it with one node,
 ``waferscale.cross_entropy(logits, targets, ignore_index, reduction)``.

@@ -349,6 +349,8 @@ def _describe(g: Graph, st: Stage) -> None:
         if st.kind == "layer_norm":
             st.params.update(weight=node.args[2] is not None, bias=node.args[3] is not None,
                              eps=float(node.args[4]))
+        else:
+            st.params["log"] = short == "_log_softmax"
         st.flops = (8.0 if st.kind == "layer_norm" else 5.0) * t * h
     elif st.kind == "embedding":
         v, h = _shape(g, node.args[0])
@@ -726,9 +728,9 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
                 tile = -(-t // r) * -(-h // c)
                 return 2 * tile * eb + 4 * tile + 16 * -(-t // r) * max(1, c)
             st.rect = _row_rect(spec, t, h, area, bounds, sm_bytes)
-            st.cost_cycles = ew.softmax_cost(spec, [t, h], st.rect, dtype=dt)
+            st.cost_cycles = ew.softmax_cost(spec, [t, h], st.rect, dtype=dt, log=p["log"])
             st.sram_per_pe = sm_bytes(*st.rect)
-            st.algorithm = "max/exp/sum, chain allreduce"
+            st.algorithm = ("log-" if p["log"] else "") + "max/exp/sum, chain allreduce"
         elif st.kind == "cross_entropy":
             t, v = p["tokens"], p["vocab"]
 

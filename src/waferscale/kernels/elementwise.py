@@ -440,13 +440,15 @@ def row_max_cycles(spec: WaferSpec, tile: Sequence[int], layout: RowLayout,
 
 
 # --------------------------------------------------------------------------- softmax ------
-def softmax(x: MeshTensor, *, dtype: str | None = None, algorithm: str = "chain"
-            ) -> MeshTensor:
+def softmax(x: MeshTensor, *, dtype: str | None = None, algorithm: str = "chain",
+            log: bool = False) -> MeshTensor:
     """Softmax over the last axis: max, exp, sum, scale, with fabric allreduces if split.
 
     Steps per PE: row max (gathered over the mesh if the axis is split), ``e = exp(x - m)``
     with its row sum in the same sweep, sum allreduce, one reciprocal per row and one
-    multiply per element. Output in ``dtype`` (default: the input's).
+    multiply per element. ``log=True`` gives log-softmax instead: one log and one add per
+    row (``m + log s``) and one subtract per element (``x - (m + log s)``), which is exact
+    where the softmax underflows. Output in ``dtype`` (default: the input's).
     """
     dtype = check_dtype("softmax", dtype or x.dtype)
     layout = RowLayout.of("softmax", x.shape, x.rect.shape, x.row_map, x.col_map)
@@ -460,13 +462,23 @@ def softmax(x: MeshTensor, *, dtype: str | None = None, algorithm: str = "chain"
     end = local_pass(fabric, x.rect, n, WORK, "add", end, writes=0)
     s_tiles = None if e_tiles is None else e_tiles.sum(axis=-1, keepdims=True)
     total = allreduce_stat(stat_tensor(x, layout, 1, s_tiles, end), layout, algorithm)
-    end = local_pass(fabric, x.rect, tile_elements(total), WORK, "reciprocal", total.ready)
-    end = local_pass(fabric, x.rect, n, dtype, "mul", end, reads=2)
+    rows = tile_elements(total)
+    if log:
+        end = local_pass(fabric, x.rect, rows, WORK, "log", total.ready)
+        end = local_pass(fabric, x.rect, rows, WORK, "add", end, reads=2)
+        end = local_pass(fabric, x.rect, n, dtype, "sub", end, reads=2)
+    else:
+        end = local_pass(fabric, x.rect, rows, WORK, "reciprocal", total.ready)
+        end = local_pass(fabric, x.rect, n, dtype, "mul", end, reads=2)
     tiles = None
     if e_tiles is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            tiles = to_storage(np.where(mask if mask is not None else True,
-                                        e_tiles / total.tiles, np.float32(0)), dtype)
+            if log:
+                vals = apply(lambda a, b: a - b, [x, m], WORK, mask) - np.log(total.tiles)
+            else:
+                vals = e_tiles / total.tiles
+            tiles = to_storage(np.where(mask if mask is not None else True, vals,
+                                        np.float32(0)), dtype)
     out = x.like(tiles, end, dtype=dtype)
     for t in (m, e, total):
         t.free()
@@ -475,8 +487,9 @@ def softmax(x: MeshTensor, *, dtype: str | None = None, algorithm: str = "chain"
 
 def softmax_cost(spec: WaferSpec | str | None, shape: Sequence[int],
                  rect_shape: tuple[int, int], *, row_map: AxisMap = 0, col_map: AxisMap = 1,
-                 dtype: str = "fp32", algorithm: str = "chain") -> float:
-    """Closed form of `softmax`: the sum of its passes and allreduces."""
+                 dtype: str = "fp32", algorithm: str = "chain", log: bool = False) -> float:
+    """Closed form of `softmax` (and of log-softmax with ``log=True``): the sum of its
+    passes and allreduces."""
     spec = get_spec(spec)
     layout = RowLayout.of("softmax", shape, rect_shape, row_map, col_map)
     tile = tile_shape(shape, rect_shape, row_map, col_map)
@@ -486,5 +499,8 @@ def softmax_cost(spec: WaferSpec | str | None, shape: Sequence[int],
             + float(op_cycles(spec, n, WORK, "exp"))
             + float(op_cycles(spec, n, WORK, "add", writes=0))
             + allreduce_stat_cycles(spec, rows, layout, algorithm)
-            + float(op_cycles(spec, rows, WORK, "reciprocal"))
-            + float(op_cycles(spec, n, dtype, "mul", reads=2)))
+            + (float(op_cycles(spec, rows, WORK, "log"))
+               + float(op_cycles(spec, rows, WORK, "add", reads=2))
+               + float(op_cycles(spec, n, dtype, "sub", reads=2)) if log else
+               float(op_cycles(spec, rows, WORK, "reciprocal"))
+               + float(op_cycles(spec, n, dtype, "mul", reads=2))))

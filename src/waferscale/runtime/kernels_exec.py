@@ -294,7 +294,7 @@ def run_softmax(spec: WaferSpec, st: Stage, x: torch.Tensor, timing_only: bool =
     h = x.shape[-1]
     t = x.numel() // h
     xm = _mesh(fab, (t, h) if timing_only else to_np(x).reshape(t, h), st.dtype)
-    out = ew.softmax(xm)
+    out = ew.softmax(xm, log=st.params.get("log", False))
     if timing_only:
         return None, _done(fab)
     return to_torch(out.to_numpy().reshape(x.shape), x.dtype), _done(fab)
