@@ -2,9 +2,10 @@
 
 The table below is the whole contract between PyTorch and the wafer (docs/compiler.md
 prints it). Passes write ``node.meta['kind']`` (``gemm``, ``attention``, ``layer_norm``,
-``softmax``, ``embedding``, ``pointwise``, ``relabel``, ``move``, ``fallback``) and, for
-pointwise ops, ``node.meta['pointwise']`` (the elementwise op and its cost passes), then
-``fuse_pointwise`` groups chains of pointwise ops into one pass (``meta['group']``).
+``softmax``, ``embedding``, ``reduce``, ``cross_entropy``, ``pointwise``, ``relabel``,
+``move``, ``fallback``) and, for pointwise ops, ``node.meta['pointwise']`` (the
+elementwise op and its cost passes), then ``fuse_pointwise`` groups chains of pointwise
+ops into one pass (``meta['group']``).
 
 Layout ops:
 
@@ -20,6 +21,7 @@ Layout ops:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -103,6 +105,8 @@ def classify(g: Graph) -> dict[str, int]:
         elif _pointwise_op(node, g) is not None:
             kind = "pointwise"
             node.meta["pointwise"] = _pointwise_op(node, g)
+        elif short == "sum" and _float_out(node) and reduce_layout(node, g) is not None:
+            kind = "reduce"
         if short == "embedding" and kind == "embedding" and node.meta.get("dtype") \
                 not in FLOAT_DTYPES:
             kind = "fallback"
@@ -118,6 +122,26 @@ def classify(g: Graph) -> dict[str, int]:
         from_inputs[node.name] = _from_inputs_only(node, g, from_inputs)
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def reduce_layout(node: Node, g: Graph) -> tuple[int, int, int] | None:
+    """``(rows, cols, axis)`` of a sum over leading or trailing dims, seen as a sum over
+    axis 0 or 1 of the input flattened to [rows, cols] (the `reduce` kernel's layout);
+    None for other dims, a ``dtype`` argument or a 0-d input."""
+    shape = list(g.nodes[node.inputs[0]].meta.get("shape") or [])
+    rank = len(shape)
+    dims = node.args[1] if len(node.args) > 1 else None
+    if rank == 0 or node.kwargs.get("dtype") is not None or not isinstance(dims, (list, tuple,
+                                                                                   type(None))):
+        return None
+    picked = sorted({d % rank for d in dims}) if dims else list(range(rank))
+    k = len(picked)
+    size = math.prod
+    if k < rank and picked == list(range(rank - k, rank)):
+        return size(shape[:rank - k]), size(shape[rank - k:]), 1
+    if picked == list(range(k)):
+        return size(shape[:k]), size(shape[k:]), 0
+    return None
 
 
 def _from_inputs_only(node: Node, g: Graph, known: dict[str, bool]) -> bool:
@@ -262,4 +286,4 @@ def supported_ops() -> dict[str, list[str]]:
 
 
 __all__ = ["KERNELS", "MOVE", "POINTWISE", "RELABEL", "classify", "fallbacks",
-           "fuse_pointwise", "supported_ops"]
+           "fuse_pointwise", "reduce_layout", "supported_ops"]

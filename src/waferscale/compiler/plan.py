@@ -30,12 +30,14 @@ from functools import lru_cache
 from typing import Any
 
 from waferscale.compiler.ir import Graph, Node, Ref
+from waferscale.compiler.lower import reduce_layout
 from waferscale.errors import KernelError
 from waferscale.fabric.dtypes import BYTES
 from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec
 from waferscale.kernels import attention, embedding, gemm, loss, norm
 from waferscale.kernels import elementwise as ew
+from waferscale.kernels import reduce as reduce_kernel
 
 #: Share of the wafer the planner hands out (the strip placer needs slack to pack).
 AREA_FRACTION = 0.6
@@ -363,6 +365,10 @@ def _describe(g: Graph, st: Stage) -> None:
         external = {i for n in st.nodes for i in g.nodes[n].inputs if i not in st.nodes}
         st.params = {"tokens": t, "hidden": h, "ops": ops, "reads": max(1, len(external))}
         st.flops = float(t * h * sum(ew.OP_COSTS[o].flops for o in ops))
+    elif st.kind == "reduce":
+        rows, cols, axis = reduce_layout(node, g)
+        st.params = {"rows": rows, "cols": cols, "axis": axis}
+        st.flops = float(rows * cols)
     elif st.kind == "cross_entropy":
         t, v = _shape(g, node.args[0])
         st.params = {"tokens": t, "vocab": v, "ignore_index": int(node.args[2]),
@@ -731,6 +737,16 @@ def size_stage(spec: WaferSpec, st: Stage, area: float, max_side: int | None,
             st.cost_cycles = ew.softmax_cost(spec, [t, h], st.rect, dtype=dt, log=p["log"])
             st.sram_per_pe = sm_bytes(*st.rect)
             st.algorithm = ("log-" if p["log"] else "") + "max/exp/sum, chain allreduce"
+        elif st.kind == "reduce":
+            t, h = p["rows"], p["cols"]
+
+            def rd_bytes(r: int, c: int) -> int:
+                tr, tc = -(-t // r), -(-h // c)
+                return tr * tc * eb + 4 * (tr + tc)     # the tile, fp32 partial sums
+            st.rect = _row_rect(spec, t, h, area, bounds, rd_bytes)
+            st.cost_cycles = reduce_kernel.cost(spec, (t, h), st.rect, p["axis"], dtype=dt)
+            st.sram_per_pe = rd_bytes(*st.rect)
+            st.algorithm = f"sum over {'rows' if p['axis'] == 0 else 'columns'}, chain reduce"
         elif st.kind == "cross_entropy":
             t, v = p["tokens"], p["vocab"]
 

@@ -327,9 +327,10 @@ class RowLayout:
             raise KernelShapeError(f"{kernel}: needs a tensor with at least one axis")
         if "partial" in (row_map, col_map):
             raise KernelShapeError(f"{kernel}: input holds partial sums; reduce it first")
-        if col_map == last:
+        # a last axis "split" over one PE is whole on it: nothing to combine
+        if col_map == last and rect_shape[1] > 1:
             return cls("row", rect_shape[1], row_map, "partial")
-        if row_map == last:
+        if row_map == last and rect_shape[0] > 1:
             return cls("col", rect_shape[0], "partial", col_map)
         return cls(None, 1, row_map, col_map)
 

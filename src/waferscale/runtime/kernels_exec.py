@@ -25,6 +25,7 @@ from waferscale.fabric.dtypes import to_storage
 from waferscale.hardware.spec import WaferSpec
 from waferscale.kernels import attention, embedding, gemm, loss, norm
 from waferscale.kernels import elementwise as ew
+from waferscale.kernels import reduce as reduce_kernel
 
 
 def to_np(x: torch.Tensor) -> np.ndarray:
@@ -316,6 +317,18 @@ def run_embedding(spec: WaferSpec, st: Stage, table: torch.Tensor, ids: torch.Te
     return to_torch(val, table.dtype), _done(fab)
 
 
+def run_reduce(spec: WaferSpec, st: Stage, x: torch.Tensor, meta: dict[str, Any],
+               timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
+    """A sum over leading or trailing dims (`lower.reduce_layout`) on the reduce kernel."""
+    fab = _fabric(spec, st, timing_only)
+    rows, cols, axis = st.params["rows"], st.params["cols"], st.params["axis"]
+    xm = _mesh(fab, (rows, cols) if timing_only else to_np(x).reshape(rows, cols), st.dtype)
+    out = reduce_kernel.run(xm, axis)
+    if timing_only:
+        return None, _done(fab)
+    return to_torch(out.to_numpy().reshape(meta["shape"]), x.dtype), _done(fab)
+
+
 def run_cross_entropy(spec: WaferSpec, st: Stage, logits: torch.Tensor, targets: torch.Tensor,
                       timing_only: bool = False) -> tuple[torch.Tensor | None, StageRun]:
     """The loss kernel on the stage's rectangle (`compiler.match_loss`). The kernel gives
@@ -461,5 +474,5 @@ def run_epilogue_node(node: Any, env: dict[str, Any]) -> torch.Tensor:
 
 __all__ = ["StageRun", "layer_norm_values", "run_attention", "run_embedding",
            "run_cross_entropy", "run_epilogue_node", "run_gemm", "run_layer_norm",
-           "run_pointwise", "run_softmax",
+           "run_pointwise", "run_reduce", "run_softmax",
            "to_np", "to_torch"]

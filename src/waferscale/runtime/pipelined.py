@@ -162,6 +162,9 @@ def _execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | N
             env[node.name], runs[st.name] = kx.run_softmax(spec, st, a[0], timing_only)
         elif kind == "embedding":
             env[node.name], runs[st.name] = kx.run_embedding(spec, st, a[0], a[1], timing_only)
+        elif kind == "reduce":
+            env[node.name], runs[st.name] = kx.run_reduce(spec, st, a[0], node.meta,
+                                                          timing_only)
         elif kind == "cross_entropy":
             env[node.name], runs[st.name] = kx.run_cross_entropy(spec, st, a[0], a[1],
                                                                  timing_only)

@@ -1,0 +1,107 @@
+"""Sums over one axis of a [rows, cols] tensor on the fabric: the reductions of a backward pass.
+
+A training step's backward graph sums over tokens (bias and layer-norm weight gradients:
+[tokens, hidden] -> [hidden]) and over the hidden axis (layer-norm and softmax backward:
+[tokens, hidden] -> [tokens, 1]). Mapping: rows over the rectangle's PE rows, columns over
+its PE columns (what the producing kernel leaves).
+
+- ``axis=1`` (over columns): each PE adds its tile's rows into one partial per row, then
+  the partials are summed along each PE row and the total is multicast back (the softmax's
+  row-sum allreduce), so every PE of a row holds the sum its consumer reads.
+- ``axis=0`` (over rows): each PE adds its tile's rows into one partial row, then a reduce
+  down each PE column leaves the sums on the rectangle's first PE row.
+
+Sums are kept in fp32 and stored in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waferscale.errors import KernelShapeError
+from waferscale.fabric import MeshTensor
+from waferscale.fabric import movement as mv
+from waferscale.fabric.dtypes import to_storage
+from waferscale.fabric.timing import reduce_cycles
+from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.kernels.elementwise import (
+    WORK,
+    RowLayout,
+    allreduce_stat,
+    allreduce_stat_cycles,
+    check_dtype,
+    local_pass,
+    op_cycles,
+    pad_mask,
+    stat_tensor,
+    tile_shape,
+)
+
+KERNEL = "reduce_sum"
+
+
+def _check(shape: tuple[int, ...], axis: int, row_map: object, col_map: object) -> None:
+    if len(shape) != 2 or axis not in (0, 1):
+        raise KernelShapeError(f"{KERNEL}: a [rows, cols] tensor and axis 0 or 1, got shape "
+                               f"{tuple(shape)} and axis {axis!r}")
+    if (row_map, col_map) != (0, 1):
+        raise KernelShapeError(f"{KERNEL}: rows must map to PE rows and columns to PE "
+                               f"columns, got ({row_map!r}, {col_map!r}); relayout first")
+
+
+def run(x: MeshTensor, axis: int, *, algorithm: str = "chain") -> MeshTensor:
+    """``x.sum(axis, keepdim=True)``: [rows, 1] on every PE column, or [1, cols] on the
+    rectangle's first PE row."""
+    check_dtype(KERNEL, x.dtype)
+    _check(x.shape, axis, x.row_map, x.col_map)
+    fabric, rect = x.fabric, x.rect
+    tr, tc = x.tile_shape
+    mask = pad_mask(x)
+    tiles = None
+    if x.tiles is not None:
+        t = x.tiles.astype(np.float32)
+        tiles = np.where(mask, t, np.float32(0)) if mask is not None else t
+    end = local_pass(fabric, rect, float(tr * tc), WORK, "add", x.ready, writes=0)
+    if axis == 1:
+        layout = RowLayout.of(KERNEL, x.shape, rect.shape, 0, 1)
+        part = None if tiles is None else tiles.sum(-1, keepdims=True)
+        summed = allreduce_stat(stat_tensor(x, layout, 1, part, end), layout, algorithm)
+        return _result(summed, (x.shape[0], 1), x.dtype, "row_sum")
+    part = None if tiles is None else tiles.sum(-2, keepdims=True)
+    # padded to whole tiles: every PE sends a full buffer (SPMD), as `stat_tensor` does
+    partial = MeshTensor(fabric, rect, (1, tc * rect.cols), WORK, "partial", 1, part, end,
+                         fabric.fresh_name("col_partial"))
+    summed = mv.reduce(partial, "col", algorithm, root="first")
+    partial.free()
+    return _result(summed, (1, x.shape[1]), x.dtype, "col_sum")
+
+
+def _result(summed: MeshTensor, shape: tuple[int, int], dtype: str, name: str) -> MeshTensor:
+    """The sums in ``dtype`` under the real (unpadded) shape, same tiles and PEs."""
+    tiles = None if summed.tiles is None else to_storage(summed.tiles, dtype)
+    out = MeshTensor(summed.fabric, summed.rect, shape, dtype, summed.row_map,
+                     summed.col_map, tiles, summed.ready, summed.fabric.fresh_name(name))
+    summed.free()
+    return out
+
+
+def cost(spec: WaferSpec | str | None, shape: tuple[int, int], rect_shape: tuple[int, int],
+         axis: int, *, dtype: str = "fp32", algorithm: str = "chain") -> float:
+    """Closed form of `run`: the local pass plus the fabric reduction."""
+    spec = get_spec(spec)
+    check_dtype(KERNEL, dtype)
+    _check(tuple(shape), axis, 0, 1)
+    tr, tc = tile_shape(tuple(shape), rect_shape, 0, 1)
+    local = float(op_cycles(spec, float(tr * tc), WORK, "add", writes=0))
+    if axis == 1:
+        layout = RowLayout.of(KERNEL, tuple(shape), rect_shape, 0, 1)
+        return local + allreduce_stat_cycles(spec, float(tr), layout, algorithm)
+    return local + reduce_cycles(spec, float(tc), rect_shape[0], algorithm)
+
+
+def reference(x: np.ndarray, axis: int) -> np.ndarray:
+    """NumPy oracle (fp32 sum)."""
+    return x.astype(np.float32).sum(axis=axis, keepdims=True, dtype=np.float32)
+
+
+__all__ = ["KERNEL", "cost", "reference", "run"]

@@ -1,0 +1,76 @@
+"""The reduce_sum kernel (sums over rows or columns, what backward graphs need): values
+against the NumPy oracle, fabric cycles against cost(), typed errors for bad layouts.
+
+Tolerance: the sum is exact in fp32 up to summation order (1e-5 relative to the sum of
+absolute values), then rounded once to the storage dtype (one unit of its roundoff).
+"""
+
+import numpy as np
+import pytest
+
+from waferscale.errors import KernelShapeError
+from waferscale.fabric import Fabric, MeshTensor
+from waferscale.fabric.dtypes import to_storage
+from waferscale.hardware import custom_spec
+from waferscale.kernels import reduce as rd
+
+SPEC = custom_spec(rows=32, cols=32)
+RNG = np.random.default_rng(5)
+#: relative roundoff of one rounding to the storage dtype
+EPS = {"fp32": 1e-5, "fp16": 1e-3, "bf16": 8e-3}
+#: [rows, cols] on PE rows x PE cols; odd ones pad edge tiles, 1 x 1 keeps it all local.
+LAYOUTS = [((37, 23), 4, 5), ((64, 64), 8, 8), ((10, 3), 1, 1), ((5, 70), 5, 7),
+           ((200, 96), 16, 1)]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sums_match_numpy(layout, axis, dtype):
+    shape, rows, cols = layout
+    f = Fabric(SPEC, rows, cols)
+    x = MeshTensor.from_numpy(f, RNG.standard_normal(shape).astype(np.float32), dtype=dtype)
+    got = rd.run(x, axis).to_numpy().astype(np.float32)
+    held = x.to_numpy().astype(np.float32)         # the values as stored in the dtype
+    ref = rd.reference(held, axis)
+    scale = np.abs(held).sum(axis=axis, keepdims=True)
+    assert got.shape == ref.shape
+    assert np.all(np.abs(got - ref) <= 1e-5 * scale + EPS[dtype] * np.abs(ref) + 1e-6)
+    assert np.array_equal(got, to_storage(got, dtype).astype(np.float32))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("layout", [((256, 512), 8, 16), ((1000, 64), 16, 4),
+                                    ((64, 2048), 4, 32), ((10, 3), 1, 1)])
+def test_cycles_match_cost(layout, axis):
+    """Over rows the closed form is exact; over columns it uses `timing.allreduce_cycles`,
+    which counts 2 cycles more than the reduce + multicast the fabric runs (the same
+    residue as the softmax's row sums), so the agreement is to 1 %."""
+    shape, rows, cols = layout
+    f = Fabric(SPEC, rows, cols)
+    rd.run(MeshTensor.from_numpy(f, RNG.standard_normal(shape).astype(np.float32)), axis)
+    expected = rd.cost(SPEC, shape, (rows, cols), axis)
+    if axis == 0:
+        assert f.elapsed() == expected
+    else:
+        assert f.elapsed() == pytest.approx(expected, rel=0.01)
+
+
+def test_timing_only_advances_the_same_clocks():
+    shape, rows, cols = (300, 128), 8, 8
+    full, timing = Fabric(SPEC, rows, cols), Fabric(SPEC, rows, cols, timing_only=True)
+    rd.run(MeshTensor.from_numpy(full, RNG.standard_normal(shape).astype(np.float32)), 0)
+    rd.run(MeshTensor.empty(timing, shape), 0)
+    assert timing.elapsed() == full.elapsed() > 0
+
+
+def test_bad_layouts_are_typed_errors():
+    f = Fabric(SPEC, 2, 2)
+    x = MeshTensor.from_numpy(f, np.ones((4, 4), np.float32))
+    with pytest.raises(KernelShapeError, match="axis 0 or 1"):
+        rd.run(x, 2)
+    t = MeshTensor.from_numpy(f, np.ones((4, 4), np.float32), row_map=1, col_map=0)
+    with pytest.raises(KernelShapeError, match="relayout"):
+        rd.run(t, 0)
+    with pytest.raises(KernelShapeError, match=r"\[rows, cols\]"):
+        rd.cost(SPEC, (2, 3, 4), (2, 2), 0)
