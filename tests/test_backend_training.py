@@ -44,6 +44,11 @@ def test_gpt_neox_training_step_gradients_match_eager() -> None:
         assert float((p.grad - q.grad).abs().max()) < 1e-6, name
     modes = [c.mode for c in backend.COMPILED[before:]]
     assert modes == ["pipelined", "pipelined"]          # forward and backward graphs
+    # on the wafer now: the backward's sums (reduce kernel), the rotary tables built at run
+    # time (sin, cos) and selects on masks built from the token ids alone
+    host = {f["op"] for c in backend.COMPILED[before:] for f in c.report()["fallback_ops"]}
+    assert not host & {"aten.sum.dim_IntList", "aten.where.self", "aten.sin.default",
+                       "aten.cos.default"}, host
 
 
 def test_backend_found_without_importing_waferscale() -> None:

@@ -116,6 +116,23 @@ def test_mm_rows_split_over_groups(bounds: tuple[int, int] | None, bias: bool) -
     assert timed.cycles == pytest.approx(st.cost_cycles)
 
 
+@pytest.mark.parametrize("m,bounds", [(41, (40, 8)), (65, (64, 16))])
+def test_short_last_row_chunk_is_padded_to_the_grid(m: int, bounds: tuple[int, int]) -> None:
+    """41 rows in chunks of 9 leave 5 for the last 8 x 8 grid, fewer than its PE rows: the
+    chunk is padded with zero rows (cropped after), so it runs instead of failing the
+    GEMM's every-PE-has-a-block check; cost() is unchanged (a full chunk is slowest)."""
+    st = _mm(m, 64, 64, True)
+    size_stage(SPEC, st, 2000.0, None, bounds)
+    q, mg, groups = st.params["grid"], st.params["mrows"], st.params["msplit"]
+    assert m - (groups - 1) * mg < q
+    torch.manual_seed(3)
+    a, b, c = torch.randn(m, 64), torch.randn(64, 64), torch.randn(64)
+    out, run = run_gemm(SPEC, st, a, b, c)
+    assert out is not None and out.shape == (m, 64)
+    assert float((out - torch.addmm(c, a, b)).abs().max()) < 1e-4
+    assert run.cycles == pytest.approx(st.cost_cycles)
+
+
 @pytest.mark.parametrize("prologue", [False, True])
 def test_mm_rows_in_rounds_when_they_do_not_fit(prologue: bool) -> None:
     """4,096 token rows do not fit beside the weights on an 8 x 8 grid: the rows go in

@@ -76,7 +76,8 @@ def test_gelu_fast_is_transformers_fast_gelu():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op,torch_fn", [
     ("exp", torch.exp), ("tanh", torch.tanh), ("relu", torch.relu), ("silu", F.silu),
-    ("sigmoid", torch.sigmoid), ("neg", torch.neg), ("erf", torch.erf),
+    ("sigmoid", torch.sigmoid), ("neg", torch.neg), ("erf", torch.erf), ("sin", torch.sin),
+    ("cos", torch.cos),
 ])
 def test_unary_ops(op, torch_fn, dtype):
     f = Fabric(SPEC, 3, 4)

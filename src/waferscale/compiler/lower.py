@@ -41,7 +41,8 @@ KERNELS: dict[str, str] = {
 #: ATen pointwise op -> (elementwise kernel op used for cost, value function on fp32 tensors).
 POINTWISE: dict[str, str] = {
     "add": "add", "sub": "sub", "rsub": "sub", "mul": "mul", "div": "div", "neg": "neg",
-    "relu": "relu", "tanh": "tanh", "exp": "exp", "log": "log", "rsqrt": "rsqrt",
+    "relu": "relu", "tanh": "tanh", "sin": "sin", "cos": "cos", "exp": "exp", "log": "log",
+    "rsqrt": "rsqrt",
     "reciprocal": "reciprocal", "sigmoid": "sigmoid", "silu": "silu", "gelu": "gelu",
     "erf": "erf", "pow": "mul", "maximum": "max", "minimum": "max", "sqrt": "rsqrt",
     "abs": "max", "square": "square", "clamp_min": "max", "where": "select",
@@ -75,8 +76,12 @@ def _pointwise_op(node: Node, g: Graph) -> str | None:
             return None
         return "copy" if src != node.meta.get("dtype") else None
     if node.short == "where":
+        # a condition the wafer holds: a constant (a causal mask), or a mask built from the
+        # inputs alone on the host (`input_only`, e.g. the embedding backward's padding
+        # mask), which streams in with the batch like the token ids
         cond = node.args[0]
-        if not (isinstance(cond, Ref) and g.nodes[cond.name].op == "const"):
+        src = g.nodes[cond.name] if isinstance(cond, Ref) else None
+        if src is None or not (src.op == "const" or src.meta.get("input_only")):
             return None
     return op
 

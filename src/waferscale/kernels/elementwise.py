@@ -69,6 +69,8 @@ OP_COSTS: dict[str, OpCost] = {
     "rsqrt": OpCost("fmac", 7, 1),       # bit-trick seed + 2 Newton steps of 3
     "div": OpCost("fmac", 6, 1),         # reciprocal + multiply
     "tanh": OpCost("fmac", 10, 1),       # rational minimax approximation
+    "sin": OpCost("fmac", 8, 1),         # reduction by pi/2 (2) + degree-11 odd poly (6)
+    "cos": OpCost("fmac", 8, 1),         # the same on the shifted argument
     "erf": OpCost("fmac", 14, 1),        # rational approximation on a clipped range
     "sigmoid": OpCost("fmac", 12, 1),    # exp + reciprocal + add
     "silu": OpCost("fmac", 13, 1),       # sigmoid + multiply
@@ -153,6 +155,8 @@ POINTWISE: dict[str, tuple[int, Callable[..., np.ndarray]]] = {
     "reciprocal": (1, np.reciprocal),
     "rsqrt": (1, lambda x: 1.0 / np.sqrt(x)),
     "tanh": (1, np.tanh),
+    "sin": (1, np.sin),
+    "cos": (1, np.cos),
     "erf": (1, _erf),
     "sigmoid": (1, _sigmoid),
     "silu": (1, lambda x: x * _sigmoid(x)),

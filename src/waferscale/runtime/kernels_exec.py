@@ -102,6 +102,10 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
     def entry(i: int) -> tuple[Any, Any]:
         if split:
             rows = a3[0, i * mg:(i + 1) * mg]
+            if rows.shape[0] < p:
+                # a last chunk shorter than the grid side (every PE row needs a block):
+                # zero rows up to p, no slower than a full chunk, cropped below
+                rows = torch.cat([rows, rows.new_zeros(p - rows.shape[0], rows.shape[1])])
             return rows, b3[0]
         return a3[i], b3[i]
 
@@ -150,7 +154,7 @@ def run_gemm(spec: WaferSpec, st: Stage, a: torch.Tensor, b: torch.Tensor,
     if timing_only:
         return None, run
     if split:
-        out = np.concatenate(outs, axis=0)
+        out = np.concatenate(outs, axis=0)[:a3.shape[1]]
     else:
         out = np.stack(outs) if a.dim() == 3 else outs[0]
     if alpha != 1.0:
