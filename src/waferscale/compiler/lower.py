@@ -42,8 +42,8 @@ KERNELS: dict[str, str] = {
 POINTWISE: dict[str, str] = {
     "add": "add", "sub": "sub", "rsub": "sub", "mul": "mul", "div": "div", "neg": "neg",
     "relu": "relu", "tanh": "tanh", "sin": "sin", "cos": "cos", "exp": "exp", "log": "log",
-    "rsqrt": "rsqrt",
-    "reciprocal": "reciprocal", "sigmoid": "sigmoid", "silu": "silu", "gelu": "gelu",
+    "rsqrt": "rsqrt", "reciprocal": "reciprocal", "sigmoid": "sigmoid", "silu": "silu",
+    "gelu": "gelu",
     "erf": "erf", "pow": "mul", "maximum": "max", "minimum": "max", "sqrt": "rsqrt",
     "abs": "max", "square": "square", "clamp_min": "max", "where": "select",
     "_to_copy": "copy", "copy": "copy", "fill": "copy",
@@ -89,7 +89,6 @@ def _pointwise_op(node: Node, g: Graph) -> str | None:
 def classify(g: Graph) -> dict[str, int]:
     """Write ``meta['kind']`` on every call node; returns counts per kind."""
     counts: dict[str, int] = {}
-    from_inputs: dict[str, bool] = {}
     for node in g.calls():
         kind = "fallback"
         short = node.short
@@ -118,13 +117,12 @@ def classify(g: Graph) -> dict[str, int]:
         if node.target == CROSS_ENTROPY:
             kind = "cross_entropy"
         node.meta["kind"] = kind
+        if _from_inputs_only(node, g):
+            node.meta["input_only"] = True
         if kind == "fallback":
-            node.meta["fallback_reason"] = _why(node)
-            if _from_inputs_only(node, g, from_inputs):
-                node.meta["input_only"] = True
-                node.meta["fallback_reason"] = ("reads only the model's inputs: runs in the "
-                                                "host's input pipeline, sent with the batch")
-        from_inputs[node.name] = _from_inputs_only(node, g, from_inputs)
+            node.meta["fallback_reason"] = (
+                "reads only the model's inputs: runs in the host's input pipeline, sent with "
+                "the batch" if node.meta.get("input_only") else _why(node))
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -136,30 +134,24 @@ def reduce_layout(node: Node, g: Graph) -> tuple[int, int, int] | None:
     shape = list(g.nodes[node.inputs[0]].meta.get("shape") or [])
     rank = len(shape)
     dims = node.args[1] if len(node.args) > 1 else None
-    if rank == 0 or node.kwargs.get("dtype") is not None or not isinstance(dims, (list, tuple,
-                                                                                   type(None))):
+    if rank == 0 or node.kwargs.get("dtype") is not None or \
+            (dims is not None and not isinstance(dims, (list, tuple))):
         return None
     picked = sorted({d % rank for d in dims}) if dims else list(range(rank))
     k = len(picked)
-    size = math.prod
     if k < rank and picked == list(range(rank - k, rank)):
-        return size(shape[:rank - k]), size(shape[rank - k:]), 1
+        return math.prod(shape[:rank - k]), math.prod(shape[rank - k:]), 1
     if picked == list(range(k)):
-        return size(shape[:k]), size(shape[k:]), 0
+        return math.prod(shape[:k]), math.prod(shape[k:]), 0
     return None
 
 
-def _from_inputs_only(node: Node, g: Graph, known: dict[str, bool]) -> bool:
+def _from_inputs_only(node: Node, g: Graph) -> bool:
     """True for an integer or bool result that reads only the model's inputs, constants
-    and other such results (labels shifted and masked): nothing the wafer computes. The
-    calls are visited in graph order, so ``known`` holds every call input."""
-    if _float_out(node):
-        return False
-    for name in node.inputs:
-        src = g.nodes[name]
-        if src.op == "call" and not known.get(name, False):
-            return False
-    return True
+    and other such results (labels shifted and masked): nothing the wafer computes.
+    `classify` visits calls in graph order, so every call input is already marked."""
+    return not _float_out(node) and all(
+        g.nodes[i].op != "call" or g.nodes[i].meta.get("input_only") for i in node.inputs)
 
 
 def _why(node: Node) -> str:
