@@ -14,9 +14,10 @@ Layout ops:
   tiles on the PEs do not change; only how the next kernel reads them (an ``expand`` of a
   replicated operand is served by the fabric's multicast, which the consumer pays).
 * ``move`` (data movement): permute, transpose, t, slice, select, split, split_with_sizes,
-  cat, index_select. On the fabric every element may change PE, so the compiler charges a
-  stream of the tensor across its rectangle (`timing.transfer_cycles` of the elements per
-  PE over the rectangle's width plus height) to the kernel that produced it.
+  cat, index_select, slice_scatter (a slice written into a copy: the backward of a
+  slice). On the fabric every element may change PE, so the compiler charges a stream of
+  the tensor across its rectangle (`timing.transfer_cycles` of the elements per PE over
+  the rectangle's width plus height) to the kernel that produced it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ RELABEL = {"view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "alias", "
            "expand", "clone", "contiguous", "getitem", "lift_fresh_copy", "squeeze_copy",
            "view_copy", "unsqueeze_copy", "expand_copy", "alias_copy", "dropout"}
 MOVE = {"permute", "transpose", "t", "slice", "select", "split", "split_with_sizes", "cat",
-        "index_select", "permute_copy", "slice_copy", "select_copy", "narrow"}
+        "index_select", "permute_copy", "slice_copy", "select_copy", "narrow",
+        "slice_scatter"}
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
