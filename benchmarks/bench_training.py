@@ -5,10 +5,13 @@ PyTorch, and the wall time of the simulation against an eager step.
     .venv/bin/python benchmarks/bench_training.py [--seq N] [--layers L]
 
 aot_autograd hands the backend a forward and a backward graph; each runs on the simulated
-wafer in pipelined mode. Per graph this prints its stages, the simulated cycles of the
-stages on the wafer and of the host fallbacks (their I/O over the system's 1.2 Tb/s), and
-which host ops they are. Simulated time is the sum of stage cycles (one sample goes
-through every stage once: the latency of a step, not the pipeline's period).
+wafer when it compiles to pipelined mode (``mode``), and in eager PyTorch otherwise (a
+graph that cannot be placed or routed: ``why_not_pipelined`` says why, and its cycles are
+the plan's first-order figures). Per graph this prints its stages, the pipeline period,
+the simulated cycles of the stages on the wafer and of the host fallbacks (their I/O over
+the system's 1.2 Tb/s), and which host ops they are. ``simulated_step_s`` is the sum of
+all stage cycles (one sample through every stage once: the latency of a step, not the
+pipeline's period).
 """
 
 from __future__ import annotations
@@ -30,14 +33,18 @@ def _graph_figures(compiled: Any) -> dict[str, Any]:
     wafer = sum(s["cycles"] for s in rep["stages"] if s["kind"] != "fallback")
     host = sum(s["cycles"] for s in rep["stages"] if s["kind"] == "fallback")
     ops = Counter({f["op"].replace("aten.", ""): f["count"] for f in rep["fallback_ops"]})
-    return {"stages": len(rep["stages"]), "wafer_cycles": round(wafer),
-            "host_cycles": round(host), "host_share": round(host / (wafer + host), 3),
-            "host_ops": dict(ops.most_common())}
+    return {"mode": rep["mode"], "why_not_pipelined": [n for n in rep["notes"]
+                                                       if "does not fit" in n],
+            "stages": len(rep["stages"]), "period_cycles": round(rep["period_cycles"]),
+            "bottleneck": rep["bottleneck"], "bottleneck_kind": rep["bottleneck_kind"],
+            "wafer_cycles": round(wafer), "host_cycles": round(host),
+            "host_share": round(host / (wafer + host), 3), "utilization":
+            round(rep["utilization"], 3), "host_ops": dict(ops.most_common())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=2)
     args = ap.parse_args()
     torch.manual_seed(0)

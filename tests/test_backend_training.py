@@ -11,7 +11,10 @@ import copy
 import subprocess
 import sys
 
+import pytest
 import torch
+
+from waferscale.runtime.kernels_exec import attention_lse
 
 
 def _tiny_neox() -> torch.nn.Module:
@@ -48,7 +51,11 @@ def test_gpt_neox_training_step_gradients_match_eager() -> None:
     # time (sin, cos) and selects on masks built from the token ids alone
     host = {f["op"] for c in backend.COMPILED[before:] for f in c.report()["fallback_ops"]}
     assert not host & {"aten.sum.dim_IntList", "aten.where.self", "aten.sin.default",
-                       "aten.cos.default"}, host
+                       "aten.cos.default", "aten.slice_scatter.default",
+                       "aten._scaled_dot_product_flash_attention_for_cpu.default"}, host
+    # the CPU flash attention of the forward graph runs on the attention kernel
+    forward = backend.COMPILED[before]
+    assert [s.kind for s in forward.program.stages].count("attention") == 1
 
 
 def test_backend_found_without_importing_waferscale() -> None:
@@ -61,3 +68,16 @@ def test_backend_found_without_importing_waferscale() -> None:
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[0.0, 6.0]"
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_attention_lse_matches_the_flash_op(scale: float | None) -> None:
+    """The log-sum-exp the runtime hands the flash backward is the op's own (block-wise, so
+    the blocks of queries must join up: 40 rows in blocks of 16)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8) for _ in range(3))
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, True, scale=scale)[:2]
+    ours = attention_lse(q, k, scale, block=16)
+    assert ours.shape == lse.shape
+    assert float((ours - lse).abs().max()) < 1e-5

@@ -34,11 +34,11 @@ def _compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
     g = from_fx(gm)
     # aot_autograd calls the compiler with its fake mode active: folding under it would
     # store FakeTensors as constants (an arange-built causal mask), which have no values
-    # when the program runs
+    # when the program runs, and reading a constant's values (is this mask causal?) fails
     with unset_fake_temporarily():
         fold_constants(g)
-    eliminate_dead(g)
-    prog = lower_graph(g, get_spec(_OPTIONS["spec"]), max_side=_OPTIONS["max_side"])
+        eliminate_dead(g)
+        prog = lower_graph(g, get_spec(_OPTIONS["spec"]), max_side=_OPTIONS["max_side"])
     compiled = CompiledModel(prog, tuple(example_inputs))
     COMPILED.append(compiled)
     if prog.mode != "pipelined":

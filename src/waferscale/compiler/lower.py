@@ -33,6 +33,7 @@ from waferscale.compiler.match_loss import CROSS_ENTROPY
 KERNELS: dict[str, str] = {
     "mm": "gemm", "addmm": "gemm", "bmm": "gemm",
     "scaled_dot_product_attention": "attention",
+    "_scaled_dot_product_flash_attention_for_cpu": "attention",
     "native_layer_norm": "layer_norm",
     "_softmax": "softmax",
     "_log_softmax": "softmax",
@@ -94,12 +95,12 @@ def classify(g: Graph) -> dict[str, int]:
     for node in g.calls():
         kind = "fallback"
         short = node.short
-        if short in KERNELS and _float_out(node) or short == "native_layer_norm":
+        if short in KERNELS and _float_out(node) or short in ("native_layer_norm", FLASH_CPU):
             kind = KERNELS[short]
             if short in ("_softmax", "_log_softmax") and (
                     node.args[1] not in (-1, len(node.meta["shape"]) - 1) or node.args[2]):
                 kind = "fallback"
-            if short == "scaled_dot_product_attention" and not _causal(node, g):
+            if short in ("scaled_dot_product_attention", FLASH_CPU) and not _causal(node, g):
                 kind = "fallback"
         elif short == "_to_copy" and node.meta.get("dtype") == g.nodes[node.inputs[0]].meta.get(
                 "dtype"):
@@ -157,8 +158,8 @@ def _from_inputs_only(node: Node, g: Graph) -> bool:
 
 
 def _why(node: Node) -> str:
-    if node.short == "scaled_dot_product_attention":
-        return "attention with a non-causal mask (the kernel is causal only)"
+    if node.short in ("scaled_dot_product_attention", FLASH_CPU):
+        return "attention with a non-causal mask or dropout (the kernel is causal, no dropout)"
     if node.short in ("_softmax", "_log_softmax"):
         return ("softmax over an axis other than the last, or half_to_float (run it in the "
                 "input's dtype over the last axis)")
@@ -167,15 +168,34 @@ def _why(node: Node) -> str:
     return "no wafer kernel for this op"
 
 
+#: ATen's CPU flash attention: what torch.compile's training graphs keep of an SDPA
+#: (`backend.decompositions`); it returns the output and the row log-sum-exp.
+FLASH_CPU = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+def _attention_args(node: Node) -> tuple[Any, bool, float]:
+    """``(attn_mask, is_causal, dropout_p)`` of an SDPA or a CPU flash attention: the two
+    ops order their arguments differently (the flash op's mask is keyword-only)."""
+    a, kw = node.args, node.kwargs
+    if node.short == FLASH_CPU:
+        return (kw.get("attn_mask"), bool(a[4] if len(a) > 4 else kw.get("is_causal")),
+                float(a[3] if len(a) > 3 else kw.get("dropout_p", 0.0)))
+    return (a[3] if len(a) > 3 else kw.get("attn_mask"),
+            bool(a[5] if len(a) > 5 else kw.get("is_causal")),
+            float(a[4] if len(a) > 4 else kw.get("dropout_p", 0.0)))
+
+
 def _causal(node: Node, g: Graph) -> bool:
     """Causal if ``is_causal`` or the mask is a folded constant equal to a lower triangle.
 
     A mask built on the meta device has no values; it is assumed causal (decoder models
     build it from ``arange``) and the assumption is recorded in ``meta['assumed_causal']``.
     """
-    if node.kwargs.get("is_causal") or (len(node.args) > 5 and node.args[5] is True):
+    mask, is_causal, dropout = _attention_args(node)
+    if dropout:
+        return False
+    if is_causal:
         return True
-    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     if mask is None:
         return False
     if not isinstance(mask, Ref) or g.nodes[mask.name].op != "const":

@@ -233,6 +233,25 @@ def run_attention(spec: WaferSpec, st: Stage, q: torch.Tensor, k: torch.Tensor,
     return to_torch(to_storage(out.numpy(), st.dtype), q.dtype), run
 
 
+def attention_lse(q: torch.Tensor, k: torch.Tensor, scale: float | None,
+                  block: int = 1024) -> torch.Tensor:
+    """Each query row's causal log-sum-exp of its scaled scores, [batch, heads, seq] fp32:
+    the second output of the CPU flash attention, which its backward reads. The kernel
+    keeps every row's running max m and sum l (`kernels.attention`), and m + log l is this
+    value; it is computed here on the host arrays, in query blocks so that 10,240 tokens
+    do not need the whole [seq, seq] score matrix at once."""
+    s, d = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qf, kf = q.float(), k.float()
+    out = []
+    for i in range(0, s, block):
+        scores = (qf[..., i:i + block, :] @ kf.transpose(-1, -2)) * scale
+        rows = torch.arange(i, min(i + block, s)).unsqueeze(-1)
+        scores = scores.masked_fill(torch.arange(s) > rows, float("-inf"))
+        out.append(torch.logsumexp(scores, dim=-1))
+    return torch.cat(out, dim=-1)
+
+
 def _attention_layout(st: Stage) -> dict[str, Any]:
     """The kernel options the plan chose (`plan._size_attention`); shift defaults."""
     return {"fold": st.params.get("fold", 1), "kv": st.params.get("kv", "shift"),
@@ -476,7 +495,7 @@ def run_epilogue_node(node: Any, env: dict[str, Any]) -> torch.Tensor:
     return to_torch(res, getattr(torch, node.meta["dtype"]))
 
 
-__all__ = ["StageRun", "layer_norm_values", "run_attention", "run_embedding",
+__all__ = ["StageRun", "attention_lse", "layer_norm_values", "run_attention", "run_embedding",
            "run_cross_entropy", "run_epilogue_node", "run_gemm", "run_layer_norm",
            "run_pointwise", "run_reduce", "run_softmax",
            "to_np", "to_torch"]

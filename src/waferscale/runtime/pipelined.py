@@ -17,6 +17,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from waferscale.compiler.ir import Ref, map_refs
+from waferscale.compiler.lower import FLASH_CPU
 from waferscale.compiler.program import Program
 from waferscale.fabric.defective import link_extra_at
 from waferscale.hardware.defects import Remap
@@ -139,8 +140,11 @@ def _execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | N
             env[node.name], runs[st.name] = out, run
         elif kind == "attention":
             scale = node.kwargs.get("scale")
-            env[node.name], runs[st.name] = kx.run_attention(spec, st, a[0], a[1], a[2], scale,
-                                                             timing_only)
+            out, runs[st.name] = kx.run_attention(spec, st, a[0], a[1], a[2], scale,
+                                                  timing_only)
+            if out is not None and node.short == FLASH_CPU:   # (output, row log-sum-exp)
+                out = (out, kx.attention_lse(a[0], a[1], scale))
+            env[node.name] = out
         elif kind == "layer_norm" and st.kind == "gemm":  # a prologue of the GEMM's stage
             x, _, w, b, eps = a[:5]
             env[node.name] = (_empty(node.meta) if timing_only else
