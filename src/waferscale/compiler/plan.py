@@ -232,19 +232,23 @@ def fuse_epilogues(g: Graph, stages: dict[str, Stage], stage_of: dict[str, str])
 
 def _gemm_reading(g: Graph, name: str, users: dict[str, list[str]],
                   stages: dict[str, Stage], stage_of: dict[str, str]) -> str | None:
-    """The mm/addmm stage that is the only reader of a layer norm's output, as its A
-    operand (through getitem and free views), or None."""
+    """The mm/addmm stage that is the only wafer reader of a layer norm's output, as its A
+    operand (through getitem and free views), or None. Graph outputs may read it too (a
+    training graph saves the normalised rows, mean and rstd for its backward): the GEMM's
+    stage holds them after the prologue and sends them out like the LN stage would."""
     todo, found = [name], set()
     while todo:
         n = todo.pop()
         for u in users[n]:
+            if u == "<output>":
+                continue
             node = g.nodes[u] if u in g.nodes else None
             if node is None:
                 return None
             if node.short == "getitem" and n == name:
                 if node.args[1] != 0:
-                    if users[u]:
-                        return None   # mean or rstd is used outside
+                    if any(x != "<output>" for x in users[u]):
+                        return None   # mean or rstd is read on the wafer
                     continue
                 todo.append(u)
             elif node.meta.get("kind") == "relabel":

@@ -49,6 +49,15 @@ def _empty(meta: dict[str, Any]) -> Any:
     return torch.empty(shape or [], dtype=getattr(torch, dtype or "float32"), device="meta")
 
 
+def _norm_stats(x: torch.Tensor, dims: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and rstd outputs of ``native_layer_norm`` over the last ``dims`` axes (the
+    kernel computes them; a training graph saves them for its backward), in fp32."""
+    axes = list(range(x.dim() - dims, x.dim()))
+    xf = x.float()
+    return (xf.mean(dim=axes, keepdim=True),
+            torch.rsqrt(xf.var(dim=axes, unbiased=False, keepdim=True) + eps))
+
+
 def stage_link_extra(program: Program, remap: Remap) -> dict[str, np.ndarray]:
     """Each placed stage's ``[4, rows, cols]`` detour cycles on the remapped wafer.
 
@@ -146,21 +155,16 @@ def _execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | N
                 out = (out, kx.attention_lse(a[0], a[1], scale))
             env[node.name] = out
         elif kind == "layer_norm" and st.kind == "gemm":  # a prologue of the GEMM's stage
-            x, _, w, b, eps = a[:5]
+            x, shape, w, b, eps = a[:5]
             env[node.name] = (_empty(node.meta) if timing_only else
-                              (kx.layer_norm_values(x, w, b, float(eps), st.dtype), None, None))
+                              (kx.layer_norm_values(x, w, b, float(eps), st.dtype),
+                               *_norm_stats(x, len(shape), float(eps))))
             continue
         elif kind == "layer_norm":
-            x, _, w, b, eps = a[:5]
+            x, shape, w, b, eps = a[:5]
             out, run = kx.run_layer_norm(spec, st, x, w, b, float(eps), timing_only)
-            if out is not None:
-                dims = list(range(x.dim() - len(a[1]), x.dim()))
-                xf = x.float()
-                mean = xf.mean(dim=dims, keepdim=True)
-                rstd = torch.rsqrt(xf.var(dim=dims, unbiased=False, keepdim=True) + eps)
-                env[node.name] = (out, mean, rstd)
-            else:
-                env[node.name] = None
+            env[node.name] = None if out is None else (out, *_norm_stats(x, len(shape),
+                                                                         float(eps)))
             runs[st.name] = run
         elif kind == "softmax":
             env[node.name], runs[st.name] = kx.run_softmax(spec, st, a[0], timing_only)
