@@ -62,8 +62,11 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _float_out(node: Node) -> bool:
+    """Every output is a float the PEs hold (ops like native_layer_norm and the CPU flash
+    attention return several)."""
     d = node.meta.get("dtype")
-    return isinstance(d, str) and d in FLOAT_DTYPES
+    outs = d if isinstance(d, list) else [d]
+    return bool(outs) and all(isinstance(x, str) and x in FLOAT_DTYPES for x in outs)
 
 
 def _pointwise_op(node: Node, g: Graph) -> str | None:
@@ -95,7 +98,7 @@ def classify(g: Graph) -> dict[str, int]:
     for node in g.calls():
         kind = "fallback"
         short = node.short
-        if short in KERNELS and _float_out(node) or short in ("native_layer_norm", FLASH_CPU):
+        if short in KERNELS and _float_out(node):
             kind = KERNELS[short]
             if short in ("_softmax", "_log_softmax") and (
                     node.args[1] not in (-1, len(node.meta["shape"]) - 1) or node.args[2]):
