@@ -29,8 +29,7 @@ from waferscale.compiler.floorplan.serialize import rects_from, to_dict
 from waferscale.compiler.floorplan.strip import apportion
 from waferscale.compiler.floorplan.synthetic import random_pipeline, transformer_pipeline
 from waferscale.fabric.grid import EAST, SOUTH, Rect
-from waferscale.hardware.presets import PRESETS
-from waferscale.hardware.spec import custom_spec
+from waferscale.hardware.spec import PRESETS, custom_spec
 
 FAST = FloorplanConfig(time_limit_s=2.0, moves_per_block=20, congestion_rounds=1)
 

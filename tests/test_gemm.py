@@ -203,8 +203,10 @@ def test_chooser_picks_a_fitting_grid_and_run_uses_it():
                if gemm.sram_bytes(64, 64, 64, q, "fp32", "fp32", a) <= SPEC.sram_bytes)
     assert plan.cycles == best
     a = RNG.standard_normal((64, 64)).astype(np.float32)
-    r = gemm.run(a, a, algorithm=plan.algorithm, spec=SPEC)
-    assert r.grid == choose_gemm(64, 64, 64, spec=SPEC, algorithms=(plan.algorithm,)).grid
+    pick = choose_gemm(64, 64, 64, spec=SPEC, algorithms=(plan.algorithm,))
+    assert pick.grid == plan.grid
+    r = gemm.run(a, a, algorithm=plan.algorithm, grid=pick.grid, spec=SPEC)
+    assert r.grid == plan.grid and r.cycles == plan.cycles
     with pytest.raises(KernelFitError, match=r"no square grid"):
         choose_gemm(4096, 4096, 4096, spec=SPEC, rect=(8, 8))
 

@@ -158,7 +158,7 @@ def test_chooser_uses_every_column_and_searches_rows():
                     if gemv.sram_bytes(1, 4096, 1024, r, 32, "fp32", "fp32") <= SPEC.sram_bytes)
     assert plan.cycles == rows_best
     r = gemv.run(np.ones(4096, np.float32), np.ones((4096, 1024), np.float32), spec=SPEC,
-                 algorithm=plan.algorithm)
+                 algorithm=plan.algorithm, grid=plan.grid)
     assert r.grid == plan.grid
 
 

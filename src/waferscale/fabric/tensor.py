@@ -37,7 +37,7 @@ def _block(n: int, parts: int) -> int:
     return math.ceil(n / parts)
 
 
-def _valid_extent(n: int, parts: int) -> np.ndarray:
+def valid_extent(n: int, parts: int) -> np.ndarray:
     """Elements each of ``parts`` blocks really holds when ``n`` is cut in ceil-sized blocks."""
     t = _block(n, parts)
     return np.clip(n - np.arange(parts) * t, 0, t)
@@ -165,7 +165,7 @@ class MeshTensor:
         for m, axis in ((self.row_map, 0), (self.col_map, 1)):
             if isinstance(m, int):
                 parts = self.rect.shape[axis]
-                frac = _valid_extent(self.shape[m], parts) / max(self.tile_shape[m], 1)
+                frac = valid_extent(self.shape[m], parts) / max(self.tile_shape[m], 1)
                 valid *= frac[:, None] if axis == 0 else frac[None, :]
         valid.flags.writeable = False
         if len(_VALID_CACHE) > _CACHE_LIMIT:

@@ -1,8 +1,14 @@
 """Hardware: specs, presets, defects and yield. Pure data and math, no simulation."""
 
 from waferscale.hardware.defects import DefectMap, Remap, generate_defects, physical_shape
-from waferscale.hardware.presets import PRESETS
-from waferscale.hardware.spec import SimdWidths, WaferSpec, custom_spec, get_spec, spec_from_toml
+from waferscale.hardware.spec import (
+    PRESETS,
+    SimdWidths,
+    WaferSpec,
+    custom_spec,
+    get_spec,
+    spec_from_toml,
+)
 from waferscale.hardware.yield_model import (
     monolithic_yield,
     plot_yield,

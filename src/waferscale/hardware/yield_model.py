@@ -37,7 +37,7 @@ from waferscale.hardware.defects import (
     physical_cols,
     physical_shape,
 )
-from waferscale.hardware.spec import WaferSpec
+from waferscale.hardware.spec import PRESETS, WaferSpec
 
 #: Yield models: ``poisson`` (uniform defects) and ``negbin`` (clustered, parameter alpha).
 YIELD_MODELS = ("poisson", "negbin")
@@ -246,8 +246,6 @@ def yield_table(spec: WaferSpec | None = None, *,
     ``spare_fraction`` and ``spec`` so every number carries its assumptions.
     """
     if spec is None:
-        from waferscale.hardware.presets import PRESETS
-
         spec = PRESETS["wse2"]
     core = spec.core_area_mm2 if core_area_mm2 is None else float(core_area_mm2)
     frac = spec.spare_fraction if spare_fraction is None else float(spare_fraction)
@@ -290,8 +288,6 @@ def plot_yield(path: str | Path, spec: WaferSpec | None = None, *,
     from matplotlib.figure import Figure
 
     if spec is None:
-        from waferscale.hardware.presets import PRESETS
-
         spec = PRESETS["wse2"]
     path = Path(path)
     areas = np.geomspace(DEFAULT_AREAS_MM2[0], DEFAULT_AREAS_MM2[-1], points)

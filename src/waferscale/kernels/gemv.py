@@ -178,7 +178,7 @@ def _as_operand(x: Any, what: str, ndim: tuple[int, ...]) -> tuple[tuple[int, ..
 
 
 def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
-        algorithm: str = "ktree", grid: tuple[int, int] | None = None,
+        algorithm: str = "ktree", grid: tuple[int, int],
         spec: WaferSpec | str | None = None, dtype: str = "fp32",
         accumulate: str | None = "fp32", skip: str | None = None, levels: int = 2,
         x_nnz: np.ndarray | None = None, w_nnz: np.ndarray | None = None,
@@ -188,7 +188,7 @@ def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
 
     ``x`` is [K] or [M, K]; ``w`` is [K, N]. For a timing-only run pass shape tuples, and
     optionally ``w_nnz`` ([rows, cols]: nonzeros of each W block) and ``x_nnz`` ([rows]:
-    nonzeros of each x block). ``grid`` is (rows, cols); default: the chooser's pick.
+    nonzeros of each x block). ``grid`` is (rows, cols): ``choose_gemv(...).grid`` picks one.
     ``mask`` is an unstructured weight mask ([K, N], True = kept): masked weights are zeroed
     and skipped; in a timing-only run each block's nonzeros are counted from it.
     """
@@ -198,11 +198,6 @@ def run(x: np.ndarray | tuple[int, ...], w: np.ndarray | tuple[int, int], *,
     vector = len(x_shape) == 1
     m, k = (1, x_shape[0]) if vector else x_shape
     timing_only = check_chain(KERNEL, "x", "W", m, k, k2, n, x_val, w_val)
-    if grid is None:
-        from waferscale.kernels.choose import choose_gemv
-
-        grid = choose_gemv(m, k, n, spec=spec, dtype=dtype, accumulate=accumulate,
-                           algorithms=(algorithm,), levels=levels).grid
     rect_shape = None if fabric is None else (fabric.rows - origin[0], fabric.cols - origin[1])
     prob = check_problem(m, k, n, grid, spec, dtype, accumulate, skip, algorithm, levels,
                          rect_shape)

@@ -14,15 +14,10 @@ lasts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from waferscale.fabric.cycle import isa
-from waferscale.fabric.cycle.ops import OpState
-
-if TYPE_CHECKING:
-    from waferscale.fabric.cycle.ce import ComputeEngines
+from waferscale.fabric.cycle.ops import Engines, OpState
 
 Finished = list[tuple[OpState, np.ndarray]]
 _BIG = np.int64(1 << 40)
@@ -38,7 +33,7 @@ class Single:
     def count(self) -> int:
         return self.op.count
 
-    def step(self, ce: ComputeEngines, t: int) -> Finished:
+    def step(self, ce: Engines, t: int) -> Finished:
         fin = self.op.step(ce, t)
         return [(self.op, fin)] if fin.size else []
 
@@ -87,7 +82,7 @@ class OpGroup:
             if np.count_nonzero(sel):
                 m.prog[self.pe[sel]] = self.prog[sel]
 
-    def append(self, m: OpState, ce: ComputeEngines, sel: np.ndarray) -> None:
+    def append(self, m: OpState, ce: Engines, sel: np.ndarray) -> None:
         """Add the instances ``m`` just launched on PEs ``sel``."""
         size = sel.size
         self.pe = np.concatenate([self.pe, sel])
@@ -109,7 +104,7 @@ class OpGroup:
         self.zero_len = self.zero_len or bool(np.count_nonzero(m.n[sel] == 0))
 
     # -- one cycle -------------------------------------------------------------------------
-    def _ports(self, ce: ComputeEngines, pes: np.ndarray) -> np.ndarray:
+    def _ports(self, ce: Engines, pes: np.ndarray) -> np.ndarray:
         """Elements the ports each PE has left allow this group this cycle."""
         allowed = np.full(pes.size, _BIG)
         if self.reads:
@@ -120,7 +115,7 @@ class OpGroup:
             allowed = np.minimum(allowed, ce.ramp_left[pes])
         return allowed
 
-    def _spend(self, ce: ComputeEngines, pes: np.ndarray) -> None:
+    def _spend(self, ce: Engines, pes: np.ndarray) -> None:
         """Charge one element's ports to each PE in ``pes`` (distinct)."""
         if self.reads:
             ce.rd_left[pes] -= self.reads
@@ -129,7 +124,7 @@ class OpGroup:
         if self.fab_out:
             ce.ramp_left[pes] -= 1
 
-    def _grant(self, ce: ComputeEngines, cand: np.ndarray) -> np.ndarray:
+    def _grant(self, ce: Engines, cand: np.ndarray) -> np.ndarray:
         """Which candidates move: per PE, in launch order, while its ports last."""
         if not self.multi:      # one instance per PE: nothing to share within the group
             go = cand[self._ports(ce, self.pe[cand]) > 0]
@@ -151,7 +146,7 @@ class OpGroup:
             rest = rest[~first]
         return np.sort(np.concatenate(granted)) if granted else cand[:0]
 
-    def step(self, ce: ComputeEngines, t: int) -> Finished:
+    def step(self, ce: Engines, t: int) -> Finished:
         q, pe, prog = ce.q, self.pe, self.prog
         rem = self.n - prog
         fab_ok = rem > 0
@@ -207,7 +202,7 @@ class OpGroup:
         self.sval = {i: v[keep] for i, v in self.sval.items()}
         return out
 
-    def _read(self, ce: ComputeEngines, i: int, sel: np.ndarray, pos: np.ndarray
+    def _read(self, ce: Engines, i: int, sel: np.ndarray, pos: np.ndarray
               ) -> np.ndarray:
         operand = self.operands[i]
         if isinstance(operand, isa.Mem):
@@ -222,7 +217,7 @@ class OpGroup:
             return values
         return self.sval[i][sel]
 
-    def _write(self, ce: ComputeEngines, sel: np.ndarray, pos: np.ndarray,
+    def _write(self, ce: Engines, sel: np.ndarray, pos: np.ndarray,
                values: np.ndarray, t: int) -> None:
         if isinstance(self.operands[0], isa.Mem):
             step = pos if self.unit_stride else pos * self.stride[0][sel]

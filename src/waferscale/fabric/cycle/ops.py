@@ -11,7 +11,7 @@ instruction order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -19,7 +19,44 @@ from waferscale.errors import ProgramError, RouteError
 from waferscale.fabric.cycle import isa
 
 if TYPE_CHECKING:
-    from waferscale.fabric.cycle.ce import ComputeEngines
+    from waferscale.fabric.cycle.program import Program
+    from waferscale.fabric.cycle.queues import Queues
+    from waferscale.fabric.cycle.router import Router
+    from waferscale.fabric.cycle.routing import Channels, RouteTable
+    from waferscale.hardware.spec import WaferSpec
+
+
+class Engines(Protocol):
+    """What an in-flight instruction reads and spends of the compute engines' state.
+
+    `ComputeEngines` (ce.py) is the one implementation; ops and fused take this protocol so
+    that they need not import ce, which imports them.
+    """
+
+    spec: WaferSpec
+    pes: int
+    prog: Program
+    routes: RouteTable
+    ch: Channels
+    q: Queues
+    router: Router
+    arg: np.ndarray
+    inflight: np.ndarray
+    words: int
+    offset: dict[str, int]
+    sram_flat: np.ndarray
+    rd_left: np.ndarray
+    wr_left: np.ndarray
+    ramp_left: np.ndarray
+    flag: np.ndarray
+    elements: int
+    events: list[tuple[Any, ...]] | None
+    t: int
+
+    def resolve(self, source: tuple[str, Any], sel: np.ndarray) -> np.ndarray: ...
+
+    def where_text(self, tid: int, pe: int) -> str: ...
+
 
 _COMPUTE = {
     "mov": lambda v: v[0],
@@ -51,7 +88,7 @@ def _int_source(value: Any, pes: int, what: str) -> tuple[str, Any]:
 class OpState:
     """State of one vector instruction across the grid (who runs it, how far, operands)."""
 
-    def __init__(self, oid: int, gid: int, ins: isa.Vec, engines: ComputeEngines) -> None:
+    def __init__(self, oid: int, gid: int, ins: isa.Vec, engines: Engines) -> None:
         spec, pes = engines.spec, engines.pes
         self.oid, self.gid, self.ins = oid, gid, ins
         self.compute = _COMPUTE[ins.op]
@@ -100,7 +137,7 @@ class OpState:
         self.narrow = self.width == 1 or bool(self.fab_in) or self.fab_out
 
     # -- issue -----------------------------------------------------------------------------
-    def launch(self, ce: ComputeEngines, sel: np.ndarray, tid: int) -> None:
+    def launch(self, ce: Engines, sel: np.ndarray, tid: int) -> None:
         """Start the instruction on PEs ``sel``: resolve operands and check them there."""
         if self.group is not None:
             self.group.writeback()
@@ -154,7 +191,7 @@ class OpState:
             self.group.append(self, ce, sel)
 
     # -- one cycle -------------------------------------------------------------------------
-    def address(self, ce: ComputeEngines, i: int, idx: np.ndarray) -> np.ndarray:
+    def address(self, ce: Engines, i: int, idx: np.ndarray) -> np.ndarray:
         """Flat SRAM index of element 0 of memory operand ``i`` on PEs ``idx``."""
         operand = self.operands[i]
         assert isinstance(operand, isa.Mem)
@@ -167,7 +204,7 @@ class OpState:
         self._idx = None
         self._dirty = True
 
-    def _sync(self, ce: ComputeEngines) -> None:
+    def _sync(self, ce: Engines) -> None:
         """Gather the running PEs' operands once; steps then work on these short arrays."""
         self._writeback()
         idx = self._idx = np.flatnonzero(self.running)
@@ -178,7 +215,7 @@ class OpState:
         self._sval = {i: v[idx] for i, v in self.sval.items()}
         self._dirty = False
 
-    def step(self, ce: ComputeEngines, t: int) -> np.ndarray:
+    def step(self, ce: Engines, t: int) -> np.ndarray:
         """Advance every running instance; return the PEs that finished this cycle."""
         if self._dirty:
             self._sync(ce)
@@ -231,7 +268,7 @@ class OpState:
         self._dirty = True
         return fin
 
-    def _read(self, ce: ComputeEngines, i: int, sel: np.ndarray | None,
+    def _read(self, ce: Engines, i: int, sel: np.ndarray | None,
               pos: np.ndarray) -> np.ndarray:
         operand = self.operands[i]
         if isinstance(operand, isa.Mem):
@@ -247,7 +284,7 @@ class OpState:
             return values
         return self._sval[i] if sel is None else self._sval[i][sel]
 
-    def _write(self, ce: ComputeEngines, sel: np.ndarray | None, pos: np.ndarray,
+    def _write(self, ce: Engines, sel: np.ndarray | None, pos: np.ndarray,
                values: np.ndarray, t: int) -> None:
         operand = self.operands[0]
         if isinstance(operand, isa.Mem):
@@ -261,7 +298,7 @@ class OpState:
             pes = self._idx if sel is None else self._idx[sel]  # type: ignore[index]
             ce.events.append((t, "send", pes.copy(), ce.ch.ch_color[qo], values.copy()))
 
-    def describe_stall(self, ce: ComputeEngines, pe: int, t: int) -> str:
+    def describe_stall(self, ce: Engines, pe: int, t: int) -> str:
         """Why the instance on ``pe`` is not moving, for deadlock reports."""
         if self.group is not None:
             self.group.writeback()
