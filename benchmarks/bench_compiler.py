@@ -19,7 +19,8 @@ import time
 import torch
 
 import waferscale
-from waferscale.cli_compile import compile_report, load_model
+from waferscale.models import load_model
+from waferscale.report.compile import compile_report
 
 
 def forward(seq: int, batch: int, repeats: int) -> dict[str, float]:

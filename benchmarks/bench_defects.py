@@ -151,8 +151,8 @@ def genslm(spec_name: str, seq: int, seed: int = 0) -> None:
     import torch
 
     from waferscale.api import CompiledModel, compile
-    from waferscale.cli_compile import load_model
     from waferscale.fabric.defective import resolve_remap
+    from waferscale.models import load_model
 
     spec = get_spec(spec_name)
     torch.manual_seed(0)

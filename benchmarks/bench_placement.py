@@ -48,7 +48,7 @@ def compiled_rows(seq: int) -> list[str]:
     re-sized in their rectangles over wafer PEs x the slowest stage with its routed
     inbound stream; and the stricter FLOP utilisation) vs the strip baseline timed the
     same way. The last line is the goal, judged on the compiled GenSLM-25M."""
-    from waferscale.cli_compile import compile_report
+    from waferscale.report.compile import compile_report
 
     lines = []
     for model in ("genslm-25m", "gpt2"):

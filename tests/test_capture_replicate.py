@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from waferscale.api import CompiledModel, lower_graph
-from waferscale.cli_compile import load_model
 from waferscale.compiler import capture as cap
 from waferscale.hardware import get_spec
+from waferscale.models import load_model
 
 KEYS = ("samples_per_second", "tokens_per_second", "period_cycles", "pipeline_fill_seconds",
         "flops_per_batch", "weight_bytes", "parameters", "sram_bytes", "pes_used",

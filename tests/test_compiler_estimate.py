@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from waferscale.cli_compile import compile_report
+from waferscale.report.compile import compile_report
 
 
 @pytest.mark.parametrize("name", ["genslm-2.5b", "genslm-25b"])

@@ -139,7 +139,7 @@ def test_handwritten_gpt() -> None:
 
 
 def test_genslm_25m_two_layers_short_sequence() -> None:
-    from waferscale.cli_compile import load_model
+    from waferscale.models import load_model
     m, example, _ = load_model("genslm-25m", seq=16, batch=1, layers=1)
     cm = waferscale.compile(m, example)
     with torch.no_grad():

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from waferscale.api import PLACEMENT_KEYS
-from waferscale.cli_compile import compile_report, load_model, parse_rect
+from waferscale.cli import parse_rect
 from waferscale.compiler.floorplan import ConstraintError
 from waferscale.errors import WaferscaleError
 from waferscale.hardware.spec import get_spec
+from waferscale.models import load_model
+from waferscale.report.compile import compile_report
 
 SEQ = 64
 
@@ -72,7 +74,7 @@ def test_bottleneck_is_a_compute_stage(small_genslm: dict) -> None:
 
 def test_map_and_program_json(tmp_path: Path) -> None:
     import waferscale
-    from waferscale.cli_compile import write_map
+    from waferscale.report.compile import write_map
 
     m, ex, _ = load_model("genslm-25m", seq=SEQ, batch=1, layers=1)
     cm = waferscale.compile(m, ex, spec="wse2")

@@ -22,7 +22,7 @@ from waferscale.hardware.defects import DefectMap, Remap
 
 @pytest.fixture(scope="module")
 def genslm() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    from waferscale.cli_compile import load_model
+    from waferscale.models import load_model
 
     torch.manual_seed(0)
     m, example, _ = load_model("genslm-25m", seq=16, batch=1, layers=1)

@@ -55,6 +55,17 @@ def _parse_grid(grid: str) -> tuple[int, int, int]:
     return x, y, z
 
 
+def parse_rect(text: str) -> tuple[int, int, int, int]:
+    """``r,c,h,w`` (row, column, rows, columns) from the command line."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        r, c, h, w = (int(p) for p in parts)
+    except ValueError as exc:
+        raise WaferscaleError(f"--reserve {text!r}: expected r,c,h,w (four integers: row, "
+                              f"column, rows, columns)") from exc
+    return r, c, h, w
+
+
 # ------------------------------------------------------------------------------ info -----
 @app.command()
 def info(spec: SpecOpt = "wse2", json_out: JsonOpt = False) -> None:
@@ -249,7 +260,7 @@ def compile_(model: ModelArg,
              json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Compile a PyTorch model for the wafer and report its plan and throughput."""
     def body() -> None:
-        from waferscale.cli_compile import compile_report, parse_rect
+        from waferscale.report.compile import compile_report
         r = compile_report(model, seq=seq, batch=batch, estimate=estimate, strict=strict,
                            spec=spec, reserve=[parse_rect(x) for x in reserve or []],
                            map_path=map_out)
@@ -268,7 +279,7 @@ def run(model: ModelArg,
         json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Forward + loss on the simulated wafer (values from the fabric), eager loss beside it."""
     def body() -> None:
-        from waferscale.cli_compile import run_report
+        from waferscale.report.compile import run_report
         r = run_report(model, fasta, seq=seq, batch=batch, spec=spec)
         if json_out:
             _emit(r)
@@ -291,7 +302,7 @@ def _print_run(r: dict[str, Any]) -> None:
 def demo(json_out: JsonOpt = False) -> None:
     """GenSLM-25M reads real genomes on a simulated WSE-2; then the stencil on the full wafer."""
     def body() -> None:
-        from waferscale.cli_compile import run_report
+        from waferscale.report.compile import run_report
         from waferscale.workloads import data_path
 
         # the whole model on one whole genome: ~10,000 codons fit GenSLM's 10,240 tokens

@@ -1,12 +1,13 @@
-"""`waferscale compile` / `run` / the GenSLM demo: load a model, compile it, report.
+"""The reports behind `waferscale compile`, `waferscale run` and the demo, as plain dicts.
 
-MODEL is a preset (genslm-25m, genslm-250m, genslm-2.5b, genslm-25b, gpt2) or
-``path/file.py:factory`` where ``factory()`` returns a module, or ``(module, example_inputs)``.
+They live in the library, not the CLI, so that tests and benchmarks measure exactly what
+the command prints with ``--json``: the CLI only parses arguments and renders these dicts.
+Every figure comes from ``CompiledModel.report()``; these functions add what the command
+knows (the model name, the sequence length, the loss against eager PyTorch, wall times).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -16,80 +17,7 @@ import torch.nn.functional as F
 
 from waferscale.compiler.errors import CompileError
 from waferscale.errors import WaferscaleError
-
-PRESETS = ("genslm-25m", "genslm-250m", "genslm-2.5b", "genslm-25b", "gpt2")
-#: Above this many parameters a preset is built on the meta device (no weights here).
-META_ABOVE = 1_000_000_000
-
-
-class ModelSpecError(CompileError):
-    """MODEL is neither a preset nor a loadable ``file.py:factory``."""
-
-
-def _preset_params(name: str) -> int:
-    from waferscale.workloads.presets import GENSLM_PRESETS
-    return GENSLM_PRESETS[name].params if name in GENSLM_PRESETS else 124_000_000
-
-
-def load_model(model: str, *, seq: int, batch: int, meta: bool = False, layers: int | None = None
-               ) -> tuple[torch.nn.Module, dict[str, Any] | tuple[Any, ...], int]:
-    """(module, example inputs, vocabulary size) for MODEL."""
-    if model in PRESETS:
-        from waferscale.workloads import build_model
-        kw: dict[str, Any] = {"seq_len": seq}
-        if meta:
-            kw["device"] = "meta"
-        m = build_model(model, **kw)
-        if layers is not None:
-            _truncate_layers(m, layers)
-        vocab = int(m.config.vocab_size)
-        ids = torch.randint(0, vocab, (batch, seq))
-        return m, {"input_ids": ids}, vocab
-    if ":" not in model or not model.split(":")[0].endswith(".py"):
-        raise ModelSpecError(f"model {model!r}: use a preset ({', '.join(PRESETS)}) or "
-                             f"path/file.py:factory")
-    path, factory = model.rsplit(":", 1)
-    if not Path(path).is_file():
-        raise ModelSpecError(f"model file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    if spec is None or spec.loader is None:
-        raise ModelSpecError(f"cannot import {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, factory):
-        raise ModelSpecError(f"{path} has no function {factory!r}")
-    made = getattr(mod, factory)()
-    if isinstance(made, tuple):
-        m, example = made
-    else:
-        m = made
-        vocab = int(getattr(getattr(m, "config", None), "vocab_size", 0) or 0)
-        if not vocab:
-            raise ModelSpecError(f"{factory}() returned a model without config.vocab_size; "
-                                 f"return (model, example_inputs) instead")
-        example = {"input_ids": torch.randint(0, vocab, (batch, seq))}
-    vocab = int(getattr(getattr(m, "config", None), "vocab_size", 0) or 0)
-    return m, example, vocab
-
-
-def _truncate_layers(m: torch.nn.Module, layers: int) -> None:
-    """Keep the first ``layers`` decoder layers (a shorter model for quick runs)."""
-    base = getattr(m, "gpt_neox", None) or getattr(m, "transformer", None)
-    blocks = getattr(base, "layers", None) or getattr(base, "h", None)
-    if blocks is not None and layers < len(blocks):
-        del blocks[layers:]
-        m.config.num_hidden_layers = layers
-
-
-def parse_rect(text: str) -> tuple[int, int, int, int]:
-    """``r,c,h,w`` (row, column, rows, columns) from the command line."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        r, c, h, w = (int(p) for p in parts)
-    except ValueError as exc:
-        raise WaferscaleError(f"--reserve {text!r}: expected r,c,h,w (four integers: row, "
-                              f"column, rows, columns)") from exc
-    return r, c, h, w
+from waferscale.models import META_ABOVE, PRESETS, load_model, preset_params
 
 
 def write_map(cm: Any, path: str | Path) -> Path:
@@ -111,12 +39,18 @@ def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: 
                    pin: dict[str, tuple[int, int, int, int]] | None = None,
                    map_path: str | Path | None = None, layers: int | None = None
                    ) -> dict[str, Any]:
+    """Compile MODEL and return its report (plan, stages, throughput) plus ``model`` and
+    ``seq``, and ``map`` when ``map_path`` is given.
+
+    Presets are built on the meta device in estimate mode, and always above ``META_ABOVE``
+    parameters: their weights would not fit in host memory, and a plan needs shapes only.
+    """
     import waferscale
 
     if seq < 1 or batch < 1:
         raise WaferscaleError(f"--seq {seq} and --batch {batch} must be at least 1")
     meta = estimate and model in PRESETS or (model in PRESETS
-                                             and _preset_params(model) > META_ABOVE)
+                                             and preset_params(model) > META_ABOVE)
     m, example, _ = load_model(model, seq=seq, batch=batch, meta=meta, layers=layers)
     cm = waferscale.compile(m, example, spec=spec, mode="estimate" if estimate else "auto",
                             strict=strict, reserve=reserve, pin=pin)
@@ -130,7 +64,11 @@ def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: 
 
 def run_report(model: str, fasta: str, *, seq: int, batch: int, spec: str = "wse2",
                layers: int | None = None) -> dict[str, Any]:
-    """Forward + loss on the simulated wafer for genomes from ``fasta``; eager for reference."""
+    """Forward + loss on the simulated wafer for genomes from ``fasta``; eager for reference.
+
+    The eager loss and logits beside the wafer's are what make the run a check of the
+    values, not only of the timing; the wall times say where a slow run spent its time.
+    """
     import waferscale
     from waferscale.runtime.loss_stage import wafer_cross_entropy
     from waferscale.workloads import genome_batch, read_fasta
@@ -173,5 +111,4 @@ def run_report(model: str, fasta: str, *, seq: int, batch: int, spec: str = "wse
     return rep
 
 
-__all__ = ["PRESETS", "compile_report", "load_model", "parse_rect", "run_report",
-           "write_map"]
+__all__ = ["compile_report", "run_report", "write_map"]
