@@ -7,7 +7,7 @@ Both sides are timed warm (each runs once first; the fabric's first call also pa
 one-time set-up: lazy imports, caches), best of ``--repeats`` runs each, interleaved so
 machine noise hits both; the cold first fabric call is printed too. seq 1,024 and, with
 --long, seq 10,240 run with values (the attention stage's cycles come from its closed
-form on a perfect wafer: see runtime/kernels_exec.run_attention). --big times the
+form on a perfect wafer: see kernels/attention.run_stage). --big times the
 estimate compiles (torch.export of the meta model dominates).
 """
 

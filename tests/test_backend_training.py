@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from waferscale.runtime.kernels_exec import attention_lse
+from waferscale.kernels.attention import attention_lse
 
 
 def _tiny_neox() -> torch.nn.Module:

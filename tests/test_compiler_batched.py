@@ -8,30 +8,39 @@ columns, which made its inbound stream the bottleneck.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from waferscale.compiler.plan import Stage, batched_tiling, pointwise_layout, size_stage
+from waferscale.compiler.plan import size_stage
 from waferscale.hardware.spec import get_spec
+from waferscale.ir import Graph
 from waferscale.kernels import gemm
-from waferscale.runtime.kernels_exec import run_gemm
+from waferscale.kernels.family import ExecContext, Stage
+from waferscale.kernels.gemm import GemmParams, batched_tiling
+from waferscale.kernels.norm import LayerNormParams
+from waferscale.kernels.pointwise import PointwiseParams
+from waferscale.kernels.pointwise import layout_of as pointwise_layout
 
 SPEC = get_spec("wse2")
 
 
 def _bmm(batch: int, m: int, k: int, n: int) -> Stage:
-    return Stage("bmm", "gemm", ["bmm"], "fp32",
-                 params={"op": "bmm", "batch": batch, "m": m, "k": k, "n": n, "bias": False,
-                         "skip": False})
+    return Stage("bmm", "gemm", ("bmm",), "fp32", params=GemmParams("bmm", batch, m, k, n))
+
+
+def run_gemm(spec, st, a, b, bias, timing_only=False):
+    """The GEMM family's fabric run of a stage, outside a compiled program."""
+    return gemm.run_stage(ExecContext(spec, Graph(), {}, timing_only), st, a, b, bias)
 
 
 @pytest.mark.parametrize("bounds", [(40, 130), (16, 200), (64, 64), (20, 20), None])
 def test_bmm_groups_side_by_side(bounds: tuple[int, int] | None) -> None:
     """Groups tile the rectangle; cost() == the fabric's cycles; values match torch."""
-    st = _bmm(6, 48, 16, 40)
-    size_stage(SPEC, st, 3000.0, None, bounds)
+    st = size_stage(SPEC, _bmm(6, 48, 16, 40), 3000.0, None, bounds)
     assert st.fits
-    q, (gr, gc) = st.params["grid"], st.params["tiling"]
+    q, (gr, gc) = st.params.grid, st.params.tiling
     assert st.rect == (gr * q, gc * q)
     if bounds is not None:
         assert st.rect[0] <= bounds[0] and st.rect[1] <= bounds[1]
@@ -51,13 +60,11 @@ def test_bmm_groups_side_by_side(bounds: tuple[int, int] | None) -> None:
 def test_bmm_beats_time_multiplexing() -> None:
     """The GenSLM attention bmm ([1024,64]x[64,1024], 8 heads) on room for 8 grids takes
     one GEMM's time, not eight."""
-    st = _bmm(8, 1024, 64, 1024)
-    size_stage(SPEC, st, 0.0, None, (128, 256))
-    assert st.params["tiling"] == [2, 4] and st.params["grid"] == 64
+    st = size_stage(SPEC, _bmm(8, 1024, 64, 1024), 0.0, None, (128, 256))
+    assert st.params.tiling == (2, 4) and st.params.grid == 64
     one = gemm.cost(1024, 64, 1024, grid=64, spec=SPEC, accumulate="fp32").cycles
     assert st.cost_cycles == pytest.approx(one)
-    small = _bmm(8, 1024, 64, 1024)
-    size_stage(SPEC, small, 0.0, None, (64, 64))
+    small = size_stage(SPEC, _bmm(8, 1024, 64, 1024), 0.0, None, (64, 64))
     assert small.cost_cycles <= 8 * one
 
 
@@ -71,20 +78,17 @@ def test_batched_tiling_holds_batch() -> None:
 def test_pointwise_layout_follows_rectangle() -> None:
     assert pointwise_layout(8192, 8, 0.0, (200, 100), 10 ** 9) == (656, 100)
     assert pointwise_layout(8192, 512, 0.0, (200, 100), 10 ** 9) == (8192, 512)
-    st = Stage("neg", "pointwise", ["neg"], "fp32",
-               params={"tokens": 8192, "hidden": 8, "ops": ["neg"], "reads": 1})
-    size_stage(SPEC, st, 0.0, None, (128, 128))
-    narrow = Stage("neg", "pointwise", ["neg"], "fp32",
-                   params={"tokens": 8192, "hidden": 8, "ops": ["neg"], "reads": 1})
-    size_stage(SPEC, narrow, 0.0, None, (128, 8))
+    neg = Stage("neg", "pointwise", ("neg",), "fp32",
+                params=PointwiseParams(8192, 8, ("neg",), 1))
+    st = size_stage(SPEC, neg, 0.0, None, (128, 128))
+    narrow = size_stage(SPEC, neg, 0.0, None, (128, 8))
     assert st.rect == (128, 128) and st.pes == 16 * narrow.pes
     assert st.cost_cycles < narrow.cost_cycles
 
 
 def _mm(m: int, k: int, n: int, bias: bool) -> Stage:
-    return Stage("mm", "gemm", ["mm"], "fp32",
-                 params={"op": "addmm" if bias else "mm", "batch": 1, "m": m, "k": k, "n": n,
-                         "bias": bias, "skip": False})
+    return Stage("mm", "gemm", ("mm",), "fp32",
+                 params=GemmParams("addmm" if bias else "mm", 1, m, k, n, bias=bias))
 
 
 @pytest.mark.parametrize("bounds", [(100, 24), (24, 100), (30, 30), None])
@@ -93,17 +97,16 @@ def test_mm_rows_split_over_groups(bounds: tuple[int, int] | None, bias: bool) -
     """An mm/addmm in a long thin rectangle splits its tokens over side-by-side grids (each
     with a copy of the weights): it uses the long side, cost() == the fabric's cycles and
     the values match torch."""
-    st = _mm(90, 20, 24, bias)
-    size_stage(SPEC, st, 2000.0, None, bounds)
+    st = size_stage(SPEC, _mm(90, 20, 24, bias), 2000.0, None, bounds)
     assert st.fits
-    q, (gr, gc) = st.params["grid"], st.params["tiling"]
+    q, (gr, gc) = st.params.grid, st.params.tiling
     assert st.rect == (gr * q, gc * q)
     if bounds is not None:
         assert st.rect[0] <= bounds[0] and st.rect[1] <= bounds[1]
     if bounds in ((100, 24), (24, 100)):
-        assert st.params["msplit"] > 1
-        square = _mm(90, 20, 24, bias)
-        size_stage(SPEC, square, 0.0, None, (min(bounds), min(bounds)))
+        assert st.params.msplit > 1
+        square = size_stage(SPEC, _mm(90, 20, 24, bias), 0.0, None,
+                            (min(bounds), min(bounds)))
         assert st.cost_cycles < square.cost_cycles
     torch.manual_seed(1)
     a, b, c = torch.randn(90, 20), torch.randn(20, 24), torch.randn(24)
@@ -121,9 +124,8 @@ def test_short_last_row_chunk_is_padded_to_the_grid(m: int, bounds: tuple[int, i
     """41 rows in chunks of 9 leave 5 for the last 8 x 8 grid, fewer than its PE rows: the
     chunk is padded with zero rows (cropped after), so it runs instead of failing the
     GEMM's every-PE-has-a-block check; cost() is unchanged (a full chunk is slowest)."""
-    st = _mm(m, 64, 64, True)
-    size_stage(SPEC, st, 2000.0, None, bounds)
-    q, mg, groups = st.params["grid"], st.params["mrows"], st.params["msplit"]
+    st = size_stage(SPEC, _mm(m, 64, 64, True), 2000.0, None, bounds)
+    q, mg, groups = st.params.grid, st.params.mrows, st.params.msplit
     assert m - (groups - 1) * mg < q
     torch.manual_seed(3)
     a, b, c = torch.randn(m, 64), torch.randn(64, 64), torch.randn(64)
@@ -141,11 +143,12 @@ def test_mm_rows_in_rounds_when_they_do_not_fit(prologue: bool) -> None:
     and the values match torch."""
     st = _mm(4096, 64, 64, True)
     if prologue:
-        st.params["prologue"] = {"weight": True, "bias": True, "eps": 1e-5}
-    size_stage(SPEC, st, 0.0, None, (8, 8))
+        st = dataclasses.replace(st, params=dataclasses.replace(
+            st.params, prologue=LayerNormParams(4096, 64, True, True, 1e-5)))
+    st = size_stage(SPEC, st, 0.0, None, (8, 8))
     assert st.fits and st.sram_per_pe <= SPEC.sram_bytes
-    groups = st.params["tiling"][0] * st.params["tiling"][1]
-    assert st.params["msplit"] > groups           # more chunks than groups: rounds
+    groups = st.params.tiling[0] * st.params.tiling[1]
+    assert st.params.msplit > groups           # more chunks than groups: rounds
     torch.manual_seed(2)
     a, b, c = torch.randn(4096, 64), torch.randn(64, 64), torch.randn(64)
     out, run = run_gemm(SPEC, st, a, b, c)

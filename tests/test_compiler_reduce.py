@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import waferscale
-from waferscale.compiler.lower import reduce_layout
+from waferscale.kernels.reduce import reduce_layout
 
 
 class Sums(torch.nn.Module):
@@ -39,7 +39,7 @@ def test_sums_run_on_the_reduce_kernel(dims, keepdim, layout) -> None:
     assert out.shape == ref.shape
     assert float((out - ref).abs().max()) < 1e-4
     stage = next(s for s in cm.program.stages if s.kind == "reduce")
-    assert (stage.params["rows"], stage.params["cols"], stage.params["axis"]) == layout
+    assert (stage.params.rows, stage.params.cols, stage.params.axis) == layout
     # the plan's closed form; over columns it counts the 2 cycles more of
     # `timing.allreduce_cycles` (tests/test_kernels_reduce.py)
     assert abs(cm.last_run["runs"][stage.name].cycles - stage.cost_cycles) <= 2

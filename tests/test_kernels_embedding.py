@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from waferscale.compiler.plan import Stage
 from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric
 from waferscale.fabric.dtypes import to_storage
 from waferscale.fabric.grid import NORTH, SOUTH
 from waferscale.hardware import custom_spec, get_spec
+from waferscale.ir import Graph
 from waferscale.kernels import embedding as em
-from waferscale.runtime.kernels_exec import run_embedding
+from waferscale.kernels.family import ExecContext, Sizing, Stage
 
 SPEC = custom_spec(rows=32, cols=32)
 RNG = np.random.default_rng(5)
@@ -135,12 +135,12 @@ def test_choose_layout_gpt2_and_genslm_on_wse2():
 
 @pytest.mark.parametrize("timing_only", [False, True])
 def test_runtime_stage_runs_the_planned_layout(timing_only):
-    st = Stage("embed", "embedding", ["embed"], "fp32",
-               params={"tokens": 12, "vocab": 40, "hidden": 10, "layout": "sharded"},
-               rect=(8, 2))
+    st = Stage("embed", "embedding", ("embed",), "fp32",
+               params=em.EmbeddingParams(12, 40, 10, layout="sharded"), sizing=Sizing((8, 2)))
     table = torch.randn(40, 10)
     ids = torch.randint(0, 40, (3, 4))
-    out, run = run_embedding(SPEC, st, table, ids, timing_only)
+    ctx = ExecContext(SPEC, Graph(), {}, timing_only)
+    out, run = em.run_stage(ctx, st, table, ids)
     assert run.cycles == em.cost(SPEC, 12, 40, 10, (8, 2), layout="sharded")
     assert run.sram_peak == em.sram_bytes(12, 40, 10, (8, 2), layout="sharded")
     if not timing_only:

@@ -1,6 +1,6 @@
 """The decomposed cross-entropy (transformers' ``labels=`` loss, F.cross_entropy) runs on
-the wafer's loss kernel (`compiler.match_loss`); integer ops on the labels alone are host
-input preprocessing, not fallbacks.
+the wafer's loss kernel (`kernels.loss.fuse_cross_entropy`); integer ops on the labels alone
+are host input preprocessing, not fallbacks.
 
 Tolerance: 1e-5 absolute on an O(1) loss (fp32; the kernel sums exponentials in another
 order than torch's log_softmax).
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import waferscale
-from waferscale.compiler.match_loss import CROSS_ENTROPY
+from waferscale.kernels.loss import CROSS_ENTROPY
 
 
 class WithLabels(torch.nn.Module):
@@ -69,7 +69,7 @@ def test_lm_loss_runs_on_the_loss_kernel() -> None:
     assert report["fallback_ops"] == []
     assert [f["op"] for f in report["host_input_ops"]] == ["aten.constant_pad_nd.default"]
     stage = next(s for s in cm.program.stages if s.kind == "cross_entropy")
-    assert stage.params["reduction"] == "mean" and stage.params["tokens"] == 64
+    assert stage.params.reduction == "mean" and stage.params.tokens == 64
     # the plan's closed form is what the kernel measured on the stage's fabric
     assert cm.last_run["runs"][stage.name].cycles == pytest.approx(stage.cost_cycles)
     assert not any(n.short in ("_log_softmax", "gather") for n in cm.program.graph.calls())
@@ -97,7 +97,7 @@ def test_log_softmax_with_another_user_is_left_alone() -> None:
     assert CROSS_ENTROPY not in [n.target for n in cm.program.graph.calls()]
     fallen = [f["op"] for f in cm.report()["fallback_ops"]]
     assert "aten.gather.default" in fallen and "aten._log_softmax.default" not in fallen
-    assert any(s.kind == "softmax" and s.params["log"] for s in cm.program.stages)
+    assert any(s.kind == "softmax" and s.params.log for s in cm.program.stages)
     loss, logp = cm(x, y)
     with torch.no_grad():
         ref_loss, ref_logp = m(x, y)

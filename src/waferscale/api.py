@@ -8,6 +8,7 @@ wafer's SRAM) compile in estimate mode: planned and timed with the kernels' ``co
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -18,15 +19,17 @@ from waferscale.compiler import capture as cap
 from waferscale.compiler import lower
 from waferscale.compiler.errors import CompileError, FallbackError
 from waferscale.compiler.floorplan import BlockSramError, ConstraintError, FloorplanConfig
-from waferscale.compiler.ir import Graph
-from waferscale.compiler.match_loss import fuse_cross_entropy
-from waferscale.compiler.place import RectLike, place_plan
+from waferscale.compiler.floorplan.serialize import to_dict
+from waferscale.compiler.place import PlacedProgram, RectLike, place_plan
+from waferscale.compiler.plan import Plan
 from waferscale.compiler.plan import plan as make_plan
 from waferscale.compiler.program import Program, route
 from waferscale.errors import RouteError, WaferscaleError
 from waferscale.fabric.defective import DefectsLike, resolve_remap
 from waferscale.hardware.defects import Remap
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph
+from waferscale.kernels.registry import family
 
 MODES = ("auto", "pipelined", "estimate")
 
@@ -48,7 +51,7 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
                 max_side: int | None = None, t0: float | None = None,
                 reserve: list[RectLike] | None = None, pin: dict[str, RectLike] | None = None,
                 placer_config: FloorplanConfig | None = None) -> Program:
-    """Lowering, planning, placement and routing of a captured graph.
+    """Lowering, planning, placement and routing of a captured graph, top to bottom.
 
     Contradicting ``reserve``/``pin`` constraints raise :class:`ConstraintError` (naming the
     stages and rectangles); a model that does not fit raises :class:`CompileError` in
@@ -57,49 +60,62 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
     t0 = time.perf_counter() if t0 is None else t0
     if mode not in MODES:
         raise CompileError(f"mode {mode!r}: use one of {', '.join(MODES)}")
-    fuse_cross_entropy(g)
-    lower.classify(g)
-    lower.fuse_pointwise(g)
+    lower.lower(g)
     fb = lower.fallbacks(g)
     if strict and fb:
         raise FallbackError(f"strict mode: {sum(f['count'] for f in fb)} op(s) have no wafer "
                             f"kernel and would run on the host: {_fallback_message(fb)}")
     p = make_plan(g, spec, max_side=max_side)
+    t_place = time.perf_counter()
+    placed, p = _place(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
+                       placer_config=placer_config)
+    place_seconds = time.perf_counter() - t_place
+    run_mode, notes = _mode(g, p, mode)
+    figures: dict[str, Any] = {k: 0 for k in PLACEMENT_KEYS}
+    if placed is not None:
+        figures.update(placed.figures)
+    figures["place_seconds"] = place_seconds
+    routes = route(g, p, placed)
+    return Program(g, p, spec, run_mode, placement=placed.rects if placed else {},
+                   routes=routes, compile_seconds=time.perf_counter() - t0,
+                   notes=tuple(notes),
+                   floorplan=to_dict(placed.result) if placed is not None else None,
+                   figures=figures, placed=placed)
+
+
+def _place(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None,
+           pin: dict[str, RectLike] | None, max_side: int | None,
+           placer_config: FloorplanConfig | None) -> tuple[PlacedProgram | None, Plan]:
+    """Floorplan a plan that fits: the placement (None when it failed) and the plan with
+    every stage sized in its rectangle, or with the reasons placement failed."""
+    if not p.pipelined_fits:
+        return None, p
+    try:
+        placed = place_plan(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
+                            config=placer_config)
+    except ConstraintError:
+        raise
+    except BlockSramError as exc:
+        if pin and exc.block in pin:  # a pinned rectangle too small: the user's to fix
+            raise ConstraintError(str(exc), blocks=[exc.block]) from exc
+        return None, dataclasses.replace(p, why_not=p.why_not + (str(exc),))
+    except (WaferscaleError, RouteError) as exc:
+        return None, dataclasses.replace(p, why_not=p.why_not + (f"placement: {exc}",))
+    bad = [s for s in placed.stages.values() if not s.fits]
+    return placed, p.with_stages(placed.stages, [
+        f"{s.name} ({s.kind}) in its placed rectangle {placed.rects.get(s.name)}: {s.why_not}"
+        for s in bad])
+
+
+def _mode(g: Graph, p: Plan, mode: str) -> tuple[str, list[str]]:
+    """The execution mode the plan gets, and the notes that say why."""
+    notes: list[str] = []
     meta_weights = any(t.device.type == "meta" for t in g.constants.values()
                        if isinstance(t, torch.Tensor))
-    notes: list[str] = []
-    placement = {}
-    placed = None
-    fits = p.pipelined_fits
-    t_place = time.perf_counter()
-    if fits:
-        try:
-            placed = place_plan(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
-                                config=placer_config)
-        except ConstraintError:
-            raise
-        except BlockSramError as exc:
-            if pin and exc.block in pin:  # a pinned rectangle too small: the user's to fix
-                raise ConstraintError(str(exc), blocks=[exc.block]) from exc
-            fits = False
-            p.why_not.append(str(exc))
-        except (WaferscaleError, RouteError) as exc:
-            fits = False
-            p.why_not.append(f"placement: {exc}")
-        else:
-            placement = placed.rects
-            bad = [s for s in p.stages if not s.fits]
-            if bad:
-                fits = False
-                p.why_not.extend(f"{s.name} ({s.kind}) in its placed rectangle "
-                                 f"{placement.get(s.name)}: {s.why_not}" for s in bad)
-            p.sram_needed_bytes = sum(s.sram_per_pe * s.pes for s in p.stages
-                                      if s.kind != "fallback")
-    place_seconds = time.perf_counter() - t_place
-    if mode == "pipelined" and not fits:
+    if mode == "pipelined" and not p.pipelined_fits:
         raise CompileError("the model does not fit pipelined mode: " + "; ".join(p.why_not)
                            + "; weight streaming is the mode for it (use mode='estimate')")
-    if not fits:
+    if not p.pipelined_fits:
         run_mode = "weight_streaming"
         notes.append("pipelined mode does not fit: " + "; ".join(p.why_not))
         notes.append("weight streaming is the mode for this model; its figure is a "
@@ -108,20 +124,9 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
         run_mode = "pipelined (estimate)"
     else:
         run_mode = "pipelined"
-    if any(s.params.get("assumed_causal") for s in p.stages):
-        notes.append("attention masks built on the meta device are assumed causal")
-    prog = Program(g, p, spec, run_mode, placement=placement, notes=notes)
-    prog.figures = {k: 0 for k in PLACEMENT_KEYS}
-    if placed is not None:
-        from waferscale.compiler.floorplan.serialize import to_dict
-
-        prog.placed = placed
-        prog.floorplan = to_dict(placed.result)
-        prog.figures.update(placed.figures)
-    prog.figures["place_seconds"] = place_seconds
-    route(prog)
-    prog.compile_seconds = time.perf_counter() - t0
-    return prog
+    for st in p.stages:
+        notes.extend(n for n in family(st.kind).notes(st) if n not in notes)
+    return run_mode, notes
 
 
 class CompiledModel:

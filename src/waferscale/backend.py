@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from waferscale.compiler.capture import eliminate_dead, fold_constants, from_fx
+from waferscale.compiler.capture import fold_constants, from_fx
 from waferscale.hardware.spec import get_spec
+from waferscale.ir import eliminate_dead
 
 #: Reports of the graphs compiled by the backend, most recent last.
 COMPILED: list[Any] = []

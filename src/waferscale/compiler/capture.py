@@ -1,4 +1,4 @@
-"""Capture a PyTorch model as a core-ATen :class:`~waferscale.compiler.ir.Graph`.
+"""Capture a PyTorch model as a core-ATen :class:`~waferscale.ir.Graph`.
 
 Two front doors feed the same graph: ``torch.export`` (whole model, ahead of time) and the
 ATen graphs ``aot_autograd`` hands to the ``waferscale`` torch.compile backend. Attention
@@ -20,7 +20,16 @@ import torch
 import torch.utils._pytree as pytree
 
 from waferscale.compiler.errors import CaptureError, MissingInputsError, UnsupportedDtypeError
-from waferscale.compiler.ir import Graph, Node, Ref, iter_refs, map_refs, source_of, tensor_meta
+from waferscale.ir import (
+    Graph,
+    Node,
+    Ref,
+    eliminate_dead,
+    iter_refs,
+    map_refs,
+    source_of,
+    tensor_meta,
+)
 
 #: Ops never folded: they would make a constant out of something that changes per call.
 _NO_FOLD = ("rand", "randn", "randint", "bernoulli", "dropout", "native_dropout", "empty")
@@ -199,7 +208,8 @@ def fold_constants(g: Graph) -> int:
         if value.device.type == "meta" and not node.inputs and len(node.args) == 1 \
                 and isinstance(node.args[0], (int, float, bool)):
             # a scalar built from a literal (scalar_tensor(0)): the meta device drops the
-            # value, which later passes need to recognise patterns (`match_loss`)
+            # value, which later passes need to recognise patterns (the loss matcher,
+            # `kernels.loss.fuse_cross_entropy`)
             node.meta["scalar"] = node.args[0]
         _make_const(node)
         node.meta["folded_from"] = node.target
@@ -213,27 +223,6 @@ def _make_const(node: Node) -> None:
     parameters: GenSLM-25M read 50.5M for its 25.3M)."""
     node.op = "const"
     node.args, node.kwargs = (), {}
-
-
-def eliminate_dead(g: Graph) -> int:
-    """Drop nodes no output depends on (folded subgraphs, assertions)."""
-    live: set[str] = set()
-    stack = [r.name for r in map_refs_list(g.outputs)]
-    while stack:
-        name = stack.pop()
-        if name in live:
-            continue
-        live.add(name)
-        stack.extend(g.nodes[name].inputs)
-    dead = [n for n in g.nodes if n not in live and g.nodes[n].op != "input"]
-    for n in dead:
-        del g.nodes[n]
-        g.constants.pop(n, None)
-    return len(dead)
-
-
-def map_refs_list(outputs: list[Any]) -> list[Ref]:
-    return [o for o in outputs if isinstance(o, Ref)]
 
 
 # ------------------------------------------------------------ repeated-layer capture -------
@@ -466,5 +455,5 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
     return g
 
 
-__all__ = ["capture", "capture_replicated", "decomposition_table", "eliminate_dead", "export",
+__all__ = ["capture", "capture_replicated", "decomposition_table", "export",
            "fold_constants", "from_exported", "from_fx", "repeated_blocks"]

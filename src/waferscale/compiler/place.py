@@ -12,8 +12,10 @@ calibration. Here each stage becomes a :class:`~waferscale.compiler.floorplan.Bl
   sample = one compiled batch).
 
 ``floorplan.place_and_route`` places and routes them; every kernel is then re-sized inside
-its placed rectangle (``plan.size_stage(bounds=)``), so the runtime's rectangle sizes and
-the report come from the placement, and stream times use the routed distances.
+its placed rectangle (``plan.size_stage(bounds=)``): `place_plan` returns those sized
+stages beside the placement (the caller builds the placed plan from them), so the
+runtime's rectangle sizes and the report come from the placement, and stream times use
+the routed distances.
 
 The naive baseline every figure is compared against is ``floorplan.strip`` (full-height
 strips in pipeline order); :func:`place` returns it for callers of the old interface.
@@ -41,12 +43,20 @@ from waferscale.compiler.floorplan import (
     place_and_route,
     strip_placement,
 )
-from waferscale.compiler.ir import Graph
-from waferscale.compiler.plan import Plan, Stage, home_of, move_cycles, size_stage
+from waferscale.compiler.plan import (
+    Plan,
+    Stage,
+    home_of,
+    moves_of,
+    on_wafer,
+    size_stage,
+    with_moves,
+)
 from waferscale.fabric.dtypes import BYTES
 from waferscale.fabric.grid import EAST, WEST, Rect
 from waferscale.fabric.timing import stream_cycles
 from waferscale.hardware.spec import WaferSpec
+from waferscale.ir import Graph, Node
 
 #: The compiler's floorplanner settings. Every block carries its kernel's real time in a
 #: rectangle (``Block.time_at``; water filling reads its areas off the sampled time curve),
@@ -92,38 +102,29 @@ class Calibration:
 
 @dataclass
 class PlacedProgram:
-    """The result of placing a plan: rectangles, routing, realised figures, baseline."""
+    """The result of placing a plan: rectangles, routing, every on-wafer stage sized inside
+    its rectangle (``stages``), realised figures, baseline."""
 
     result: FloorplanResult
     rects: dict[str, Rect]
     offsets: dict[tuple[str, str], tuple[int, int]]
+    stages: dict[str, Stage] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def _moves(g: Graph) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for node in g.calls():
-        if node.meta.get("kind") == "move" and node.meta.get("stage"):
-            out.setdefault(node.meta["stage"], []).append(node.name)
-    return out
-
-
-def _timed(spec: WaferSpec, g: Graph, st: Stage, moves: list[str], *, area: float = 0.0,
+def _timed(spec: WaferSpec, st: Stage, moves: list[Node], *, area: float = 0.0,
            bounds: tuple[int, int] | None = None, max_side: int | None = None) -> Stage:
-    """A copy of ``st`` sized at ``area`` PEs (or inside ``bounds``), moves included."""
-    c = dataclasses.replace(st)
-    size_stage(spec, c, area, max_side, bounds)
-    c.move_cycles = sum(move_cycles(spec, g, c, g.nodes[n]) for n in moves)
-    return c
+    """``st`` sized at ``area`` PEs (or inside ``bounds``), its data movement included."""
+    return with_moves(spec, size_stage(spec, st, area, max_side, bounds), moves)
 
 
-def calibrate(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
+def calibrate(spec: WaferSpec, st: Stage, moves: list[Node],
               max_side: int | None = None) -> Calibration:
     """Fit ``t(a) = W / a + L`` through the stage's total cycles at its planned area and at a
     quarter of it; a stage that is no slower on fewer PEs (capped by its problem size) is
     all work at its planned area."""
     a1, t1 = max(1, st.pes), st.cost_cycles + st.move_cycles
-    small = _timed(spec, g, st, moves, area=a1 / 4, max_side=max_side)
+    small = _timed(spec, st, moves, area=a1 / 4, max_side=max_side)
     a2, t2 = max(1, small.pes), small.cost_cycles + small.move_cycles
     sram = float(min(st.sram_per_pe * a1, small.sram_per_pe * a2) if small.fits
                  else st.sram_per_pe * a1)
@@ -136,7 +137,7 @@ def calibrate(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
     return Calibration(max(w, 1.0), lat, sram)
 
 
-def stage_time_at(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
+def stage_time_at(spec: WaferSpec, st: Stage, moves: list[Node],
                   max_side: int | None = None, inbound: tuple[int, ...] = ()
                   ):  # noqa: ANN201 - a closure
     """``time_at(rows, cols)`` for the floorplanner: the stage's kernel sized inside a
@@ -149,7 +150,7 @@ def stage_time_at(spec: WaferSpec, g: Graph, st: Stage, moves: list[str],
     """
 
     def time_at(rows: int, cols: int) -> float:
-        c = _timed(spec, g, st, moves, bounds=(rows, cols), max_side=max_side)
+        c = _timed(spec, st, moves, bounds=(rows, cols), max_side=max_side)
         if not (c.fits and c.rect[0] <= rows and c.rect[1] <= cols):
             return math.inf
         r, k = c.rect
@@ -224,8 +225,8 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     Raises :class:`ConstraintError` for pins of unknown stages or contradicting pins and
     reserved rectangles, :class:`BlockSramError` when the stages do not fit.
     """
-    on_wafer = [s for s in p.stages if s.kind != "fallback"]
-    names = {s.name for s in on_wafer}
+    placed = on_wafer(p.stages)
+    names = {s.name for s in placed}
     pins = {k: as_rect(v, f"pin {k!r}") for k, v in (pin or {}).items()}
     unknown = [k for k in pins if k not in names]
     if unknown:
@@ -233,23 +234,23 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
                               f"stages are e.g. {', '.join(list(names)[:6])} (see the report's "
                               f"stage list)", blocks=unknown)
     reserved = [as_rect(r, f"reserve #{i}") for i, r in enumerate(reserve or [])]
-    moves = _moves(g)
-    by_name = {s.name: s for s in on_wafer}
+    moves = moves_of(g)
+    by_name = {s.name: s for s in placed}
     feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
-                           if i in by_name and i != s.name) for s in on_wafer}
-    cal = {s.name: calibrate(spec, g, s, moves.get(s.name, []), max_side) for s in on_wafer}
-    fit_sides = {s.name: smallest_square(stage_time_at(spec, g, s, moves.get(s.name, []),
-                                                        max_side), spec) for s in on_wafer}
+                           if i in by_name and i != s.name) for s in placed}
+    cal = {s.name: calibrate(spec, s, moves.get(s.name, []), max_side) for s in placed}
+    fit_sides = {s.name: smallest_square(stage_time_at(spec, s, moves.get(s.name, []),
+                                                        max_side), spec) for s in placed}
     blocks = [Block(s.name, cal[s.name].work,
                     min(cal[s.name].sram * SRAM_MARGIN,
                         float(fit_sides[s.name] ** 2 * spec.sram_bytes)),
                     min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
                     latency_cycles=cal[s.name].latency,
-                    time_at=stage_time_at(spec, g, s, moves.get(s.name, []), max_side,
+                    time_at=stage_time_at(spec, s, moves.get(s.name, []), max_side,
                                           feeds[s.name]))
-              for s in on_wafer]
+              for s in placed]
     traffic: dict[tuple[str, str], float] = {}
-    for s in on_wafer:
+    for s in placed:
         for src in s.inputs:
             if src in by_name and src != s.name:
                 traffic[(src, s.name)] = (read_numel(g, s, by_name[src], p.stage_of)
@@ -303,24 +304,24 @@ def _geometry_rects(problem: PlacementProblem, geom: Any) -> dict[str, Rect]:
 def fit_into(spec: WaferSpec, g: Graph, p: Plan, rects: dict[str, Rect],
              offsets: dict[tuple[str, str], tuple[int, int]], max_side: int | None = None
              ) -> tuple[dict[str, Stage], dict[str, float]]:
-    """Every on-wafer stage re-sized inside its rectangle (copies) and its stage time:
+    """Every on-wafer stage sized inside its rectangle (new stages) and its stage time:
     kernel + data movement + the slowest inbound stream over its routed distance.
 
     Every kernel runs inside the rectangle it was placed in (``size_stage(bounds=)``); one
     that does not fit there keeps ``fits = False`` and its reason, and the compiler reports
     the plan as not fitting rather than quietly running it on another shape."""
-    moves = _moves(g)
+    moves = moves_of(g)
     sized: dict[str, Stage] = {}
     for s in p.stages:
         if s.name not in rects:
             continue
         r = rects[s.name]
-        st = _timed(spec, g, s, moves.get(s.name, []), bounds=(r.rows, r.cols),
+        st = _timed(spec, s, moves.get(s.name, []), bounds=(r.rows, r.cols),
                     max_side=max_side)
         if st.fits and (st.rect[0] > r.rows or st.rect[1] > r.cols):
-            st.fits = False
-            st.why_not = (f"kernel shape {st.rect[0]}x{st.rect[1]} does not fit its placed "
-                          f"rectangle {r.rows}x{r.cols}")
+            st = dataclasses.replace(st, sizing=dataclasses.replace(
+                st.sizing, fits=False, why_not=f"kernel shape {st.rect[0]}x{st.rect[1]} does "
+                                               f"not fit its placed rectangle {r.rows}x{r.cols}"))
         sized[s.name] = st
     times: dict[str, float] = {}
     for name, st in sized.items():
@@ -346,21 +347,21 @@ def busy_pe_cycles(sized: dict[str, Stage]) -> float:
     return float(sum(s.cost_cycles * s.pes for s in sized.values() if s.fits))
 
 
-def flop_utilization(spec: WaferSpec, stages: list[Stage], period: float) -> float:
+def flop_utilization(spec: WaferSpec, stages: tuple[Stage, ...] | list[Stage], period: float
+                     ) -> float:
     """Useful FLOPs per period over the wafer's peak FLOPs in the same time (every PE
     issuing its dtype's widest FMAC each cycle): the strict figure, the MFU of a GPU."""
     if period <= 0:
         return 0.0
-    peak = sum(s.flops / (2.0 * spec.simd.width(s.dtype, "fmac")) for s in stages
-               if s.kind != "fallback")
+    peak = sum(s.flops / (2.0 * spec.simd.width(s.dtype, "fmac")) for s in on_wafer(stages))
     return peak / (spec.pes * period)
 
 
 def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None = None,
                pin: dict[str, RectLike] | None = None, max_side: int | None = None,
                config: FloorplanConfig | None = None) -> PlacedProgram:
-    """Place and route a plan's stages; re-size every kernel inside its rectangle (the
-    plan's stages are updated in place) and measure placed vs strip utilisation.
+    """Place and route a plan's stages; size every kernel inside its rectangle (returned
+    as ``PlacedProgram.stages``) and measure placed vs strip utilisation.
 
     Utilisation (placed and strips the same way) = busy PE-cycles (`busy_pe_cycles`) /
     (wafer PEs x the slowest realised stage time), the realised times coming from the
@@ -373,10 +374,6 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
     rects = result.rects
     offsets = routed_offsets(problem, result.routing)
     sized, times = fit_into(spec, g, p, rects, offsets, max_side)
-    for st in p.stages:
-        if st.name in sized:
-            for f in dataclasses.fields(st):
-                setattr(st, f.name, getattr(sized[st.name], f.name))
     work = busy_pe_cycles(sized)
     period = max(times.values()) if times else 0.0
     figures: dict[str, Any] = {
@@ -407,7 +404,7 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
     else:
         figures.update(baseline_utilization=0.0, baseline_note="strips do not fit the SRAM")
     figures["place_seconds"] = time.perf_counter() - t0
-    return PlacedProgram(result, rects, offsets, figures)
+    return PlacedProgram(result, rects, offsets, sized, figures)
 
 
 def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:

@@ -6,7 +6,8 @@ inside it); routes are the streams between a producer stage's rectangle and each
 consumer's: their hop counts are the routed bundle's lengths (``compiler.place``) and their
 cycles come from `timing.stream_cycles`. ``floorplan`` is the floorplanner's serialised
 result (rectangles, routed bands, colours, figures) and ``figures`` the placed-vs-strip
-figures, both recorded in ``dumps()``.
+figures, both recorded in ``dumps()``. A program is a frozen value, built once by
+`api.lower_graph` from the passes' results.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from waferscale.compiler.ir import Graph
 from waferscale.compiler.lower import fallbacks
-from waferscale.compiler.place import read_numel
-from waferscale.compiler.plan import Plan, Stage
+from waferscale.compiler.place import PlacedProgram, read_numel
+from waferscale.compiler.plan import Plan
 from waferscale.fabric.grid import Rect
 from waferscale.fabric.timing import stream_cycles
 from waferscale.hardware.spec import WaferSpec
+from waferscale.ir import Graph
+from waferscale.kernels.family import Stage
 
 
 @dataclass
@@ -42,26 +44,26 @@ class Route:
         return dict(self.__dict__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Program:
     graph: Graph
     plan: Plan
     spec: WaferSpec
     mode: str
     placement: dict[str, Rect] = field(default_factory=dict)
-    routes: list[Route] = field(default_factory=list)
+    routes: tuple[Route, ...] = ()
     compile_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     floorplan: dict[str, Any] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
-    placed: Any = None  # compiler.place.PlacedProgram (not serialised; for maps)
+    placed: PlacedProgram | None = None  # not serialised; for maps
 
     @property
-    def stages(self) -> list[Stage]:
+    def stages(self) -> tuple[Stage, ...]:
         return self.plan.stages
 
     def stage(self, name: str) -> Stage:
-        return next(s for s in self.plan.stages if s.name == name)
+        return self.plan.stage(name)
 
     def fallback_ops(self) -> list[dict[str, Any]]:
         return fallbacks(self.graph)
@@ -80,35 +82,34 @@ class Program:
             "routes": [r.to_json() for r in self.routes],
             "floorplan": self.floorplan, "placement_figures": self.figures,
             "nodes": nodes, "fallback_ops": self.fallback_ops(),
-            "compile_seconds": self.compile_seconds, "notes": self.notes,
+            "compile_seconds": self.compile_seconds, "notes": list(self.notes),
         }
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, default=str)
 
 
-def route(program: Program) -> list[Route]:
+def route(g: Graph, plan: Plan, placed: PlacedProgram | None) -> tuple[Route, ...]:
     """Streams between placed stages (input feeds and fallbacks are I/O, not routes)."""
-    spec = program.spec
+    spec = plan.spec
     routes: list[Route] = []
-    placed = program.placed
+    placement = placed.rects if placed is not None else {}
     routed: dict[tuple[str, str], Any] = {}
     if placed is not None:
         prob = placed.result.problem
         routed = {(prob.nets[r.net].src, prob.nets[r.net].dst): r
                   for r in placed.result.routing.routes}
-    for st in program.stages:
-        dst = program.placement.get(st.name)
+    for st in plan.stages:
+        dst = placement.get(st.name)
         if dst is None:
             continue
         for src_name in st.inputs:
-            src = program.placement.get(src_name)
+            src = placement.get(src_name)
             if src is None:
                 continue
             # what the consumer reads of the producer (after slices), as the placer
             # and the realised stage time count it, not the producer's whole output
-            numel = read_numel(program.graph, st, program.stage(src_name),
-                               program.plan.stage_of)
+            numel = read_numel(g, st, plan.stage(src_name), plan.stage_of)
             rows, cols = st.rect if st.pes else (dst.rows, dst.cols)
             per_pe = math.ceil(numel / max(1, rows * cols))
             net = routed.get((src_name, st.name))
@@ -121,8 +122,7 @@ def route(program: Program) -> list[Route]:
             routes.append(Route(src_name, st.name, abs(d_rows) + abs(d_cols), per_pe, cyc,
                                 net.color if net else -1, net.lanes if net else 0,
                                 net.kind if net else ""))
-    program.routes = routes
-    return routes
+    return tuple(routes)
 
 
 __all__ = ["Program", "Route", "route"]

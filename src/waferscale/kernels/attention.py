@@ -56,6 +56,7 @@ split for the fastest layout that fits.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -63,6 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from waferscale.errors import KernelError, KernelFitError, KernelShapeError, ShapeError
 from waferscale.fabric import Fabric, MeshTensor, Rect
@@ -70,8 +72,22 @@ from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.timing import tree_levels
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node, Ref
 from waferscale.kernels import rotary
 from waferscale.kernels.elementwise import WORK, check_dtype, local_pass, op_cycles
+from waferscale.kernels.family import (
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    done,
+    float_out,
+    shape_of,
+    to_np,
+    to_torch,
+)
 
 KERNEL = "attention"
 
@@ -1294,3 +1310,215 @@ def _step_values(q: np.ndarray, kv: np.ndarray, o: np.ndarray, m: np.ndarray, l_
                     ).astype(np.float32)
     return (o * alpha[..., None] + np.matmul(pr, np.swapaxes(vt, -1, -2)), m_new,
             alpha * l_ + pr.sum(axis=-1))
+
+
+# ------------------------------------------------------------------ the stage family ------
+#: ATen's CPU flash attention: what torch.compile's training graphs keep of an SDPA
+#: (`backend.decompositions`); it returns the output and the row log-sum-exp.
+FLASH_CPU = "_scaled_dot_product_flash_attention_for_cpu"
+
+#: Run compiled attention stages step by step on the fabric even on a perfect wafer (the
+#: tests set it to check the closed-form path against the simulation).
+SIMULATE_STAGES = False
+
+
+@dataclass(frozen=True)
+class AttentionParams(StageParams):
+    """Causal attention of ``batch x heads`` groups of [seq, head_dim]; the layout
+    (``fold``, ``kv``, ``split``: `choose_layout`) once sized."""
+
+    groups: int
+    seq: int
+    head_dim: int
+    batch: int
+    heads: int
+    assumed_causal: bool = False
+    fold: int = 1
+    kv: str = "shift"
+    split: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.groups, self.seq, self.head_dim) < 1 or self.kv not in KV_MODES:
+            raise KernelShapeError(f"{KERNEL}: {self.groups} groups of [{self.seq}, "
+                                   f"{self.head_dim}] with K/V mode {self.kv!r}: sizes must "
+                                   f"be >= 1 and the mode one of {KV_MODES}")
+
+    def layout(self) -> dict[str, Any]:
+        return {"fold": self.fold, "kv": self.kv, "split": self.split}
+
+
+def _attention_args(node: Node) -> tuple[Any, bool, float]:
+    """``(attn_mask, is_causal, dropout_p)`` of an SDPA or a CPU flash attention: the two
+    ops order their arguments differently (the flash op's mask is keyword-only)."""
+    a, kw = node.args, node.kwargs
+    if node.short == FLASH_CPU:
+        return (kw.get("attn_mask"), bool(a[4] if len(a) > 4 else kw.get("is_causal")),
+                float(a[3] if len(a) > 3 else kw.get("dropout_p", 0.0)))
+    return (a[3] if len(a) > 3 else kw.get("attn_mask"),
+            bool(a[5] if len(a) > 5 else kw.get("is_causal")),
+            float(a[4] if len(a) > 4 else kw.get("dropout_p", 0.0)))
+
+
+def causal(node: Node, g: Graph) -> bool:
+    """Causal if ``is_causal`` or the mask is a folded constant equal to a lower triangle.
+
+    A mask built on the meta device has no values; it is assumed causal (decoder models
+    build it from ``arange``) and the assumption is recorded in ``meta['assumed_causal']``.
+    """
+    mask, is_causal, dropout = _attention_args(node)
+    if dropout:
+        return False
+    if is_causal:
+        return True
+    if mask is None:
+        return False
+    if not isinstance(mask, Ref) or g.nodes[mask.name].op != "const":
+        return False
+    value = g.constants[mask.name]
+    if value.device.type == "meta":
+        node.meta["assumed_causal"] = True
+        return True
+    s_q, s_k = value.shape[-2], value.shape[-1]
+    tril = torch.ones(s_q, s_k, dtype=torch.bool).tril()
+    if value.dtype == torch.bool:
+        return bool((value == tril).all())
+    return bool(((value == 0) == tril).all())
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, scale: float | None,
+                  block: int = 1024) -> torch.Tensor:
+    """Each query row's causal log-sum-exp of its scaled scores, [batch, heads, seq] fp32:
+    the second output of the CPU flash attention, which its backward reads. The kernel
+    keeps every row's running max m and sum l, and m + log l is this value; it is computed
+    here on the host arrays, in query blocks so that 10,240 tokens do not need the whole
+    [seq, seq] score matrix at once."""
+    s, d = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qf, kf = q.float(), k.float()
+    out = []
+    for i in range(0, s, block):
+        scores = (qf[..., i:i + block, :] @ kf.transpose(-1, -2)) * scale
+        rows = torch.arange(i, min(i + block, s)).unsqueeze(-1)
+        scores = scores.masked_fill(torch.arange(s) > rows, float("-inf"))
+        out.append(torch.logsumexp(scores, dim=-1))
+    return torch.cat(out, dim=-1)
+
+
+def closed_form_run(spec: WaferSpec, st: Stage) -> StageRun:
+    """What `run` would measure on a perfect wafer, from the closed forms: cycles, SRAM
+    peak and the CE busy share (chain position l runs l + 1 of the L steps:
+    `mean_busy_cycles`)."""
+    p: AttentionParams = st.params  # type: ignore[assignment]
+    kp = plan(spec, p.groups, p.seq, p.head_dim, st.rect, dtype=st.dtype, **p.layout())
+    cycles = cost(spec, p.groups, p.seq, p.head_dim, st.rect, dtype=st.dtype, **p.layout())
+    busy = mean_busy_cycles(spec, kp) / cycles if cycles else 0.0
+    return StageRun(cycles, int(kp.sram()["peak"]), busy)
+
+
+def run_stage(ctx: ExecContext, st: Stage, q: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor, scale: float | None) -> tuple[torch.Tensor | None, StageRun]:
+    """Causal attention on the stage's rectangle (fold, K/V mode and split from the plan).
+
+    Unless `SIMULATE_STAGES` is set, the values come from PyTorch's attention in fp32 with
+    the kernel's storage rounding (they differ from the kernel's online softmax only in
+    rounding order, within its tolerances), and the clocks from `cost` on a perfect wafer:
+    the kernel tests prove cost() equal to `run`'s clocks for every layout. Simulating the
+    kernel step by step took ~60 % of GenSLM-25M's fabric wall time at seq 1,024 and about
+    a minute per layer at 10,240, for the same numbers. On a defective wafer the kernel
+    runs timing-only on the fabric, which charges the detours of the stage's links; the
+    values stay the same as on a perfect wafer."""
+    layout = st.params.layout()  # type: ignore[attr-defined]
+    b, h, s, d = q.shape
+    if SIMULATE_STAGES and not ctx.timing_only:
+        fab = ctx.fabric(st)
+        out = run(fab, to_np(q), to_np(k), to_np(v), dtype=st.dtype, causal=True,
+                  scale=scale, **layout)
+        return to_torch(out.to_numpy().reshape(b, h, s, d), q.dtype), done(fab)
+    if SIMULATE_STAGES or ctx.link_extra is not None:
+        fab = Fabric(ctx.spec, st.rect[0], st.rect[1], timing_only=True,
+                     link_extra=ctx.link_extra.get(st.name) if ctx.link_extra else None)
+        z = np.broadcast_to(np.float32(0), (b, h, s, d))
+        run(fab, z, z, z, dtype=st.dtype, causal=True, scale=scale, **layout)
+        measured = done(fab)
+    else:
+        measured = closed_form_run(ctx.spec, st)
+    if ctx.timing_only:
+        return None, measured
+    qs, ks, vs = (torch.from_numpy(to_storage(to_np(x), st.dtype).astype(np.float32))
+                  for x in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
+                                                           scale=scale)
+    return to_torch(to_storage(out.numpy(), st.dtype), q.dtype), measured
+
+
+class Attention(KernelFamily):
+    """Causal SDPA (and the CPU flash attention of training graphs) as flash attention:
+    query blocks over rows, each group's chain of key blocks snaked over ``fold`` columns,
+    K/V shifted along it or multicast down it to ``split`` sub-bands."""
+
+    kind = "attention"
+    targets = frozenset({"scaled_dot_product_attention", FLASH_CPU})
+
+    def rejects(self, node: Node, g: Graph) -> str | None:
+        if not float_out(node) or not causal(node, g):
+            return "attention with a non-causal mask or dropout (the kernel is causal, no dropout)"
+        return None
+
+    def weight_bytes(self, g: Graph, nodes: list[Node], dtype: str) -> int:
+        # its only constant is the causal mask, which the kernel builds from positions
+        # instead of storing (a [seq, seq] table: 419 MB per layer at 10,240 tokens)
+        return 0
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str
+                 ) -> tuple[AttentionParams, float]:
+        node = nodes[0]
+        b, h, s, d = shape_of(g, node.args[0])
+        return (AttentionParams(b * h, s, d, b, h, bool(node.meta.get("assumed_causal"))),
+                flops(b * h, s, d))
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[AttentionParams, Sizing]:
+        """The fastest layout inside the placed rectangle or, at planning time, inside
+        about ``area`` PEs of full-height columns (the whole wafer when nothing fits)."""
+        p: AttentionParams = st.params  # type: ignore[assignment]
+        dt = st.dtype
+        if bounds is not None:
+            limits = bounds
+        else:
+            rows = max(1, min(spec.rows, side_cap))
+            limits = (rows, max(1, min(spec.cols, side_cap, int(max(area, 1) // rows))))
+        try:
+            lay = choose_layout(spec, p.groups, p.seq, p.head_dim, max_rows=limits[0],
+                                max_cols=limits[1], dtype=dt)
+        except KernelError:
+            if bounds is not None:
+                raise
+            lay = choose_layout(spec, p.groups, p.seq, p.head_dim,
+                                max_rows=min(spec.rows, side_cap),
+                                max_cols=min(spec.cols, side_cap), dtype=dt)
+        sized = dataclasses.replace(p, fold=lay.fold, kv=lay.kv, split=lay.split)
+        rect = (lay.rows, lay.cols)
+        sram = plan(spec, p.groups, p.seq, p.head_dim, rect, dtype=dt,
+                    **sized.layout()).sram()["peak"]
+        algorithm = (f"flash, K/V shifted along a snake (fold {lay.fold})" if lay.kv == "shift"
+                     else f"flash, K/V multicast down a snake (fold {lay.fold}, split "
+                          f"{lay.split})")
+        return sized, Sizing(rect, lay.cycles, sram, algorithm)
+
+    def notes(self, st: Stage) -> list[str]:
+        if st.params.assumed_causal:  # type: ignore[attr-defined]
+            return ["attention masks built on the meta device are assumed causal"]
+        return []
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        q, k, v = ctx.value(node.args[:3])
+        scale = node.kwargs.get("scale")
+        out, measured = run_stage(ctx, st, q, k, v, scale)
+        if out is not None:
+            # the CPU flash attention returns (output, row log-sum-exp)
+            ctx.env[node.name] = (out, attention_lse(q, k, scale)) \
+                if node.short == FLASH_CPU else out
+        return measured
+
+
+FAMILY = Attention()

@@ -29,9 +29,25 @@ from waferscale.errors import KernelDtypeError, KernelError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor, Rect
 from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import BYTES, STORAGE, to_storage
-from waferscale.fabric.tensor import AxisMap, _valid_extent
+from waferscale.fabric.tensor import AxisMap, valid_extent
 from waferscale.fabric.timing import allreduce_cycles, vector_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node
+from waferscale.kernels.family import (
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    done,
+    float_out,
+    row_rect,
+    rows_cols,
+    shape_of,
+    to_np,
+    to_torch,
+)
 
 
 # ------------------------------------------------------------------ the cost table -------
@@ -198,7 +214,7 @@ def pad_mask(t: MeshTensor) -> np.ndarray | None:
         parts = t.rect.shape[mesh_axis]
         if t.shape[m] == parts * t.tile_shape[m]:
             continue
-        ext = _valid_extent(t.shape[m], parts)
+        ext = valid_extent(t.shape[m], parts)
         ok = np.arange(t.tile_shape[m])[None, :] < ext[:, None]      # [parts, tile]
         shape = [1] * (2 + nd)
         shape[mesh_axis] = parts
@@ -509,3 +525,70 @@ def softmax_cost(spec: WaferSpec | str | None, shape: Sequence[int],
                + float(op_cycles(spec, n, dtype, "sub", reads=2)) if log else
                float(op_cycles(spec, rows, WORK, "reciprocal"))
                + float(op_cycles(spec, n, dtype, "mul", reads=2))))
+
+
+# ------------------------------------------------------------------ the softmax stage -----
+@dataclass(frozen=True)
+class SoftmaxParams(StageParams):
+    """A (log-)softmax over the last axis of a [tokens, hidden] activation."""
+
+    tokens: int
+    hidden: int
+    log: bool
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.hidden < 1:
+            raise KernelShapeError(f"softmax of [{self.tokens}, {self.hidden}]: sizes must "
+                                   f"be >= 1")
+
+
+def softmax_sram_bytes(p: SoftmaxParams, dtype: str, r: int, c: int) -> int:
+    """SRAM per PE of a softmax stage on r x c PEs: input and output tiles, the fp32
+    exponentials, and per-row statistics as wide as the column count (the allreduce's
+    buffers)."""
+    tile = -(-p.tokens // r) * -(-p.hidden // c)
+    return 2 * tile * BYTES[dtype] + 4 * tile + 16 * -(-p.tokens // r) * max(1, c)
+
+
+class Softmax(KernelFamily):
+    """``aten._softmax`` / ``aten._log_softmax`` over the last axis, in the input's dtype."""
+
+    kind = "softmax"
+    targets = frozenset({"_softmax", "_log_softmax"})
+
+    def rejects(self, node: Node, g: Graph) -> str | None:
+        if not float_out(node) or node.args[1] not in (-1, len(node.meta["shape"]) - 1) \
+                or node.args[2]:
+            return ("softmax over an axis other than the last, or half_to_float (run it in "
+                    "the input's dtype over the last axis)")
+        return None
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str
+                 ) -> tuple[SoftmaxParams, float]:
+        t, h = rows_cols(shape_of(g, nodes[0].args[0]))
+        return SoftmaxParams(t, h, log=nodes[0].short == "_log_softmax"), 5.0 * t * h
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[SoftmaxParams, Sizing]:
+        p: SoftmaxParams = st.params  # type: ignore[assignment]
+        rect = row_rect(spec, p.tokens, p.hidden, area, bounds,
+                        lambda r, c: softmax_sram_bytes(p, st.dtype, r, c))
+        return p, Sizing(rect, softmax_cost(spec, [p.tokens, p.hidden], rect, dtype=st.dtype,
+                                            log=p.log),
+                         softmax_sram_bytes(p, st.dtype, *rect),
+                         ("log-" if p.log else "") + "max/exp/sum, chain allreduce")
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        x = ctx.value(node.args[0])
+        fab = ctx.fabric(st)
+        h = x.shape[-1]
+        t = x.numel() // h
+        xm = MeshTensor.empty(fab, (t, h), dtype=st.dtype) if ctx.timing_only else \
+            MeshTensor.from_numpy(fab, to_np(x).reshape(t, h), dtype=st.dtype)
+        out = softmax(xm, log=st.params.log)  # type: ignore[attr-defined]
+        if not ctx.timing_only:
+            ctx.env[node.name] = to_torch(out.to_numpy().reshape(x.shape), x.dtype)
+        return done(fab)
+
+
+FAMILY = Softmax()

@@ -35,9 +35,13 @@ output then occupies the first ``R_out = min(R, tokens)`` rows.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor, Rect
@@ -45,7 +49,21 @@ from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.timing import multicast_cycles, shift_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node
 from waferscale.kernels.elementwise import check_dtype, local_pass, op_cycles
+from waferscale.kernels.family import (
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    done,
+    row_rect,
+    shape_of,
+    to_np,
+    to_torch,
+)
 
 KERNEL = "embedding"
 #: Token ids are stored as 32-bit words (one wavelet each).
@@ -443,3 +461,93 @@ def _choose(spec: WaferSpec, tokens: int, vocab: int, hidden: int, max_rows: int
             f"layout inside {max_rows}x{max_cols} PEs; sharded: "
             f"{_sharded_hint(spec, tokens, vocab, hidden, max_rows, cols, dtype)}")
     return best
+
+
+# ------------------------------------------------------------------ the stage family ------
+@dataclass(frozen=True)
+class EmbeddingParams(StageParams):
+    """A lookup of ``tokens`` ids in a [vocab, hidden] table; ``layout`` once sized."""
+
+    tokens: int
+    vocab: int
+    hidden: int
+    layout: str = "replicated"
+
+    def __post_init__(self) -> None:
+        if min(self.tokens, self.vocab, self.hidden) < 1:
+            raise KernelShapeError(f"{KERNEL}: {self.tokens} ids into a [{self.vocab}, "
+                                   f"{self.hidden}] table: sizes must be >= 1")
+        _check_layout(self.layout)
+
+
+def run_stage(ctx: ExecContext, st: Stage, table: torch.Tensor, ids: torch.Tensor
+              ) -> tuple[torch.Tensor | None, StageRun]:
+    """The lookup on the stage's fabric in the layout the plan chose; timing only, the
+    closed forms (`cost`, `sram_bytes`: the tests prove them equal to `run`'s)."""
+    layout = st.params.layout  # type: ignore[attr-defined]
+    flat = ids.reshape(-1)
+    if ctx.timing_only:
+        n, (v, h) = flat.numel(), table.shape
+        return None, StageRun(cost(ctx.spec, n, v, h, st.rect, dtype=st.dtype, layout=layout),
+                              sram_bytes(n, v, h, st.rect, st.dtype, layout=layout), 1.0)
+    fab = ctx.fabric(st)
+    out = run(fab, flat.numpy(), to_np(table), dtype=st.dtype, layout=layout)
+    val = out.to_numpy().reshape(*ids.shape, table.shape[1])
+    return to_torch(val, table.dtype), done(fab)
+
+
+class Embedding(KernelFamily):
+    """``aten.embedding``: the table replicated down the rows when it fits (a local
+    gather, no fabric traffic: GenSLM's 69 codons), else sharded over the rows (GPT-2's
+    50,257 x 768 is 154 MB in fp32), whichever `choose_layout` finds fastest."""
+
+    kind = "embedding"
+    targets = frozenset({"embedding"})
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str
+                 ) -> tuple[EmbeddingParams, float]:
+        node = nodes[0]
+        v, h = shape_of(g, node.args[0])
+        tokens = math.prod(shape_of(g, node.args[1]) or [1])
+        return EmbeddingParams(tokens, v, h), float(tokens * h)
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[EmbeddingParams, Sizing]:
+        """At planning time, without bounds, about ``area`` PEs shaped like `row_rect`,
+        or the whole wafer when a table needs more than that to be stored once."""
+        p: EmbeddingParams = st.params  # type: ignore[assignment]
+        dt = st.dtype
+        t, v, h = p.tokens, p.vocab, p.hidden
+        layout = "replicated"
+        rect = row_rect(spec, t, h, area, bounds, lambda r, c: sram_bytes(t, v, h, (r, c), dt))
+        if sram_bytes(t, v, h, rect, dt) > spec.sram_bytes:
+            if bounds is not None:
+                limits = bounds
+            else:
+                c = max(1, min(h, spec.cols, int(math.sqrt(max(area, 1)))))
+                limits = (max(1, min(spec.rows, int(max(area, 1) // c))), c)
+            try:
+                layout, r, c, _ = choose_layout(spec, t, v, h, max_rows=limits[0],
+                                                max_cols=limits[1], dtype=dt)
+            except KernelError:
+                if bounds is not None:
+                    raise
+                layout, r, c, _ = choose_layout(spec, t, v, h, max_rows=spec.rows,
+                                                max_cols=spec.cols, dtype=dt)
+            rect = (r, c)
+        check(spec, t, v, h, rect, dt, layout=layout)
+        return dataclasses.replace(p, layout=layout), Sizing(
+            rect, cost(spec, t, v, h, rect, dtype=dt, layout=layout),
+            sram_bytes(t, v, h, rect, dt, layout=layout),
+            "local gather, table replicated down rows" if layout == "replicated"
+            else "table sharded over rows, ids multicast, column reduce-scatter")
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        table, ids = ctx.value(node.args[:2])
+        out, measured = run_stage(ctx, st, table, ids)
+        if out is not None:
+            ctx.env[node.name] = out
+        return measured
+
+
+FAMILY = Embedding()

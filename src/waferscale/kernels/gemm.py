@@ -38,13 +38,15 @@ PE's cycles follow its own nonzeros and load imbalance shows up in the step time
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from waferscale.errors import KernelFitError, KernelShapeError
+from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric import movement as mv
 from waferscale.fabric.compute import local_matmul
@@ -52,6 +54,7 @@ from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.grid import Rect
 from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node, Ref
 from waferscale.kernels._common import (
     blocks,
     check_chain,
@@ -66,6 +69,22 @@ from waferscale.kernels._common import (
     sparse_wavelets,
 )
 from waferscale.kernels._lines import line_permute
+from waferscale.kernels.elementwise import op_cycles
+from waferscale.kernels.family import (
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    is_layout,
+    shape_of,
+    to_np,
+    to_torch,
+)
+from waferscale.kernels.norm import LayerNormParams
+from waferscale.kernels.norm import cost as norm_cost
+from waferscale.kernels.pointwise import fused_cycles
 
 ALGORITHMS = ("summa", "cannon", "meshgemm")
 KERNEL = "gemm"
@@ -250,7 +269,7 @@ def _as_problem(x: np.ndarray | tuple[int, int], what: str) -> tuple[tuple[int, 
 
 
 def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
-        algorithm: str = "meshgemm", grid: int | None = None,
+        algorithm: str = "meshgemm", grid: int,
         spec: WaferSpec | str | None = None, dtype: str = "fp32",
         accumulate: str | None = "fp32", skip: str | None = None,
         a_nnz: np.ndarray | None = None, b_nnz: np.ndarray | None = None,
@@ -263,18 +282,13 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
     ``mask`` is an unstructured weight mask ([k, n], True = kept): masked weights are
     zeroed and skipped (``skip`` becomes 'b', or 'both' with 'a'); in a timing-only run
     each block's nonzeros are counted from it.
-    ``grid`` is p (default: the chooser's pick). ``fabric``/``origin`` place the kernel on
-    an existing fabric; otherwise a p x p fabric is made (timing-only for shapes).
+    ``grid`` is p (``choose_gemm(...).grid`` picks one). ``fabric``/``origin`` place the
+    kernel on an existing fabric; otherwise a p x p fabric is made (timing-only for shapes).
     """
     spec = fabric.spec if fabric is not None else get_spec(spec)
     (m, k), a_val = _as_problem(a, "A")
     (k2, n), b_val = _as_problem(b, "B")
     timing_only = check_chain(KERNEL, "A", "B", m, k, k2, n, a_val, b_val)
-    if grid is None:
-        from waferscale.kernels.choose import choose_gemm
-
-        grid = choose_gemm(m, k, n, spec=spec, dtype=dtype, accumulate=accumulate,
-                           algorithms=(algorithm,)).grid
     rect_shape = None if fabric is None else (fabric.rows - origin[0], fabric.cols - origin[1])
     prob = check_problem(m, k, n, grid, spec, dtype, accumulate, skip, algorithm, rect_shape)
     p = prob.p
@@ -333,7 +347,7 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
         # the tiles would only be summed step by step into C: one product over the whole
         # matrices gives C (fp32 accumulate, summed in BLAS order rather than block by
         # block: within the tolerance the kernel is held to) and the steps only run clocks
-        a_val, b_val, value = None, None, _product(a_val, b_val, dtype)
+        a_val, b_val, value = None, None, product(a_val, b_val, dtype)
     a4 = None if a_val is None else _blocks4(padded(a_val, p * mb, p * kb), p, mb, kb)
     b4 = None if b_val is None else _blocks4(padded(b_val, p * kb, p * nb), p, kb, nb)
     a_op = place(a4, a_nnz, li, a_col, (p * mb, p * kb), "a")
@@ -369,7 +383,7 @@ def _whole_product(a_val: np.ndarray | None, prob: GemmProblem, algorithm: str) 
             and algorithm != "summa")
 
 
-def _product(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+def product(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     """``A @ B`` in fp32 from operands rounded to their storage dtype, as the tiles hold them.
 
     Through torch: the compiled model runs torch between its GEMMs, and NumPy's own BLAS
@@ -654,5 +668,498 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
          "placement": "skew/interleave at load time, not timed"})
 
 
-__all__ = ["ALGORITHMS", "GemmCost", "GemmResult", "cost", "interleave", "ring_dest", "run",
-           "sram_bytes"]
+
+
+# ================================================================== the stage family ======
+# How a GEMM stage (an mm/addmm/bmm of a compiled graph) sizes itself on a rectangle and
+# runs there: side-by-side q x q MeshGEMM groups, fused layer-norm prologues and pointwise
+# epilogues, all timed by `cost` so that the plan and the fabric agree.
+
+#: Density assumed for activations after a ReLU when no values exist (estimate mode).
+RELU_DENSITY = 0.5
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """A pointwise chain fused after the product (`compiler.plan` fuses it). ``streamed``:
+    its operands arriving tile for tile from other stages; ``numel``: set for a chain over
+    a slice of the output (its elements spread over the GEMM's PEs), None for a chain over
+    the whole output tile."""
+
+    ops: tuple[str, ...]
+    reads: int
+    nodes: tuple[str, ...]
+    streamed: int = 0
+    numel: int | None = None
+
+
+@dataclass(frozen=True)
+class GemmParams(StageParams):
+    """[m, k] x [k, n] (``batch`` of them for a bmm), and once sized: q x q ``grid``s,
+    ``tiling`` = group rows x group cols, an mm's M rows split in ``msplit`` chunks of
+    ``mrows`` (weights replicated per group)."""
+
+    op: str
+    batch: int
+    m: int
+    k: int
+    n: int
+    bias: bool = False
+    skip: bool = False
+    epilogue: tuple[Epilogue, ...] = ()
+    prologue: LayerNormParams | None = None
+    grid: int | None = None
+    tiling: tuple[int, int] = (1, 1)
+    msplit: int = 1
+    mrows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in ("mm", "addmm", "bmm") or min(self.batch, self.m, self.k,
+                                                         self.n) < 1:
+            raise KernelShapeError(f"{KERNEL} stage {self.op} of {self.batch} x [{self.m}, "
+                                   f"{self.k}] x [{self.k}, {self.n}]: op must be mm, addmm "
+                                   f"or bmm and sizes >= 1")
+
+    @property
+    def splits_rows(self) -> bool:
+        """An mm/addmm whose token rows may be split over groups (a bmm splits batch)."""
+        return self.op in ("mm", "addmm") and self.batch == 1
+
+    def extras(self) -> tuple[bool, bool, int]:
+        """(bias, layer-norm prologue, fused output tiles) for `_extra_bytes`."""
+        tiles = 1 + sum(c.streamed for c in self.epilogue) if self.epilogue else 0
+        return self.bias, self.prologue is not None, tiles
+
+
+def _relu_fed(g: Graph, x: Any) -> bool:
+    """Whether a GEMM's activation comes (through layout nodes) from a ReLU."""
+    name = x.name if isinstance(x, Ref) else None
+    while name is not None:
+        node = g.nodes[name]
+        if node.op != "call":
+            return False
+        if node.short in ("relu",) or (node.short == "clamp_min" and node.args[1] == 0):
+            return True
+        if is_layout(node):
+            refs = [i for i in node.inputs if g.nodes[i].op != "const"]
+            name = refs[0] if refs else None
+            continue
+        return False
+    return False
+
+
+def _grid_candidates(m: int, k: int, n: int, limit: int) -> list[int]:
+    """Grids p <= limit that give distinct tiles (for each tile size of m, k or n the
+    smallest p reaching it): more PEs with the same tiles only add steps or hops."""
+    out: set[int] = set()
+    for d in (m, k, n):
+        lim = max(1, min(limit, d))
+        for parts in range(1, lim + 1):
+            tile = -(-d // parts)
+            out.add(-(-d // tile))
+    return sorted(p for p in out if 1 <= p <= limit)
+
+
+def batched_tiling(batch: int, p: int, rows: int, cols: int) -> tuple[int, int]:
+    """(group rows, group cols) of p x p grids a batch of ``batch`` independent GEMMs uses
+    in a ``rows x cols`` rectangle: as many groups as fit (at most the batch), side by side
+    along the longer side first, so the groups' rectangle stays inside the bounds."""
+    gr, gc = max(1, rows // p), max(1, cols // p)
+    if gr * gc <= batch:
+        return gr, gc
+    # fewer groups than fit: the smallest gr x gc block of groups that holds the batch,
+    # fewest rounds first, then fewest PEs, then squarest
+    best: tuple[int, int, int, int, int] | None = None
+    for r in range(1, gr + 1):
+        c = min(gc, -(-batch // r))
+        rounds = -(-batch // (r * c))
+        key = (rounds, r * c, abs(r - c), r, c)
+        if best is None or key < best:
+            best = key
+    assert best is not None
+    return best[3], best[4]
+
+
+def _extra_bytes(mb: int, kb: int, nb: int, b: int, extras: tuple[bool, bool, int]) -> int:
+    """SRAM per PE a GEMM stage keeps beyond `sram_bytes`: the bias slice, a fused layer
+    norm's gamma / beta slices and two fp32 statistics per row, and the output tiles of
+    fused pointwise chains (and of their streamed operands). ``extras`` = (bias,
+    prologue, output tiles)."""
+    bias, prologue, tiles = extras
+    return (nb * b if bias else 0) + ((2 * kb * b + 8 * mb) if prologue else 0) \
+        + tiles * mb * nb * b
+
+
+def stage_extra_bytes(p: GemmParams, dtype: str, q: int, mg: int) -> int:
+    """`_extra_bytes` of a GEMM stage on q x q groups of ``mg`` rows (the fabric run's SRAM
+    peak adds the same)."""
+    return _extra_bytes(-(-mg // q), -(-p.k // q), -(-p.n // q), BYTES[dtype], p.extras())
+
+
+@functools.lru_cache(maxsize=65536)
+def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: str | None,
+             density: float, extras: tuple[bool, bool, int] = (False, False, 0)
+             ) -> tuple[float, int] | None:
+    """(cycles, SRAM bytes per PE) of MeshGEMM [m,k]x[k,n] on a q x q grid with the
+    stage's ``extras`` (`_extra_bytes`), or None when it does not fit (q > min(m, k, n) or
+    over the SRAM). Cached: the floorplanner asks ``time_at`` for thousands of rectangles
+    and each one searches every grid."""
+    if q > min(m, k, n):
+        return None
+    sram = sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm") + _extra_bytes(
+        -(-m // q), -(-k // q), -(-n // q), BYTES[dtype], extras)
+    if sram > spec.sram_bytes:
+        return None
+    c = cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
+             accumulate="fp32", skip=skip, a_density=density)
+    return float(c.cycles), int(sram)
+
+
+def _rows_that_fit(spec: WaferSpec, k: int, n: int, q: int, dtype: str,
+                   extras: tuple[bool, bool, int]) -> int:
+    """Most A rows a q x q MeshGEMM grid holds with the weights: `sram_bytes` and
+    `_extra_bytes` are both linear in the row block mb, so two evaluations give it."""
+    kb, nb = -(-k // q), -(-n // q)
+
+    def per_pe(mb: int) -> int:
+        return sram_bytes(mb * q, k, n, q, dtype, "fp32", "meshgemm") + _extra_bytes(
+            mb, kb, nb, BYTES[dtype], extras)
+
+    fixed = per_pe(0)
+    return int(max(0, (spec.sram_bytes - fixed) // (per_pe(1) - fixed))) * q
+
+
+def row_split(m: int, groups: int) -> tuple[int, int]:
+    """(rows per group, groups used) when a GEMM's M rows (tokens) are split into at most
+    ``groups`` chunks: equal chunks of ``ceil(m / groups)`` rows, the last one shorter, so
+    the slowest group is a full chunk and no group is left empty."""
+    groups = max(1, min(groups, m))
+    mg = -(-m // groups)
+    return mg, -(-m // mg)
+
+
+@functools.lru_cache(maxsize=65536)
+def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int, cols: int,
+                 area: float, side_cap: int, bounded: bool, split: bool, dtype: str,
+                 skip: str | None, density: float,
+                 extras: tuple[bool, bool, int] = (False, False, 0)
+                 ) -> tuple[float, int, int, int, int, int, int, int] | None:
+    """The fastest side-by-side layout of a GEMM stage in a ``rows x cols`` rectangle (or
+    about ``area`` PEs when not ``bounded``): (cycles per entry x rounds, PEs, grid q,
+    group rows, group cols, rows per group mg, row groups, SRAM per PE), or None.
+
+    Batch entries (a bmm's heads) go on disjoint q x q groups; a single GEMM (``split``)
+    has its M rows cut into as many groups as fit, each group holding a full copy of the
+    weights (charged in its SRAM per PE), so a tall or wide rectangle is used, not just
+    its short side squared. Every useful q is tried: a smaller grid with more groups often
+    wins. Ties go to the fewest PEs."""
+    limit = max(1, min(rows, cols, m, k, n))
+    best: tuple[float, int, int, int, int, int, int, int] | None = None
+    for q in _grid_candidates(m, k, n, limit):
+        if bounded:
+            slots_r, slots_c = max(1, rows // q), max(1, cols // q)
+            slots = slots_r * slots_c
+        else:
+            # about ``area`` PEs: as many groups as the area holds (at least one)
+            cap = max(1, m // q) if split and batch == 1 else batch
+            groups = max(1, min(cap, int(max(area, 1) // (q * q))))
+            gc = max(1, min(groups, side_cap // q, math.ceil(math.sqrt(groups))))
+            gr = max(1, min(-(-groups // gc), side_cap // q))
+            slots_r, slots_c, slots = gr, gc, gr * gc
+        if split and batch == 1:
+            mg, used = row_split(m, min(slots, max(1, m // q)))
+            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras)
+            if got is None and mg > q:
+                # too many rows for the SRAM: chunks of the most rows that fit, the groups
+                # taking them in rounds (a weight-stationary stream of token rows)
+                fit = _rows_that_fit(spec, k, n, q, dtype, extras)
+                if fit >= 1:
+                    mg, used = row_split(m, -(-m // max(q, fit)))
+                    got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras)
+            if got is None:
+                continue
+            gr, gc = batched_tiling(min(used, slots), q, slots_r * q, slots_c * q)
+            rounds = -(-used // (gr * gc))
+        else:
+            mg, used = m, 1
+            got = _gemm_at(spec, m, k, n, q, dtype, skip, density, extras)
+            if got is None:
+                continue
+            if bounded:
+                gr, gc = batched_tiling(batch, q, rows, cols)
+            else:
+                gr, gc = slots_r, slots_c
+            rounds = -(-batch // (gr * gc))
+        cyc, sram = got
+        key = (rounds * cyc, gr * gc * q * q, q, gr, gc, mg, used, sram)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return best
+
+
+def extra_cycles(spec: WaferSpec, p: GemmParams, dtype: str, q: int, mg: int, rounds: int
+                 ) -> float:
+    """Cycles a sized GEMM stage adds to its products, every round: the bias add over the
+    output tile, a fused layer norm (`prologue_cycles`) and fused pointwise chains
+    (`epilogue_cycles`). The plan's cost and the fabric run both take them from here."""
+    extra = prologue_cycles(spec, p, dtype, q, mg, rounds) \
+        + epilogue_cycles(spec, p, dtype, q, mg, rounds)
+    if p.bias:
+        tile = -(-mg // q) * -(-p.n // q)
+        extra += rounds * float(op_cycles(spec, tile, "fp32", "add", reads=2))
+    return extra
+
+
+def prologue_cycles(spec: WaferSpec, p: GemmParams, dtype: str, q: int, mg: int,
+                    rounds: int) -> float:
+    """Cycles of a layer norm fused in front of the GEMM: `norm.cost` of ``mg`` token rows
+    x ``k`` over each q x q group, every round; 0 without one."""
+    pro = p.prologue
+    if pro is None:
+        return 0.0
+    return rounds * norm_cost(spec, [mg, p.k], (min(q, mg), q), dtype=dtype,
+                              weight=pro.weight, bias=pro.bias)
+
+
+def epilogue_cycles(spec: WaferSpec, p: GemmParams, dtype: str, q: int, mg: int,
+                    rounds: int) -> float:
+    """Cycles of the pointwise chains fused into the GEMM: each chain is a `fused_cycles`
+    pass over the per-PE output tile (``ceil(mg/q) x ceil(n/q)``), or for a chain over a
+    slice of the output its ``numel`` elements spread over the GEMM's PEs and rounds,
+    after the product, on every group and round."""
+    tile = -(-mg // q) * -(-p.n // q)
+    per_round = rounds * q * q * math.prod(p.tiling)
+    return rounds * sum(fused_cycles(spec, -(-c.numel // per_round) if c.numel is not None
+                                     else tile, dtype, c.ops, c.reads)
+                        for c in p.epilogue)
+
+
+def _same_links(fab: Fabric, src: tuple[int, int], dst: tuple[int, int], p: int) -> bool:
+    """Whether two p x p sub-grids have the same link latencies (the only input of a
+    dense GEMM's clocks that depends on where it sits)."""
+    a = fab.link_extra[:, src[0]:src[0] + p, src[1]:src[1] + p]
+    b = fab.link_extra[:, dst[0]:dst[0] + p, dst[1]:dst[1] + p]
+    return bool(np.array_equal(a, b))
+
+
+def _copy_region(fab: Fabric, src: tuple[int, int], dst: tuple[int, int], p: int,
+                 hops: float) -> None:
+    """Leave the fabric as if the GEMM run on the ``src`` sub-grid had also run on the
+    untouched ``dst`` one.
+
+    Why it is exact: `run` (dense, fp32 accumulate) touches only its p x p sub-grid,
+    starts from zero clocks there (fresh fabric, disjoint sub-grids), and its clock
+    arithmetic (max and +) does not depend on the position except through the link
+    latencies, which `_same_links` checked equal. So every per-PE clock and counter of the
+    ``dst`` run is the ``src`` one's, the wavelet-hop total grows by the same amount, and
+    the SRAM use (hence the high-water mark, already reached at ``src``) is the same.
+    """
+    (r0, c0), (r1, c1) = src, dst
+    s0 = (slice(r0, r0 + p), slice(c0, c0 + p))
+    s1 = (slice(r1, r1 + p), slice(c1, c1 + p))
+    for arr in (fab.ce_clock, fab.busy, fab.stalled, fab.flops, fab.mem_bytes,
+                fab.sram.used):
+        arr[s1] = arr[s0]
+    for arr in (fab.port_clock, fab.port_wavelets):
+        arr[(slice(None), *s1)] = arr[(slice(None), *s0)]
+    fab.wavelet_hops += hops
+
+
+def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
+              bias: torch.Tensor | None, alpha: float = 1.0, beta: float = 1.0
+              ) -> tuple[torch.Tensor | None, StageRun]:
+    """mm / addmm / bmm via `run` (MeshGEMM, fp32 accumulate) on the stage's groups.
+
+    A bmm's batch entries are independent GEMMs, so they run side by side: the plan's
+    ``tiling`` (group rows x group cols) of ``grid`` x ``grid`` sub-grids tiles the stage's
+    rectangle, and each round puts one entry on every group of one fabric (disjoint
+    rectangles, ``run(origin=)``); a round lasts as long as its slowest group, and the
+    rounds follow one another (``ceil(batch / groups)`` of them, as the plan's cost says).
+    An mm/addmm the plan split by rows (``msplit`` chunks of ``mrows`` tokens) runs the same
+    way: chunk i of A against the weight, which each group holds a copy of; the chunks'
+    products stacked back are the product (the rows of A @ B are independent)."""
+    prm: GemmParams = st.params  # type: ignore[assignment]
+    timing_only = ctx.timing_only
+    p = int(prm.grid or st.rect[0])
+    gr, gc = prm.tiling
+    slots = max(1, gr * gc)
+    skip = "a" if prm.skip else None
+    a3 = a if a.dim() == 3 else a.unsqueeze(0)
+    b3 = b if b.dim() == 3 else b.unsqueeze(0)
+    # an mm/addmm whose M rows the plan split over the groups: entry i = rows chunk i
+    # against the whole (replicated) weight
+    split = a.dim() == 2 and prm.msplit > 1
+    mg = int(prm.mrows or a3.shape[1]) if split else int(a3.shape[1])
+    n_entries = -(-int(a3.shape[1]) // mg) if split else int(a3.shape[0])
+
+    def entry(i: int) -> tuple[Any, Any]:
+        if split:
+            rows = a3[0, i * mg:(i + 1) * mg]
+            if rows.shape[0] < p:
+                # a last chunk shorter than the grid side (every PE row needs a block):
+                # zero rows up to p, no slower than a full chunk, cropped below
+                rows = torch.cat([rows, rows.new_zeros(p - rows.shape[0], rows.shape[1])])
+            return rows, b3[0]
+        return a3[i], b3[i]
+
+    outs, cycles, peak, busy = [], 0.0, 0, []
+    density = None
+    nnz, total = 0, 0
+    rounds = -(-n_entries // slots)
+    for r in range(rounds):
+        fab = ctx.fabric(st)
+        slowest = 0.0
+        # dense entries of one shape on fresh sub-grids with the same link latencies run
+        # the same clocks, translated: run the first, copy its sub-grid's state to the rest
+        first: dict[tuple[Any, ...], tuple[tuple[int, int], float, float]] = {}
+        for j in range(min(slots, n_entries - r * slots)):
+            ai, bi = entry(r * slots + j)
+            origin = ((j // gc) * p, (j % gc) * p)
+            key = (tuple(ai.shape), tuple(bi.shape))
+            seen = first.get(key) if skip is None else None
+            if seen is not None and _same_links(fab, seen[0], origin, p):
+                _copy_region(fab, seen[0], origin, p, seen[2])
+                if not timing_only:
+                    outs.append(product(to_np(ai), to_np(bi), st.dtype))
+                slowest = max(slowest, seen[1])
+                continue
+            hops = fab.wavelet_hops
+            if timing_only:
+                res = run(tuple(ai.shape), tuple(bi.shape), grid=p, fabric=fab,
+                          dtype=st.dtype, accumulate="fp32", skip=skip, origin=origin)
+            else:
+                an = to_np(ai)
+                if skip:
+                    nnz, total = nnz + int(np.count_nonzero(an)), total + an.size
+                res = run(an, to_np(bi), grid=p, fabric=fab, dtype=st.dtype,
+                          accumulate="fp32", skip=skip, origin=origin)
+                outs.append(res.value)
+            first.setdefault(key, (origin, res.cycles, fab.wavelet_hops - hops))
+            slowest = max(slowest, res.cycles)
+        cycles += slowest
+        peak = max(peak, int(fab.sram.peak()))
+        busy.append(fab.stats()["busy_fraction"])
+    if skip and total:
+        density = nnz / total
+    peak += stage_extra_bytes(prm, st.dtype, p, mg)
+    measured = StageRun(cycles + extra_cycles(ctx.spec, prm, st.dtype, p, mg, rounds), peak,
+                        float(np.mean(busy)), density)
+    if timing_only:
+        return None, measured
+    if split:
+        out = np.concatenate(outs, axis=0)[:a3.shape[1]]
+    else:
+        out = np.stack(outs) if a.dim() == 3 else outs[0]
+    if alpha != 1.0:
+        out = out * np.float32(alpha)
+    if bias is not None:
+        out = out + np.float32(beta) * to_np(bias)
+    out = to_storage(out.astype(np.float32), st.dtype)
+    return to_torch(out, a.dtype), measured
+
+
+class Gemm(KernelFamily):
+    """mm / addmm / bmm on side-by-side q x q MeshGEMM groups; hosts fused layer-norm
+    prologues and pointwise epilogues (an mm/addmm's)."""
+
+    kind = "gemm"
+    targets = frozenset({"mm", "addmm", "bmm"})
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str) -> tuple[GemmParams, float]:
+        node = nodes[0]
+        short = node.short
+        a_arg, b_arg = (node.args[1], node.args[2]) if short == "addmm" else node.args[:2]
+        a, b = shape_of(g, a_arg), shape_of(g, b_arg)
+        batch, m, k, n = (1, a[0], a[1], b[1]) if short != "bmm" else (a[0], a[1], a[2], b[2])
+        return (GemmParams(short, batch, m, k, n, bias=short == "addmm",
+                           skip=_relu_fed(g, a_arg)), 2.0 * batch * m * k * n)
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[GemmParams, Sizing]:
+        """A bmm's batch entries (heads x batch) are independent GEMMs, each group running
+        ``ceil(batch / groups)`` of them one after another; an mm/addmm has its M rows
+        split over the groups. The stage takes the slowest group's time."""
+        p: GemmParams = st.params  # type: ignore[assignment]
+        dt = st.dtype
+        batch, m, k, n = p.batch, p.m, p.k, p.n
+        skip = "a" if p.skip else None
+        dens = RELU_DENSITY if skip else 1.0
+        split = p.splits_rows
+        extras = p.extras()
+        if bounds is not None:
+            best = _gemm_layout(spec, batch, m, k, n, bounds[0], bounds[1], 0.0, side_cap,
+                                True, split, dt, skip, dens, extras)
+            where = f"{bounds[0]}x{bounds[1]}"
+        else:
+            side = max(1, min(side_cap, int(math.sqrt(max(area, 1)))))
+            best = _gemm_layout(spec, batch, m, k, n, side, side, area, side_cap, False,
+                                split, dt, skip, dens, extras)
+            if best is None:
+                full = max(1, min(side_cap, m, k, n))
+                best = _gemm_layout(spec, batch, m, k, n, full, full, float(full * full),
+                                    side_cap, False, split, dt, skip, dens, extras)
+            where = f"~{area:.0f}-PE"
+        if best is None:
+            raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
+                              f"{where} rectangle fits the {spec.sram_bytes} B SRAM")
+        total, _, q, gr, gc, mg, used, sram = best
+        rounds = -(-(used if split else batch) // (gr * gc))
+        sized = dataclasses.replace(p, grid=q, tiling=(gr, gc), msplit=used, mrows=mg)
+        algorithm = "meshgemm"
+        if batch > 1:
+            algorithm += f" x{batch} on {gr}x{gc} groups of {q}x{q} ({rounds} per group)"
+        elif used > 1:
+            algorithm += (f", M split over {gr}x{gc} groups of {q}x{q} ({mg} rows each, "
+                          f"weights replicated" + (f", {rounds} rounds)" if rounds > 1
+                                                   else ")"))
+        if p.prologue is not None:
+            algorithm = "layer norm + " + algorithm
+        return sized, Sizing((gr * q, gc * q),
+                             total + extra_cycles(spec, sized, dt, q, mg, rounds), sram,
+                             algorithm)
+
+    def hosts(self, st: Stage, role: str) -> bool:
+        return st.params.splits_rows if role in ("epilogue", "prologue") else False  # type: ignore[attr-defined]
+
+    def reads_as_input(self, st: Stage, node: Node, name: str) -> bool:
+        a = node.args[1] if node.short == "addmm" else node.args[0]
+        return node.name == st.nodes[0] and self.hosts(st, "prologue") \
+            and isinstance(a, Ref) and a.name == name
+
+    def absorb(self, st: Stage, other: Stage, role: str, *, streamed: int = 0,
+               numel: int | None = None) -> Stage | None:
+        p: GemmParams = st.params  # type: ignore[assignment]
+        if role == "prologue":
+            ln = other.params
+            if not isinstance(ln, LayerNormParams) or ln.hidden != p.k or ln.tokens != p.m:
+                return None
+            return dataclasses.replace(
+                st, nodes=(st.nodes[0], *other.nodes, *st.nodes[1:]),
+                params=dataclasses.replace(p, prologue=ln), flops=st.flops + other.flops,
+                weight_bytes=st.weight_bytes + other.weight_bytes)
+        chain = Epilogue(other.params.ops, other.params.reads,  # type: ignore[attr-defined]
+                         other.nodes, streamed, numel)
+        return dataclasses.replace(
+            st, nodes=st.nodes + other.nodes,
+            params=dataclasses.replace(p, epilogue=p.epilogue + (chain,)),
+            flops=st.flops + other.flops)
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        a = ctx.value(node.args)
+        kw = node.kwargs
+        if node.short == "addmm":
+            out, measured = run_stage(ctx, st, a[1], a[2], a[0], kw.get("alpha", 1.0),
+                                      kw.get("beta", 1.0))
+        else:
+            out, measured = run_stage(ctx, st, a[0], a[1], None)
+        if out is not None:
+            ctx.env[node.name] = out
+        return measured
+
+
+FAMILY = Gemm()
+
+
+__all__ = ["ALGORITHMS", "FAMILY", "Epilogue", "GemmCost", "GemmParams", "GemmResult",
+           "batched_tiling", "cost", "extra_cycles", "interleave", "product", "ring_dest",
+           "row_split", "run", "run_stage", "sram_bytes", "stage_extra_bytes"]

@@ -13,14 +13,17 @@ residual streams do reach. All statistics are fp32; the output is rounded once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from waferscale.errors import KernelShapeError
 from waferscale.fabric import MeshTensor
-from waferscale.fabric.dtypes import to_storage
+from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.tensor import AxisMap
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -34,6 +37,20 @@ from waferscale.kernels.elementwise import (
     stat_tensor,
     tile_elements,
     tile_shape,
+)
+from waferscale.kernels.family import (
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    done,
+    row_rect,
+    rows_cols,
+    shape_of,
+    to_np,
+    to_torch,
 )
 
 KERNEL = "layer_norm"
@@ -157,3 +174,114 @@ def cost(spec: WaferSpec | str | None, shape: Sequence[int], rect_shape: tuple[i
     if weight or bias:
         total += float(op_cycles(spec, n, dtype, "fmac", reads=1 + weight + bias))
     return total
+
+
+# ------------------------------------------------------------------ the stage family ------
+@dataclass(frozen=True)
+class LayerNormParams(StageParams):
+    """A layer norm over the last axis of a [tokens, hidden] activation."""
+
+    tokens: int
+    hidden: int
+    weight: bool
+    bias: bool
+    eps: float
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.hidden < 1 or not self.eps >= 0:
+            raise KernelShapeError(f"layer norm of [{self.tokens}, {self.hidden}] with eps "
+                                   f"{self.eps}: sizes must be >= 1 and eps >= 0")
+
+
+def stage_sram_bytes(p: LayerNormParams, dtype: str, r: int, c: int) -> int:
+    """SRAM per PE of a layer-norm stage on r x c PEs: input and output tiles, gamma and
+    beta slices, two fp32 statistics per row (mean, rstd) and their partial sums."""
+    eb = BYTES[dtype]
+    tile = -(-p.tokens // r) * -(-p.hidden // c)
+    return 2 * tile * eb + 2 * -(-p.hidden // c) * eb + 16 * -(-p.tokens // r)
+
+
+def values(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, eps: float,
+           dtype: str) -> torch.Tensor:
+    """`run`'s arithmetic on the plain [..., hidden] array (fp32 two-pass statistics, one
+    rounding of the output to the storage dtype): a layer norm fused in front of a GEMM,
+    whose cycles are the GEMM stage's. The row sums are added in one order instead of
+    per tile then across the row: rounding order only."""
+    x32 = to_np(x).astype(np.float32)
+    mean = x32.mean(-1, keepdims=True, dtype=np.float32)
+    dev = x32 - mean
+    var = np.square(dev).sum(-1, keepdims=True, dtype=np.float32) / np.float32(x.shape[-1])
+    y = dev * (np.float32(1) / np.sqrt(var + np.float32(eps)))
+    if w is not None:
+        y = y * to_np(w).astype(np.float32)
+    if b is not None:
+        y = y + to_np(b).astype(np.float32)
+    return to_torch(to_storage(y, dtype), x.dtype)
+
+
+def stats(x: torch.Tensor, dims: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and rstd outputs of ``native_layer_norm`` over the last ``dims`` axes (the
+    kernel computes them; a training graph saves them for its backward), in fp32."""
+    axes = list(range(x.dim() - dims, x.dim()))
+    xf = x.float()
+    return (xf.mean(dim=axes, keepdim=True),
+            torch.rsqrt(xf.var(dim=axes, unbiased=False, keepdim=True) + eps))
+
+
+def run_stage(ctx: ExecContext, st: Stage, x: torch.Tensor, w: torch.Tensor | None,
+              b: torch.Tensor | None, eps: float) -> tuple[torch.Tensor | None, StageRun]:
+    """The kernel on the stage's fabric: the normalised values (None when timing only)."""
+    fab = ctx.fabric(st)
+    h = x.shape[-1]
+    t = x.numel() // h
+    if ctx.timing_only:
+        xm = MeshTensor.empty(fab, (t, h), dtype=st.dtype)
+        run(xm, None if w is None else np.zeros(h, np.float32),
+            None if b is None else np.zeros(h, np.float32), eps=eps)
+        return None, done(fab)
+    xm = MeshTensor.from_numpy(fab, to_np(x).reshape(t, h), dtype=st.dtype)
+    out = run(xm, None if w is None else to_np(w), None if b is None else to_np(b), eps=eps)
+    return to_torch(out.to_numpy().reshape(x.shape), x.dtype), done(fab)
+
+
+class LayerNorm(KernelFamily):
+    """``aten.native_layer_norm``: two-pass statistics with chain allreduces along rows.
+    Fuses in front of the GEMM that alone reads it (a prologue)."""
+
+    kind = "layer_norm"
+    targets = frozenset({"native_layer_norm"})
+    fuses_into = "prologue"
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str
+                 ) -> tuple[LayerNormParams, float]:
+        node = nodes[0]
+        t, h = rows_cols(shape_of(g, node.args[0]))
+        p = LayerNormParams(t, h, weight=node.args[2] is not None,
+                            bias=node.args[3] is not None, eps=float(node.args[4]))
+        return p, 8.0 * t * h
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[LayerNormParams, Sizing]:
+        p: LayerNormParams = st.params  # type: ignore[assignment]
+        rect = row_rect(spec, p.tokens, p.hidden, area, bounds,
+                        lambda r, c: stage_sram_bytes(p, st.dtype, r, c))
+        return p, Sizing(rect, cost(spec, [p.tokens, p.hidden], rect, dtype=st.dtype,
+                                    weight=p.weight, bias=p.bias),
+                         stage_sram_bytes(p, st.dtype, *rect), "two-pass, chain allreduce")
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        x, shape, w, b, eps = ctx.value(node.args)[:5]
+        out, measured = run_stage(ctx, st, x, w, b, float(eps))
+        if out is not None:
+            ctx.env[node.name] = (out, *stats(x, len(shape), float(eps)))
+        return measured
+
+    def execute_fused(self, ctx: ExecContext, st: Stage, node: Node) -> None:
+        if ctx.timing_only:
+            return
+        x, shape, w, b, eps = ctx.value(node.args)[:5]
+        ctx.env[node.name] = (values(x, w, b, float(eps), st.dtype),
+                              *stats(x, len(shape), float(eps)))
+
+
+FAMILY = LayerNorm()

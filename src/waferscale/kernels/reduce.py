@@ -16,14 +16,18 @@ Sums are kept in fp32 and stored in the input's dtype.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from waferscale.errors import KernelShapeError
 from waferscale.fabric import MeshTensor
 from waferscale.fabric import movement as mv
-from waferscale.fabric.dtypes import to_storage
+from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.timing import reduce_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -35,6 +39,18 @@ from waferscale.kernels.elementwise import (
     pad_mask,
     stat_tensor,
     tile_shape,
+)
+from waferscale.kernels.family import (
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    done,
+    row_rect,
+    to_np,
+    to_torch,
 )
 
 KERNEL = "reduce_sum"
@@ -105,3 +121,83 @@ def reference(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 __all__ = ["KERNEL", "cost", "reference", "run"]
+
+
+# ------------------------------------------------------------------ the stage family ------
+@dataclass(frozen=True)
+class ReduceParams(StageParams):
+    """A sum over axis ``axis`` of the input seen as [rows, cols] (`reduce_layout`)."""
+
+    rows: int
+    cols: int
+    axis: int
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.cols < 1 or self.axis not in (0, 1):
+            raise KernelShapeError(f"reduce of [{self.rows}, {self.cols}] over axis "
+                                   f"{self.axis}: sizes must be >= 1 and the axis 0 or 1")
+
+
+def reduce_layout(node: Node, g: Graph) -> tuple[int, int, int] | None:
+    """``(rows, cols, axis)`` of a sum over leading or trailing dims, seen as a sum over
+    axis 0 or 1 of the input flattened to [rows, cols] (the kernel's layout); None for
+    other dims, a ``dtype`` argument or a 0-d input."""
+    shape = list(g.nodes[node.inputs[0]].meta.get("shape") or [])
+    rank = len(shape)
+    dims = node.args[1] if len(node.args) > 1 else None
+    if rank == 0 or node.kwargs.get("dtype") is not None or \
+            (dims is not None and not isinstance(dims, (list, tuple))):
+        return None
+    picked = sorted({d % rank for d in dims}) if dims else list(range(rank))
+    k = len(picked)
+    if k < rank and picked == list(range(rank - k, rank)):
+        return math.prod(shape[:rank - k]), math.prod(shape[rank - k:]), 1
+    if picked == list(range(k)):
+        return math.prod(shape[:k]), math.prod(shape[k:]), 0
+    return None
+
+
+def stage_sram_bytes(p: ReduceParams, dtype: str, r: int, c: int) -> int:
+    """SRAM per PE on r x c PEs: the input tile and fp32 partial sums per row and column."""
+    tr, tc = -(-p.rows // r), -(-p.cols // c)
+    return tr * tc * BYTES[dtype] + 4 * (tr + tc)
+
+
+class Reduce(KernelFamily):
+    """``aten.sum`` over leading or trailing dims (a training graph's bias gradients)."""
+
+    kind = "reduce"
+    targets = frozenset({"sum"})
+
+    def rejects(self, node: Node, g: Graph) -> str | None:
+        return super().rejects(node, g) or (
+            None if reduce_layout(node, g) is not None else "no wafer kernel for this op")
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str) -> tuple[ReduceParams, float]:
+        layout = reduce_layout(nodes[0], g)
+        assert layout is not None, "lowering checked the layout"
+        rows, cols, axis = layout
+        return ReduceParams(rows, cols, axis), float(rows * cols)
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[ReduceParams, Sizing]:
+        p: ReduceParams = st.params  # type: ignore[assignment]
+        rect = row_rect(spec, p.rows, p.cols, area, bounds,
+                        lambda r, c: stage_sram_bytes(p, st.dtype, r, c))
+        return p, Sizing(rect, cost(spec, (p.rows, p.cols), rect, p.axis, dtype=st.dtype),
+                         stage_sram_bytes(p, st.dtype, *rect),
+                         f"sum over {'rows' if p.axis == 0 else 'columns'}, chain reduce")
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        p: ReduceParams = st.params  # type: ignore[assignment]
+        fab = ctx.fabric(st)
+        x = ctx.value(node.args[0])
+        xm = MeshTensor.empty(fab, (p.rows, p.cols), dtype=st.dtype) if ctx.timing_only \
+            else MeshTensor.from_numpy(fab, to_np(x).reshape(p.rows, p.cols), dtype=st.dtype)
+        out = run(xm, p.axis)
+        if not ctx.timing_only:
+            ctx.env[node.name] = to_torch(out.to_numpy().reshape(node.meta["shape"]), x.dtype)
+        return done(fab)
+
+
+FAMILY = Reduce()

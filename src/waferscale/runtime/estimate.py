@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from waferscale.compiler.plan import on_wafer
 from waferscale.compiler.program import Program
+from waferscale.kernels.registry import family
 
 
 def stage_times(program: Program, cycles: dict[str, float]) -> dict[str, float]:
@@ -43,8 +45,8 @@ def summarize(program: Program, cycles: dict[str, float], *, batch: int, tokens:
         rect = program.placement.get(s.name)
         rows.append({
             "stage": s.name, "kind": s.kind, "ops": len(s.nodes), "algorithm": s.algorithm,
-            "rect": str(rect) if rect else ("host" if s.kind == "fallback" else
-                                            f"{s.rect[0]}x{s.rect[1]}"),
+            "rect": str(rect) if rect else (f"{s.rect[0]}x{s.rect[1]}"
+                                            if family(s.kind).on_wafer else "host"),
             "pes": s.pes, "sram_per_pe": int(per_pe), "sram_bytes": int(per_pe * s.pes),
             "cycles": float(cycles.get(s.name, s.cost_cycles)),
             "cost_cycles": float(s.cost_cycles),
@@ -78,8 +80,8 @@ def weight_streaming_estimate(program: Program, *, batch: int, tokens: int) -> d
     flops = sum(s.flops for s in program.stages)
     # efficiency the planned kernels reach on their rectangles, applied to the whole wafer
     peak_pe = 2 * spec.simd.width("fp16", "fmac", "fp32") * spec.clock_hz
-    planned = [(s.flops, s.cost_cycles * s.pes) for s in program.stages
-               if s.kind != "fallback" and s.cost_cycles and s.pes]
+    planned = [(s.flops, s.cost_cycles * s.pes) for s in on_wafer(program.stages)
+               if s.cost_cycles and s.pes]
     used = sum(c for _, c in planned)
     eff = min(1.0, sum(f for f, _ in planned) / (used / spec.clock_hz * peak_pe)) if used else 0.3
     compute_s = flops / (spec.rows * spec.cols * peak_pe * max(eff, 1e-3))

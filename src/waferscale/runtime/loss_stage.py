@@ -2,7 +2,7 @@
 
 `waferscale run` traces the model without labels (so the compiled program serves any
 batch's targets) and computes the loss here from the logits. A model traced *with*
-``labels=`` gets the same kernel inside the graph (`compiler.match_loss`).
+``labels=`` gets the same kernel inside the graph (`kernels.loss.fuse_cross_entropy`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.hardware.spec import WaferSpec
 from waferscale.kernels import loss as loss_kernel
-from waferscale.runtime.kernels_exec import StageRun, to_np
+from waferscale.kernels.family import StageRun, to_np
 
 
 def wafer_cross_entropy(spec: WaferSpec, logits: torch.Tensor, targets: torch.Tensor,

@@ -1,11 +1,13 @@
 """Pipelined execution: every stage on its own rectangle, values from the kernels' run().
 
 The graph is walked in order. Constants are resident (their SRAM is charged to the stage
-that reads them); kernel stages run on a fabric the size of their rectangle (values and
-cycles from the fabric); layout nodes run as exact torch relabelings/copies on the values
-(their fabric cost was planned as data movement); host fallbacks run in PyTorch and their
-inputs and outputs cross the system I/O. Each stage's measured cycles are checked against
-the plan's closed-form ``cost()``.
+that reads them); every other node is executed by the kernel family of its kind
+(`kernels.registry`): kernel stages run on a fabric the size of their rectangle (values
+and cycles from the fabric), nodes fused into another family's stage give their values
+only (their cycles are the stage's), host fallbacks run in PyTorch and their inputs and
+outputs cross the system I/O. Layout nodes run as exact torch relabelings/copies on the
+values (their fabric cost was planned as data movement). Each stage's measured cycles are
+checked against the plan's closed-form ``cost()``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from waferscale.compiler.ir import Ref, map_refs
-from waferscale.compiler.lower import FLASH_CPU
 from waferscale.compiler.program import Program
 from waferscale.fabric.defective import link_extra_at
 from waferscale.hardware.defects import Remap
-from waferscale.runtime import kernels_exec as kx
-from waferscale.runtime.kernels_exec import StageRun
+from waferscale.ir import Ref
+from waferscale.kernels.family import ExecContext, StageRun, is_layout
+from waferscale.kernels.registry import HOST, family
 
 
 def _flat_inputs(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -47,15 +48,6 @@ def _empty(meta: dict[str, Any]) -> Any:
         return tuple(torch.empty(s, dtype=getattr(torch, d), device="meta")
                      for s, d in zip(shape, dtype, strict=True))
     return torch.empty(shape or [], dtype=getattr(torch, dtype or "float32"), device="meta")
-
-
-def _norm_stats(x: torch.Tensor, dims: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean and rstd outputs of ``native_layer_norm`` over the last ``dims`` axes (the
-    kernel computes them; a training graph saves them for its backward), in fp32."""
-    axes = list(range(x.dim() - dims, x.dim()))
-    xf = x.float()
-    return (xf.mean(dim=axes, keepdim=True),
-            torch.rsqrt(xf.var(dim=axes, unbiased=False, keepdim=True) + eps))
 
 
 def stage_link_extra(program: Program, remap: Remap) -> dict[str, np.ndarray]:
@@ -83,101 +75,35 @@ def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | No
     ``remap``: run on a defective wafer. Every stage's fabric then charges the detours of
     the links under its placed rectangle (values are unchanged, cycles can only grow).
     """
-    if remap is None:
-        return _execute(program, args, kwargs, timing_only)
-    token = kx.LINK_EXTRA.set(stage_link_extra(program, remap))
-    try:
-        return _execute(program, args, kwargs, timing_only)
-    finally:
-        kx.LINK_EXTRA.reset(token)
-
-
-def _execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-             timing_only: bool) -> tuple[list[Any], dict[str, StageRun]]:
-    g, spec = program.graph, program.spec
+    g = program.graph
     env: dict[str, Any] = {}
     leaves = _flat_inputs(program, args, kwargs or {})
     for name, value in zip(g.user_inputs, leaves, strict=False):
         env[name] = _meta(value) if timing_only else value
     env.update({k: _meta(v) for k, v in g.constants.items()} if timing_only else g.constants)
+    ctx = ExecContext(program.spec, g, env, timing_only,
+                      stage_link_extra(program, remap) if remap is not None else None)
     runs: dict[str, StageRun] = {}
     stages = {s.name: s for s in program.stages}
-    last_of = {s.nodes[-1]: s for s in program.stages}
-
-    def val(x: Any) -> Any:
-        return map_refs(x, lambda r: env[r.name])
-
     for node in g.nodes.values():
         if node.op != "call" or node.name in env:
             continue
-        kind = node.meta.get("kind")
-        if kind in ("relabel", "move") or (kind == "fallback" and node.short == "getitem"):
+        if is_layout(node):
             if node.short in ("view", "_unsafe_view"):
                 # kernel outputs are dense; a view of them is a reshape (same values)
-                x, shape = val(node.args)[:2]
+                x, shape = ctx.value(node.args)[:2]
                 env[node.name] = torch.reshape(x, shape)
             else:
-                env[node.name] = node.fn(*val(node.args), **val(node.kwargs))
-            continue
-        if kind == "pointwise":
-            home = stages.get(node.meta.get("stage", ""))
-            if home is not None and home.kind == "gemm":  # fused into the GEMM's stage
-                env[node.name] = (_empty(node.meta) if timing_only
-                                  else kx.run_epilogue_node(node, env))
-                continue
-            st = last_of.get(node.name)
-            if st is None:
-                continue
-            outs, run = kx.run_pointwise(spec, st, g, env, timing_only)
-            env.update(outs)
-            if timing_only:
-                env[node.name] = _empty(node.meta)
-            runs[st.name] = run
+                env[node.name] = ctx.host(node)
             continue
         st = stages[node.meta["stage"]]
-        a = val(node.args)
-        if kind == "fallback" or not st.fits:
-            env[node.name] = node.fn(*a, **val(node.kwargs))
-            runs[st.name] = StageRun(st.cost_cycles, 0, 0.0)
-        elif kind == "gemm":
-            kw = node.kwargs
-            if node.short == "addmm":
-                out, run = kx.run_gemm(spec, st, a[1], a[2], a[0], kw.get("alpha", 1.0),
-                                       kw.get("beta", 1.0), timing_only)
-            else:
-                out, run = kx.run_gemm(spec, st, a[0], a[1], None, timing_only=timing_only)
-            env[node.name], runs[st.name] = out, run
-        elif kind == "attention":
-            scale = node.kwargs.get("scale")
-            out, runs[st.name] = kx.run_attention(spec, st, a[0], a[1], a[2], scale,
-                                                  timing_only)
-            if out is not None and node.short == FLASH_CPU:   # (output, row log-sum-exp)
-                out = (out, kx.attention_lse(a[0], a[1], scale))
-            env[node.name] = out
-        elif kind == "layer_norm" and st.kind == "gemm":  # a prologue of the GEMM's stage
-            x, shape, w, b, eps = a[:5]
-            env[node.name] = (_empty(node.meta) if timing_only else
-                              (kx.layer_norm_values(x, w, b, float(eps), st.dtype),
-                               *_norm_stats(x, len(shape), float(eps))))
-            continue
-        elif kind == "layer_norm":
-            x, shape, w, b, eps = a[:5]
-            out, run = kx.run_layer_norm(spec, st, x, w, b, float(eps), timing_only)
-            env[node.name] = None if out is None else (out, *_norm_stats(x, len(shape),
-                                                                         float(eps)))
-            runs[st.name] = run
-        elif kind == "softmax":
-            env[node.name], runs[st.name] = kx.run_softmax(spec, st, a[0], timing_only)
-        elif kind == "embedding":
-            env[node.name], runs[st.name] = kx.run_embedding(spec, st, a[0], a[1], timing_only)
-        elif kind == "reduce":
-            env[node.name], runs[st.name] = kx.run_reduce(spec, st, a[0], node.meta,
-                                                          timing_only)
-        elif kind == "cross_entropy":
-            env[node.name], runs[st.name] = kx.run_cross_entropy(spec, st, a[0], a[1],
-                                                                 timing_only)
+        fam = family(node.meta["kind"])
+        if fam.kind != st.kind:     # fused into another family's stage: its value only
+            fam.execute_fused(ctx, st, node)
         else:
-            env[node.name] = node.fn(*a, **val(node.kwargs))
+            measured = (fam if st.fits else HOST).execute(ctx, st, node)
+            if measured is not None:
+                runs[st.name] = measured
         if timing_only and env.get(node.name) is None:
             env[node.name] = _empty(node.meta)
     outs = [env[o.name] if isinstance(o, Ref) else o for o in g.outputs]

@@ -131,6 +131,27 @@ class Graph:
         return sum(t.numel() for t in self.constants.values() if t.is_floating_point())
 
 
+def eliminate_dead(g: Graph) -> int:
+    """Drop nodes no output depends on (folded subgraphs, assertions)."""
+    live: set[str] = set()
+    stack = [r.name for r in map_refs_list(g.outputs)]
+    while stack:
+        name = stack.pop()
+        if name in live:
+            continue
+        live.add(name)
+        stack.extend(g.nodes[name].inputs)
+    dead = [n for n in g.nodes if n not in live and g.nodes[n].op != "input"]
+    for n in dead:
+        del g.nodes[n]
+        g.constants.pop(n, None)
+    return len(dead)
+
+
+def map_refs_list(outputs: list[Any]) -> list[Ref]:
+    return [o for o in outputs if isinstance(o, Ref)]
+
+
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -178,5 +199,5 @@ def source_of(stack_trace: str | None) -> tuple[str, str]:
     return "", ""
 
 
-__all__ = ["DTYPE_NAMES", "Graph", "Node", "Ref", "fabric_dtype", "iter_refs", "map_refs",
-           "source_of", "tensor_meta"]
+__all__ = ["DTYPE_NAMES", "Graph", "Node", "Ref", "eliminate_dead", "fabric_dtype", "iter_refs",
+           "map_refs", "map_refs_list", "source_of", "tensor_meta"]
