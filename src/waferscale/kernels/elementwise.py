@@ -35,17 +35,14 @@ from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.ir import Graph, Node
 from waferscale.kernels.family import (
     ExecContext,
-    KernelFamily,
-    Sizing,
+    RowFamily,
     Stage,
     StageParams,
     StageRun,
     done,
     float_out,
-    row_rect,
     rows_cols,
     shape_of,
-    to_np,
     to_torch,
 )
 
@@ -550,7 +547,7 @@ def softmax_sram_bytes(p: SoftmaxParams, dtype: str, r: int, c: int) -> int:
     return 2 * tile * BYTES[dtype] + 4 * tile + 16 * -(-p.tokens // r) * max(1, c)
 
 
-class Softmax(KernelFamily):
+class Softmax(RowFamily):
     """``aten._softmax`` / ``aten._log_softmax`` over the last axis, in the input's dtype."""
 
     kind = "softmax"
@@ -568,24 +565,25 @@ class Softmax(KernelFamily):
         t, h = rows_cols(shape_of(g, nodes[0].args[0]))
         return SoftmaxParams(t, h, log=nodes[0].short == "_log_softmax"), 5.0 * t * h
 
-    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
-             bounds: tuple[int, int] | None) -> tuple[SoftmaxParams, Sizing]:
-        p: SoftmaxParams = st.params  # type: ignore[assignment]
-        rect = row_rect(spec, p.tokens, p.hidden, area, bounds,
-                        lambda r, c: softmax_sram_bytes(p, st.dtype, r, c))
-        return p, Sizing(rect, softmax_cost(spec, [p.tokens, p.hidden], rect, dtype=st.dtype,
-                                            log=p.log),
-                         softmax_sram_bytes(p, st.dtype, *rect),
-                         ("log-" if p.log else "") + "max/exp/sum, chain allreduce")
+    def extent(self, p: SoftmaxParams) -> tuple[int, int]:
+        return p.tokens, p.hidden
+
+    def sram_bytes(self, p: SoftmaxParams, dtype: str, r: int, c: int) -> int:
+        return softmax_sram_bytes(p, dtype, r, c)
+
+    def cycles(self, spec: WaferSpec, p: SoftmaxParams, dtype: str,
+               rect: tuple[int, int]) -> float:
+        return softmax_cost(spec, [p.tokens, p.hidden], rect, dtype=dtype, log=p.log)
+
+    def algorithm(self, p: SoftmaxParams) -> str:
+        return ("log-" if p.log else "") + "max/exp/sum, chain allreduce"
 
     def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
         x = ctx.value(node.args[0])
         fab = ctx.fabric(st)
         h = x.shape[-1]
         t = x.numel() // h
-        xm = MeshTensor.empty(fab, (t, h), dtype=st.dtype) if ctx.timing_only else \
-            MeshTensor.from_numpy(fab, to_np(x).reshape(t, h), dtype=st.dtype)
-        out = softmax(xm, log=st.params.log)  # type: ignore[attr-defined]
+        out = softmax(ctx.mesh(fab, x, (t, h), st.dtype), log=st.params.log)  # type: ignore[attr-defined]
         if not ctx.timing_only:
             ctx.env[node.name] = to_torch(out.to_numpy().reshape(x.shape), x.dtype)
         return done(fab)

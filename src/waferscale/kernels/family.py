@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from waferscale.fabric import Fabric
+from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric.dtypes import BYTES
 from waferscale.hardware.spec import WaferSpec
 from waferscale.ir import Graph, Node, Ref, map_refs
@@ -138,6 +138,13 @@ class ExecContext:
         """``x`` with every node reference replaced by its computed value."""
         return map_refs(x, lambda r: self.env[r.name])
 
+    def mesh(self, fab: Fabric, x: torch.Tensor, shape: tuple[int, int], dtype: str
+             ) -> MeshTensor:
+        """``x`` as a [rows, cols] MeshTensor on ``fab`` (its shape only when timing)."""
+        if self.timing_only:
+            return MeshTensor.empty(fab, shape, dtype=dtype)
+        return MeshTensor.from_numpy(fab, to_np(x).reshape(shape), dtype=dtype)
+
     def host(self, node: Node) -> Any:
         """The node's op run in PyTorch on its values (layout ops, fallbacks)."""
         assert node.fn is not None, f"{node.name} has no host callable"
@@ -241,6 +248,38 @@ class KernelFamily(ABC):
         raise NotImplementedError(f"{self.kind} nodes are not fused into other stages")
 
 
+class RowFamily(KernelFamily):
+    """A kernel over a 2-D [rows, cols] tensor laid out rows over PE rows and cols over PE
+    columns (`row_rect`: about the planned area, grown until the tiles fit the SRAM, or the
+    placed rectangle): layer norm, softmax, reduce, the loss. It declares its tensor's
+    ``extent``, its SRAM per PE on r x c PEs, its closed-form cycles and its algorithm;
+    the sizing is shared."""
+
+    @abstractmethod
+    def extent(self, p: Any) -> tuple[int, int]:
+        """(rows, cols) of the tensor the kernel sweeps."""
+
+    @abstractmethod
+    def sram_bytes(self, p: Any, dtype: str, r: int, c: int) -> int:
+        """SRAM per PE on r x c PEs."""
+
+    @abstractmethod
+    def cycles(self, spec: WaferSpec, p: Any, dtype: str, rect: tuple[int, int]) -> float:
+        """The kernel's closed-form ``cost()`` on ``rect``."""
+
+    @abstractmethod
+    def algorithm(self, p: Any) -> str:
+        """One line for the report."""
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[StageParams, Sizing]:
+        p, dt = st.params, st.dtype
+        rect = row_rect(spec, *self.extent(p), area, bounds,
+                        lambda r, c: self.sram_bytes(p, dt, r, c))
+        return p, Sizing(rect, self.cycles(spec, p, dt, rect), self.sram_bytes(p, dt, *rect),
+                         self.algorithm(p))
+
+
 # ------------------------------------------------------------------ shared helpers -------
 #: Node kinds of layout ops (not stages): ``relabel`` changes how the next kernel reads
 #: the tiles (free), ``move`` moves elements between PEs (charged as a stream).
@@ -333,7 +372,7 @@ def done(fab: Fabric, extra: float = 0.0, density: float | None = None) -> Stage
     return StageRun(fab.elapsed() + extra, int(fab.sram.peak()), s["busy_fraction"], density)
 
 
-__all__ = ["ExecContext", "FLOAT_DTYPES", "KernelFamily", "MOVE", "RELABEL", "Sizing", "Stage",
-           "StageParams", "StageRun", "TORCH_TO_FABRIC", "done", "fabric_dtype_of",
-           "float_out", "is_layout", "moves_data", "row_rect", "rows_cols", "shape_of",
-           "to_np", "to_torch"]
+__all__ = ["ExecContext", "FLOAT_DTYPES", "KernelFamily", "MOVE", "RELABEL", "RowFamily",
+           "Sizing", "Stage", "StageParams", "StageRun", "TORCH_TO_FABRIC", "done",
+           "fabric_dtype_of", "float_out", "is_layout", "moves_data", "row_rect", "rows_cols",
+           "shape_of", "to_np", "to_torch"]

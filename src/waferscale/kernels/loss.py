@@ -45,15 +45,12 @@ from waferscale.kernels.elementwise import (
 )
 from waferscale.kernels.family import (
     ExecContext,
-    KernelFamily,
-    Sizing,
+    RowFamily,
     Stage,
     StageParams,
     StageRun,
     done,
-    row_rect,
     shape_of,
-    to_np,
 )
 
 KERNEL = "cross_entropy"
@@ -381,7 +378,7 @@ def stage_sram_bytes(p: CrossEntropyParams, dtype: str, r: int, c: int) -> int:
     return 2 * -(-p.tokens // r) * -(-p.vocab // c) * BYTES[dtype] + 16 * -(-p.tokens // r)
 
 
-class CrossEntropy(KernelFamily):
+class CrossEntropy(RowFamily):
     """The loss kernel: the node `fuse_cross_entropy` writes (``CROSS_ENTROPY``)."""
 
     kind = "cross_entropy"
@@ -400,14 +397,18 @@ class CrossEntropy(KernelFamily):
         # per logit: max, subtract, exp, sum
         return CrossEntropyParams(t, v, int(node.args[2]), node.args[3]), 4.0 * t * v
 
-    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
-             bounds: tuple[int, int] | None) -> tuple[CrossEntropyParams, Sizing]:
-        p: CrossEntropyParams = st.params  # type: ignore[assignment]
-        rect = row_rect(spec, p.tokens, p.vocab, area, bounds,
-                        lambda r, c: stage_sram_bytes(p, st.dtype, r, c))
-        return p, Sizing(rect, cost(spec, p.tokens, p.vocab, rect, dtype=st.dtype),
-                         stage_sram_bytes(p, st.dtype, *rect),
-                         "cross-entropy: max/exp/sum/pick, chain allreduce, mean")
+    def extent(self, p: CrossEntropyParams) -> tuple[int, int]:
+        return p.tokens, p.vocab
+
+    def sram_bytes(self, p: CrossEntropyParams, dtype: str, r: int, c: int) -> int:
+        return stage_sram_bytes(p, dtype, r, c)
+
+    def cycles(self, spec: WaferSpec, p: CrossEntropyParams, dtype: str,
+               rect: tuple[int, int]) -> float:
+        return cost(spec, p.tokens, p.vocab, rect, dtype=dtype)
+
+    def algorithm(self, p: CrossEntropyParams) -> str:
+        return "cross-entropy: max/exp/sum/pick, chain allreduce, mean"
 
     def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
         """The kernel gives the mean over targets that are not ignored (and the gradient,
@@ -416,13 +417,8 @@ class CrossEntropy(KernelFamily):
         logits, targets = ctx.value(node.args[:2])
         fab = ctx.fabric(st)
         t, v, ii = p.tokens, p.vocab, p.ignore_index
-        if ctx.timing_only:
-            xm = MeshTensor.empty(fab, (t, v), dtype=st.dtype)
-            tgt = np.zeros(t, np.int64)
-        else:
-            xm = MeshTensor.from_numpy(fab, to_np(logits).reshape(t, v), dtype=st.dtype)
-            tgt = targets.reshape(-1).numpy()
-        mean, _grad = run(xm, tgt, ignore_index=ii)
+        tgt = np.zeros(t, np.int64) if ctx.timing_only else targets.reshape(-1).numpy()
+        mean, _grad = run(ctx.mesh(fab, logits, (t, v), st.dtype), tgt, ignore_index=ii)
         if not ctx.timing_only:
             value = np.float32(mean.to_numpy().reshape(-1)[0])
             if p.reduction == "sum":

@@ -40,13 +40,11 @@ from waferscale.kernels.elementwise import (
 )
 from waferscale.kernels.family import (
     ExecContext,
-    KernelFamily,
-    Sizing,
+    RowFamily,
     Stage,
     StageParams,
     StageRun,
     done,
-    row_rect,
     rows_cols,
     shape_of,
     to_np,
@@ -233,18 +231,16 @@ def run_stage(ctx: ExecContext, st: Stage, x: torch.Tensor, w: torch.Tensor | No
     """The kernel on the stage's fabric: the normalised values (None when timing only)."""
     fab = ctx.fabric(st)
     h = x.shape[-1]
-    t = x.numel() // h
+    xm = ctx.mesh(fab, x, (x.numel() // h, h), st.dtype)
     if ctx.timing_only:
-        xm = MeshTensor.empty(fab, (t, h), dtype=st.dtype)
         run(xm, None if w is None else np.zeros(h, np.float32),
             None if b is None else np.zeros(h, np.float32), eps=eps)
         return None, done(fab)
-    xm = MeshTensor.from_numpy(fab, to_np(x).reshape(t, h), dtype=st.dtype)
     out = run(xm, None if w is None else to_np(w), None if b is None else to_np(b), eps=eps)
     return to_torch(out.to_numpy().reshape(x.shape), x.dtype), done(fab)
 
 
-class LayerNorm(KernelFamily):
+class LayerNorm(RowFamily):
     """``aten.native_layer_norm``: two-pass statistics with chain allreduces along rows.
     Fuses in front of the GEMM that alone reads it (a prologue)."""
 
@@ -260,14 +256,19 @@ class LayerNorm(KernelFamily):
                             bias=node.args[3] is not None, eps=float(node.args[4]))
         return p, 8.0 * t * h
 
-    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
-             bounds: tuple[int, int] | None) -> tuple[LayerNormParams, Sizing]:
-        p: LayerNormParams = st.params  # type: ignore[assignment]
-        rect = row_rect(spec, p.tokens, p.hidden, area, bounds,
-                        lambda r, c: stage_sram_bytes(p, st.dtype, r, c))
-        return p, Sizing(rect, cost(spec, [p.tokens, p.hidden], rect, dtype=st.dtype,
-                                    weight=p.weight, bias=p.bias),
-                         stage_sram_bytes(p, st.dtype, *rect), "two-pass, chain allreduce")
+    def extent(self, p: LayerNormParams) -> tuple[int, int]:
+        return p.tokens, p.hidden
+
+    def sram_bytes(self, p: LayerNormParams, dtype: str, r: int, c: int) -> int:
+        return stage_sram_bytes(p, dtype, r, c)
+
+    def cycles(self, spec: WaferSpec, p: LayerNormParams, dtype: str,
+               rect: tuple[int, int]) -> float:
+        return cost(spec, [p.tokens, p.hidden], rect, dtype=dtype, weight=p.weight,
+                    bias=p.bias)
+
+    def algorithm(self, p: LayerNormParams) -> str:
+        return "two-pass, chain allreduce"
 
     def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
         x, shape, w, b, eps = ctx.value(node.args)[:5]

@@ -42,14 +42,11 @@ from waferscale.kernels.elementwise import (
 )
 from waferscale.kernels.family import (
     ExecContext,
-    KernelFamily,
-    Sizing,
+    RowFamily,
     Stage,
     StageParams,
     StageRun,
     done,
-    row_rect,
-    to_np,
     to_torch,
 )
 
@@ -163,7 +160,7 @@ def stage_sram_bytes(p: ReduceParams, dtype: str, r: int, c: int) -> int:
     return tr * tc * BYTES[dtype] + 4 * (tr + tc)
 
 
-class Reduce(KernelFamily):
+class Reduce(RowFamily):
     """``aten.sum`` over leading or trailing dims (a training graph's bias gradients)."""
 
     kind = "reduce"
@@ -179,22 +176,24 @@ class Reduce(KernelFamily):
         rows, cols, axis = layout
         return ReduceParams(rows, cols, axis), float(rows * cols)
 
-    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
-             bounds: tuple[int, int] | None) -> tuple[ReduceParams, Sizing]:
-        p: ReduceParams = st.params  # type: ignore[assignment]
-        rect = row_rect(spec, p.rows, p.cols, area, bounds,
-                        lambda r, c: stage_sram_bytes(p, st.dtype, r, c))
-        return p, Sizing(rect, cost(spec, (p.rows, p.cols), rect, p.axis, dtype=st.dtype),
-                         stage_sram_bytes(p, st.dtype, *rect),
-                         f"sum over {'rows' if p.axis == 0 else 'columns'}, chain reduce")
+    def extent(self, p: ReduceParams) -> tuple[int, int]:
+        return p.rows, p.cols
+
+    def sram_bytes(self, p: ReduceParams, dtype: str, r: int, c: int) -> int:
+        return stage_sram_bytes(p, dtype, r, c)
+
+    def cycles(self, spec: WaferSpec, p: ReduceParams, dtype: str,
+               rect: tuple[int, int]) -> float:
+        return cost(spec, (p.rows, p.cols), rect, p.axis, dtype=dtype)
+
+    def algorithm(self, p: ReduceParams) -> str:
+        return f"sum over {'rows' if p.axis == 0 else 'columns'}, chain reduce"
 
     def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
         p: ReduceParams = st.params  # type: ignore[assignment]
         fab = ctx.fabric(st)
         x = ctx.value(node.args[0])
-        xm = MeshTensor.empty(fab, (p.rows, p.cols), dtype=st.dtype) if ctx.timing_only \
-            else MeshTensor.from_numpy(fab, to_np(x).reshape(p.rows, p.cols), dtype=st.dtype)
-        out = run(xm, p.axis)
+        out = run(ctx.mesh(fab, x, (p.rows, p.cols), st.dtype), p.axis)
         if not ctx.timing_only:
             ctx.env[node.name] = to_torch(out.to_numpy().reshape(node.meta["shape"]), x.dtype)
         return done(fab)
