@@ -9,7 +9,9 @@ wafer's SRAM) compile in estimate mode: planned and timed with the kernels' ``co
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from waferscale.compiler.place import PlacedProgram, RectLike, place_plan
 from waferscale.compiler.plan import Plan
 from waferscale.compiler.plan import plan as make_plan
 from waferscale.compiler.program import Program, route
+from waferscale.compiler.streaming import plan_streaming
 from waferscale.errors import RouteError, WaferscaleError
 from waferscale.fabric.defective import DefectsLike, resolve_remap
 from waferscale.hardware.defects import Remap
@@ -31,7 +34,7 @@ from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.ir import Graph
 from waferscale.kernels.registry import family
 
-MODES = ("auto", "pipelined", "estimate")
+MODES = ("auto", "pipelined", "weight_streaming", "estimate")
 
 
 def _fallback_message(fb: list[dict[str, Any]]) -> str:
@@ -55,7 +58,9 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
 
     Contradicting ``reserve``/``pin`` constraints raise :class:`ConstraintError` (naming the
     stages and rectangles); a model that does not fit raises :class:`CompileError` in
-    ``mode="pipelined"`` and becomes a weight-streaming estimate otherwise.
+    ``mode="pipelined"`` and runs in weight-streaming mode otherwise (every stage on the
+    whole wafer, weights from MemoryX: `compiler.streaming`). ``mode="weight_streaming"``
+    skips placement.
     """
     t0 = time.perf_counter() if t0 is None else t0
     if mode not in MODES:
@@ -67,10 +72,21 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
                             f"kernel and would run on the host: {_fallback_message(fb)}")
     p = make_plan(g, spec, max_side=max_side)
     t_place = time.perf_counter()
-    placed, p = _place(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
-                       placer_config=placer_config)
+    planned = p
+    placed = None
+    if mode != "weight_streaming":
+        placed, p = _place(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
+                           placer_config=placer_config)
     place_seconds = time.perf_counter() - t_place
     run_mode, notes = _mode(g, p, mode)
+    stream = None
+    if run_mode.startswith("weight_streaming"):
+        placed = None
+        p, stream = plan_streaming(g, dataclasses.replace(planned, why_not=()), spec,
+                                   max_side)
+        if not p.pipelined_fits:   # not even one stage at a time fits the wafer
+            raise CompileError("the model does not fit in weight-streaming mode either: "
+                               + "; ".join(p.why_not))
     figures: dict[str, Any] = {k: 0 for k in PLACEMENT_KEYS}
     if placed is not None:
         figures.update(placed.figures)
@@ -80,7 +96,7 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
                    routes=routes, compile_seconds=time.perf_counter() - t0,
                    notes=tuple(notes),
                    floorplan=to_dict(placed.result) if placed is not None else None,
-                   figures=figures, placed=placed)
+                   figures=figures, placed=placed, streaming=stream)
 
 
 def _place(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None,
@@ -114,12 +130,17 @@ def _mode(g: Graph, p: Plan, mode: str) -> tuple[str, list[str]]:
                        if isinstance(t, torch.Tensor))
     if mode == "pipelined" and not p.pipelined_fits:
         raise CompileError("the model does not fit pipelined mode: " + "; ".join(p.why_not)
-                           + "; weight streaming is the mode for it (use mode='estimate')")
-    if not p.pipelined_fits:
+                           + "; weight streaming is the mode for it (mode='weight_streaming' "
+                             "or 'auto')")
+    if mode == "weight_streaming":
+        run_mode = "weight_streaming"
+        notes.append("weight streaming requested: every stage runs on the whole wafer, its "
+                     "weights streamed in from MemoryX")
+    elif not p.pipelined_fits:
         run_mode = "weight_streaming"
         notes.append("pipelined mode does not fit: " + "; ".join(p.why_not))
-        notes.append("weight streaming is the mode for this model; its figure is a "
-                     "FIRST-ORDER estimate (weight streaming is not simulated yet)")
+        notes.append("weight streaming chosen: every stage runs on the whole wafer, its "
+                     "weights streamed in from MemoryX (docs/weight-streaming.md)")
     elif mode == "estimate" or meta_weights:
         run_mode = "pipelined (estimate)"
     else:
@@ -147,10 +168,10 @@ class CompiledModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from waferscale.runtime.pipelined import execute
 
-        if self.program.mode != "pipelined":
+        if self.program.mode not in ("pipelined", "weight_streaming"):
             raise CompileError(f"this model compiled in {self.program.mode} mode: it can be "
                                f"timed (report()) but not run here; build it with real "
-                               f"weights that fit the wafer's SRAM to run it")
+                               f"weights (not on the meta device) to run it")
         outs, runs = execute(self.program, args, kwargs, remap=self.remap)
         self.last_run = {"runs": runs}
         self._batch, self._tokens = _batch_tokens(args if args else kwargs)
@@ -169,7 +190,9 @@ class CompiledModel:
 
     def report(self) -> dict[str, Any]:
         """Mode, throughput, per-stage figures, SRAM, fallbacks (measured after a run)."""
-        from waferscale.runtime.estimate import summarize, weight_streaming_estimate
+        from waferscale.hardware.system import CS2_SYSTEM
+        from waferscale.runtime.estimate import summarize
+        from waferscale.runtime.weight_streaming import forward_report
 
         prog = self.program
         measured = self.last_run is not None
@@ -197,12 +220,17 @@ class CompiledModel:
         out.update(prog.figures)
         out.update(summary)
         out["defects"] = self.remap.summary() if self.remap is not None else None
-        if prog.mode == "weight_streaming":
-            ws = weight_streaming_estimate(prog, batch=self._batch, tokens=self._tokens)
+        if prog.streaming is not None:
+            # stage by stage on the whole wafer: the pipeline's period and fill do not apply
+            ws = forward_report(prog.streaming, prog.spec, CS2_SYSTEM, batch=self._batch,
+                                tokens=self._tokens)
             out["weight_streaming"] = ws
-            out["pipelined_samples_per_second_if_it_fit"] = out["samples_per_second"]
-            out["samples_per_second"] = ws["samples_per_second"]
-            out["tokens_per_second"] = ws["tokens_per_second"]
+            for key in ("samples_per_second", "tokens_per_second", "bound"):
+                out[key] = ws[key]
+            out["latency_seconds"] = ws["seconds_per_batch"]
+            for key in ("period_cycles", "pipeline_fill_seconds", "bottleneck",
+                        "bottleneck_kind"):
+                out.pop(key, None)
         if measured:
             worst = [r for r in summary["stages"] if r["cost_agreement"] is not None]
             out["cost_agreement_max_deviation"] = max(
@@ -250,15 +278,51 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
     remap = resolve_remap(spec, defects)
     if not isinstance(model, torch.nn.Module):
         raise CompileError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
-    was_training = model.training
+    train_note = _train_mode_note(model)
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         g = cap.capture(model, example_inputs)
     finally:
-        model.train(was_training)
+        for m, training in modes.items():  # each module's own flag, as it was
+            m.training = training
     prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0,
                        reserve=reserve, pin=pin, placer_config=placer_config)
+    if train_note:
+        prog = dataclasses.replace(prog, notes=prog.notes + (train_note,))
     return CompiledModel(prog, example_inputs, remap)
+
+
+def _train_mode_note(model: torch.nn.Module) -> str:
+    """What compiling a model in train mode changes, as a report note ('' in eval mode).
+
+    `compile` captures the model for inference (as ``model.eval()``): dropout off, batch
+    norms on their running statistics. When a module of the model behaves differently in
+    train mode that changes its outputs, so it is said in a warning as well as the note;
+    training runs through ``torch.compile(model, backend="waferscale")``."""
+    if not model.training:
+        return ""
+    differs = []
+    for name, m in model.named_modules():
+        p = getattr(m, "p", 0.0) if isinstance(m, torch.nn.modules.dropout._DropoutNd) else max(
+            [v for k, v in vars(m).items() if "dropout" in k and isinstance(v, float)],
+            default=0.0)
+        if m.training and (p > 0 or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            differs.append(name or type(m).__name__)
+    if not differs:
+        return ("the model is in train mode; it was compiled as in eval mode, which changes "
+                "nothing here (no dropout with p > 0, no batch norm)")
+    more = f" and {len(differs) - 3} more" if len(differs) > 3 else ""
+    note = (f"the model is in train mode but was compiled for inference, as model.eval(): "
+            f"{', '.join(differs[:3])}{more} behave as in eval mode (no dropout, batch norms "
+            f"on running statistics), so outputs equal model.eval()'s, not model.train()'s; "
+            f"call model.eval() before compiling to silence this, or train with "
+            f"torch.compile(model, backend='waferscale')")
+    level, frame = 1, sys._getframe(0)   # point the warning at the user's call
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("waferscale"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(note, UserWarning, stacklevel=level)
+    return note
 
 
 __all__ = ["CompiledModel", "MODES", "PLACEMENT_KEYS", "compile", "lower_graph"]

@@ -21,36 +21,116 @@ from waferscale.ir import eliminate_dead
 
 #: Reports of the graphs compiled by the backend, most recent last.
 COMPILED: list[Any] = []
-_OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None}
+#: The backend's settings: ``spec``, ``max_side`` and ``mode`` (``api.MODES``). Per call,
+#: ``torch.compile(model, backend="waferscale", options={...})`` overrides them.
+_OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto"}
+#: Op names that only relabel or lay out a value: a weight seen through them is a weight.
+_WEIGHT_VIEWS = {"t", "view", "_unsafe_view", "reshape", "transpose", "permute", "_to_copy",
+                 "clone", "detach", "alias", "expand", "unsqueeze", "squeeze"}
+#: Forward graph (its aot metadata's id) -> names of its values that are weights: the
+#: backward graph of the same frame receives the saved ones as inputs under these names.
+_WEIGHTS_OF: dict[int, set[str]] = {}
 
 
-def configure(spec: str = "wse2", max_side: int | None = None) -> None:
-    """Which wafer the backend compiles for (torch.compile passes no options of ours)."""
-    _OPTIONS.update(spec=spec, max_side=max_side)
+def configure(spec: str = "wse2", max_side: int | None = None, mode: str = "auto") -> None:
+    """Which wafer and mode the backend compiles for by default."""
+    _options({"spec": spec, "max_side": max_side, "mode": mode})
+    _OPTIONS.update(spec=spec, max_side=max_side, mode=mode)
 
 
-def _compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-    from waferscale.api import CompiledModel, lower_graph
+def _options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The defaults with ``options`` applied, checked (a typed error names a bad key)."""
+    from waferscale.api import MODES
+    from waferscale.compiler.errors import CompileError
 
-    g = from_fx(gm)
-    # aot_autograd calls the compiler with its fake mode active: folding under it would
-    # store FakeTensors as constants (an arange-built causal mask), which have no values
-    # when the program runs, and reading a constant's values (is this mask causal?) fails
-    with unset_fake_temporarily():
-        fold_constants(g)
-        eliminate_dead(g)
-        prog = lower_graph(g, get_spec(_OPTIONS["spec"]), max_side=_OPTIONS["max_side"])
-    compiled = CompiledModel(prog, tuple(example_inputs))
-    COMPILED.append(compiled)
-    if prog.mode != "pipelined":
-        return gm.forward   # too big to execute here: run eagerly, the report has the plan
+    opts = {**_OPTIONS, **(options or {})}
+    unknown = sorted(set(opts) - set(_OPTIONS))
+    if unknown:
+        raise CompileError(f"backend options {unknown}: known options are "
+                           f"{sorted(_OPTIONS)}")
+    if opts["mode"] not in MODES:
+        raise CompileError(f"backend option mode={opts['mode']!r}: use one of "
+                           f"{', '.join(MODES)}")
+    return opts
 
-    def run(*args: Any) -> Any:
-        outs = compiled(*args)
-        return outs if isinstance(outs, (list, tuple)) else (outs,)
 
-    run._boxed_call = False  # type: ignore[attr-defined]
-    return run
+def _short(target: Any) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[0]
+
+
+def _mark_weights(gm: torch.fx.GraphModule, g: Any, params: list[bool], backward: bool,
+                  training: bool) -> None:
+    """Tell the weight-streaming planner which inputs of an aot graph are weights and
+    which outputs are weight gradients (`compiler.streaming`).
+
+    Forward graph: its first inputs are dynamo's, in order, so ``params`` marks them; the
+    values computed from weights alone through layout ops are weights too, and are
+    remembered for the backward graph, which receives the saved ones under the same names.
+    Its outputs past the user's (``num_forward_returns``) are saved for the backward:
+    activations, unless they are weights. Backward graph: output i is the gradient of the
+    forward's input i."""
+    ctx = torch._guards.TracingContext.try_get()
+    meta = getattr(ctx, "fw_metadata", None)
+    places = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    key = id(meta)
+    if not backward:
+        weights = {n.name for n, p in zip(places, params, strict=False) if p}
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and _short(n.target) in _WEIGHT_VIEWS and all(
+                    a.name in weights for a in n.all_input_nodes) and n.all_input_nodes:
+                weights.add(n.name)
+        if training:
+            _WEIGHTS_OF[key] = weights
+        outs = list(gm.graph.output_node().args[0])
+        user = int(getattr(meta, "num_forward_returns", len(outs)))
+        for o in outs[user:]:
+            if isinstance(o, torch.fx.Node) and o.name not in weights and o.name in g.nodes:
+                g.nodes[o.name].meta["saved"] = True
+    else:
+        weights = _WEIGHTS_OF.pop(key, set())
+        outs = list(gm.graph.output_node().args[0])
+        for o, p in zip(outs, params, strict=False):
+            if p and isinstance(o, torch.fx.Node) and o.name in g.nodes:
+                g.nodes[o.name].meta["param_grad"] = True
+    for n in places:
+        if n.name in weights and n.name in g.nodes:
+            g.nodes[n.name].meta["weight"] = True
+
+
+def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, training: bool
+              ) -> Any:
+    """The forward (or backward) compiler aot_autograd calls for one dynamo graph."""
+
+    def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        from waferscale.api import CompiledModel, lower_graph
+
+        g = from_fx(gm)
+        _mark_weights(gm, g, params, backward, training)
+        # aot_autograd calls the compiler with its fake mode active: folding under it would
+        # store FakeTensors as constants (an arange-built causal mask), which have no
+        # values when the program runs, and reading a constant's values (is this mask
+        # causal?) fails
+        with unset_fake_temporarily():
+            fold_constants(g)
+            eliminate_dead(g)
+            prog = lower_graph(g, get_spec(opts["spec"]), max_side=opts["max_side"],
+                               mode=opts["mode"])
+        compiled = CompiledModel(prog, tuple(example_inputs))
+        COMPILED.append(compiled)
+        meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta"
+                   for x in example_inputs)
+        if prog.mode not in ("pipelined", "weight_streaming") or meta:
+            return gm.forward   # not run here: eager (or meta), the report has the plan
+
+        def run(*args: Any) -> Any:
+            outs = compiled(*args)
+            return outs if isinstance(outs, (list, tuple)) else (outs,)
+
+        run._boxed_call = False  # type: ignore[attr-defined]
+        return run
+
+    return compile_graph
 
 
 def decompositions(training: bool) -> dict[Any, Any]:
@@ -68,21 +148,25 @@ def decompositions(training: bool) -> dict[Any, Any]:
     return table
 
 
-def _aot(training: bool) -> Any:
-    from torch._dynamo.backends.common import aot_autograd
-
-    return aot_autograd(fw_compiler=_compiler, bw_compiler=_compiler,
-                        decompositions=decompositions(training))
-
-
-_TRAINING, _INFERENCE = _aot(True), _aot(False)
-
-
-def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+def backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
+            options: dict[str, Any] | None = None) -> Any:
     """What torch.compile calls (the package's ``torch_dynamo_backends`` entry point names
     it, so ``backend="waferscale"`` works without importing this module). Dynamo compiles
-    a frame again when grad mode changes, so the mode here is the caller's."""
-    return (_TRAINING if torch.is_grad_enabled() else _INFERENCE)(gm, example_inputs)
+    a frame again when grad mode changes, so the mode here is the caller's. ``options``:
+    ``spec``, ``max_side``, ``mode`` (``torch.compile(..., options=...)``)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    opts = _options(options)
+    params = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            arg = n.meta.get("grapharg")
+            params.append(isinstance(getattr(arg, "example", None), torch.nn.Parameter))
+    training = torch.is_grad_enabled()
+    return aot_autograd(
+        fw_compiler=_compiler(opts, params, backward=False, training=training),
+        bw_compiler=_compiler(opts, params, backward=True, training=training),
+        decompositions=decompositions(training))(gm, example_inputs)
 
 
 def register() -> None:

@@ -228,21 +228,45 @@ def _print_compiled(r: dict[str, Any], limit: int = 12) -> None:
     console.print(table)
     if len(stages) > limit:
         console.print(f"({len(stages) - limit} more stages; --json lists all)")
-    console.print(f"samples/s {r['samples_per_second']:,.1f}   tokens/s "
-                  f"{r['tokens_per_second']:,.0f}   bottleneck {r['bottleneck']} "
-                  f"({r['bottleneck_kind']})   pipeline fill "
-                  f"{r['pipeline_fill_seconds'] * 1e6:,.1f} us")
+    if "weight_streaming" in r:
+        ws = r["weight_streaming"]
+        console.print(f"weight streaming: samples/s {ws['samples_per_second']:,.2f}   tokens/s "
+                      f"{ws['tokens_per_second']:,.0f}   {ws['seconds_per_batch'] * 1e3:,.2f} "
+                      f"ms per batch ({ws['bound']}-bound)")
+    else:
+        console.print(f"samples/s {r['samples_per_second']:,.1f}   tokens/s "
+                      f"{r['tokens_per_second']:,.0f}   bottleneck {r['bottleneck']} "
+                      f"({r['bottleneck_kind']})   pipeline fill "
+                      f"{r['pipeline_fill_seconds'] * 1e6:,.1f} us")
     console.print(f"SRAM {r['sram_bytes'] / 1e6:,.1f} MB of {r['wafer_sram_bytes'] / 1e9:.1f} GB"
                   f" (weights {r['weight_bytes'] / 1e6:,.1f} MB), {r['pes_used']:,} PEs; "
                   f"compiled in {r['compile_seconds']:.1f} s")
-    if "weight_streaming" in r:
-        ws = r["weight_streaming"]
-        console.print(f"[bold]{ws['label']}[/bold]: {ws['samples_per_second']:,.2f} samples/s "
-                      f"({ws['bound']}-bound)")
     for note in r.get("notes", []):
         console.print(f"note: {note}")
     for f in r.get("fallback_ops", []):
         console.print(f"host fallback: {f['op']} x{f['count']} at {'; '.join(f['sources'])}")
+
+
+def _print_training(t: dict[str, Any]) -> None:
+    console.print(f"[bold]{t['model']}[/bold] training step, seq {t['seq']}, batch "
+                  f"{t['batch']}, {t['dtype']}: weight streaming on {t['spec']} + "
+                  f"{t['system']}")
+    table = Table("graph", "layer", "stages", "compute ms", "weights in ms", "grads out ms",
+                  "bound")
+    for row in t["layers"]:
+        table.add_row(row["graph"], row["layer"] or "-", str(row["stages"]),
+                      f"{row['compute_s'] * 1e3:,.3f}", f"{row['weight_in_s'] * 1e3:,.3f}",
+                      f"{row['grad_out_s'] * 1e3:,.3f}", row["bound"])
+    console.print(table)
+    console.print(f"samples/s {t['samples_per_second']:,.3f}   step "
+                  f"{t['seconds_per_step'] * 1e3:,.2f} ms (forward "
+                  f"{t['forward_seconds'] * 1e3:,.2f}, backward "
+                  f"{t['backward_seconds'] * 1e3:,.2f})   {t['bound']}-bound")
+    console.print(f"activations: {t['activation_policy']} ({t['activation_policy_reason']})")
+    for note in t.get("notes", []):
+        console.print(f"note: {note}")
+    for f in t.get("fallback_ops", []):
+        console.print(f"host fallback: {f['op']} x{f['count']}")
 
 
 @app.command(name="compile")
@@ -257,10 +281,26 @@ def compile_(model: ModelArg,
                  "--reserve", help="r,c,h,w: a rectangle no kernel may use (repeatable)")] = None,
              map_out: Annotated[str | None, typer.Option(
                  "--map", help="write the wafer map (kernels, link load) to this PNG")] = None,
+             train: Annotated[bool, typer.Option(
+                 "--train", help="a training step (forward + backward) in weight-streaming "
+                                 "mode; needs --estimate")] = False,
+             dtype: Annotated[str, typer.Option(
+                 "--dtype", help="with --train: fp16, bf16 or fp32")] = "fp16",
              json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Compile a PyTorch model for the wafer and report its plan and throughput."""
     def body() -> None:
         from waferscale.report.compile import compile_report
+        if train:
+            from waferscale.report.training import train_report
+            if not estimate:
+                raise WaferscaleError("--train times a training step on meta weights: add "
+                                      "--estimate (functional training is not a command yet)")
+            t = train_report(model, seq=seq, batch=batch, dtype=dtype, spec=spec)
+            if json_out:
+                _emit(t)
+            else:
+                _print_training(t)
+            return
         r = compile_report(model, seq=seq, batch=batch, estimate=estimate, strict=strict,
                            spec=spec, reserve=[parse_rect(x) for x in reserve or []],
                            map_path=map_out)

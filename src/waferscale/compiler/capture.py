@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from waferscale.compiler.errors import CaptureError, MissingInputsError, UnsupportedDtypeError
 from waferscale.ir import (
@@ -116,6 +117,29 @@ def export(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
             f"there and runs the rest on the wafer") from exc
 
 
+def _module_path(n: torch.fx.Node) -> str:
+    """The innermost module an op was traced in (``gpt_neox.layers.3.mlp.dense_h_to_4h``):
+    what weight streaming reports its timeline by. Backward graphs have none."""
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    return path.replace("L['self'].", "").replace("L['fn'].", "")
+
+
+def _data_dependent_shape(n: torch.fx.Node, where: str, code: str) -> str:
+    """Why a node whose shape depends on tensor values (``x[x > 0]``, ``nonzero``,
+    ``masked_select``, an index built from values) cannot be compiled, and what to do."""
+    op = str(n.target) if hasattr(n.target, "_schema") else getattr(n.target, "__name__",
+                                                                       str(n.target))
+    at = f" at {where}" + (f" ({code})" if code else "") if where else ""
+    return (f"{op}{at} makes a tensor whose shape depends on the values (a boolean mask "
+            f"index, nonzero, masked_select, unique): the wafer's programs have static "
+            f"shapes; keep the shape with torch.where(mask, x, 0) or a fixed-size top-k, or "
+            f"compile with torch.compile(model, backend='waferscale'), which runs that part "
+            f"on the host")
+
+
 def _convert(gm_graph: torch.fx.Graph, const_of: dict[str, torch.Tensor],
              user_inputs: list[str]) -> Graph:
     g = Graph()
@@ -126,9 +150,12 @@ def _convert(gm_graph: torch.fx.Graph, const_of: dict[str, torch.Tensor],
         return Ref(env[n.name]) if isinstance(n, torch.fx.Node) else n
 
     for n in gm_graph.nodes:
-        meta = tensor_meta(n.meta.get("val"))
         where, code = source_of(n.meta.get("stack_trace"))
-        meta.update(source=where, code=code)
+        try:
+            meta = tensor_meta(n.meta.get("val"))
+        except GuardOnDataDependentSymNode:
+            raise CaptureError(_data_dependent_shape(n, where, code)) from None
+        meta.update(source=where, code=code, module=_module_path(n))
         if n.op == "placeholder":
             op = "const" if n.name in const_of else "input"
             g.add(Node(n.name, op, target=n.name, meta=meta))

@@ -20,6 +20,7 @@ from typing import Any
 from waferscale.compiler.lower import fallbacks
 from waferscale.compiler.place import PlacedProgram, read_numel
 from waferscale.compiler.plan import Plan
+from waferscale.compiler.streaming import StreamPlan
 from waferscale.fabric.grid import Rect
 from waferscale.fabric.timing import stream_cycles
 from waferscale.hardware.spec import WaferSpec
@@ -57,6 +58,7 @@ class Program:
     floorplan: dict[str, Any] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     placed: PlacedProgram | None = None  # not serialised; for maps
+    streaming: StreamPlan | None = None  # weight-streaming mode: what each stage streams
 
     @property
     def stages(self) -> tuple[Stage, ...]:

@@ -6,17 +6,13 @@ batches, so a batch leaves the wafer every ``max_i(T_i)`` cycles (the bottleneck
 where ``T_i`` = the stage's kernel cycles + its data-moving layout ops + the stream that
 brings its input; the first batch needs the sum of the ``T_i`` (the fill).
 
-When the model does not fit in pipelined mode, ``weight_streaming_estimate`` gives a
-FIRST-ORDER weight-streaming figure (clearly labelled): per layer, weights are streamed in
-over the system I/O while activations stay on the wafer, so a batch takes
-``max(compute at the kernels' planned efficiency, weight bytes / I/O bandwidth)``.
+Weight-streaming mode has its own timeline (`runtime.weight_streaming`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from waferscale.compiler.plan import on_wafer
 from waferscale.compiler.program import Program
 from waferscale.kernels.registry import family
 
@@ -74,25 +70,4 @@ def summarize(program: Program, cycles: dict[str, float], *, batch: int, tokens:
     }
 
 
-def weight_streaming_estimate(program: Program, *, batch: int, tokens: int) -> dict[str, Any]:
-    """FIRST-ORDER weight-streaming throughput (see module doc); not a simulation."""
-    spec = program.spec
-    flops = sum(s.flops for s in program.stages)
-    # efficiency the planned kernels reach on their rectangles, applied to the whole wafer
-    peak_pe = 2 * spec.simd.width("fp16", "fmac", "fp32") * spec.clock_hz
-    planned = [(s.flops, s.cost_cycles * s.pes) for s in on_wafer(program.stages)
-               if s.cost_cycles and s.pes]
-    used = sum(c for _, c in planned)
-    eff = min(1.0, sum(f for f, _ in planned) / (used / spec.clock_hz * peak_pe)) if used else 0.3
-    compute_s = flops / (spec.rows * spec.cols * peak_pe * max(eff, 1e-3))
-    weights_s = program.plan.weight_bytes * 8 / spec.io_bits_per_s
-    seconds = max(compute_s, weights_s)
-    return {"label": "FIRST-ORDER weight-streaming estimate (not simulated)",
-            "compute_seconds": compute_s, "weight_stream_seconds": weights_s,
-            "efficiency_assumed": eff, "seconds_per_batch": seconds,
-            "samples_per_second": batch / seconds if seconds else 0.0,
-            "tokens_per_second": tokens / seconds if seconds else 0.0,
-            "bound": "weight I/O" if weights_s > compute_s else "compute"}
-
-
-__all__ = ["stage_times", "summarize", "weight_streaming_estimate"]
+__all__ = ["stage_times", "summarize"]

@@ -1,0 +1,114 @@
+"""Training-step figures in weight-streaming mode, from captured training graphs.
+
+A training step is captured the way a user runs it: ``torch.compile(model,
+backend="waferscale")``, a forward with labels and ``loss.backward()``. aot_autograd hands
+the backend the forward and the backward graphs; the backend marks which of their inputs
+are weights (the parameters are graph inputs there, not constants) and which outputs are
+weight gradients, and compiles both in weight-streaming mode. On meta weights nothing is
+computed: the graphs are only planned and timed, so a 25B-parameter step is estimated
+here in seconds. The step's figures come from both graphs' streaming plans
+(`runtime.weight_streaming.training_report`), not from the forward times three.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from waferscale import backend
+from waferscale.compiler.errors import CompileError
+from waferscale.compiler.streaming import StreamPlan
+from waferscale.hardware.spec import get_spec
+from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
+from waferscale.runtime.weight_streaming import training_report
+
+#: Storage dtypes a training estimate can be asked for (the master weights stay fp32 in
+#: MemoryX; the wafer computes and streams in this dtype).
+TRAIN_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _merged(plans: list[StreamPlan]) -> StreamPlan:
+    """The graphs of one pass (dynamo may split a model) run one after another."""
+    stages = tuple(s for p in plans for s in p.stages)
+    return StreamPlan(stages, sum(p.saved_bytes for p in plans),
+                      max((p.working_bytes for p in plans), default=0),
+                      plans[0].wafer_sram_bytes if plans else 0)
+
+
+def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
+                          spec: str = "wse2", max_side: int | None = None
+                          ) -> tuple[list[Any], list[Any]]:
+    """Compile one forward + backward of ``model`` (a causal LM called with ``labels=``)
+    in weight-streaming mode; the compiled forward and backward graphs, in order."""
+    torch._dynamo.reset()
+    before = len(backend.COMPILED)
+    step = torch.compile(model, backend="waferscale",
+                         options={"mode": "weight_streaming", "spec": spec,
+                                  "max_side": max_side})
+    model.train()
+    out = step(**example)
+    loss = out.loss if hasattr(out, "loss") else out
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise CompileError("a training step needs a scalar loss: call the model with labels= "
+                           "(a causal LM) or return the loss")
+    loss.backward()
+    graphs = backend.COMPILED[before:]
+    del backend.COMPILED[before:]
+    torch._dynamo.reset()
+    fw = [c for c in graphs if not any(n.meta.get("param_grad")
+                                       for n in c.program.graph.nodes.values())]
+    bw = [c for c in graphs if c not in fw]
+    if not bw:
+        raise CompileError("the training step produced no backward graph (no parameter "
+                           "requires grad?)")
+    return fw, bw
+
+
+def train_estimate(model: torch.nn.Module, example: dict[str, Any], *, batch: int,
+                   tokens: int, spec: str = "wse2", systems: int = 1,
+                   optimizer: str = "adamw", system: SystemSpec = CS2_SYSTEM,
+                   grad_elem_bytes: int = 2) -> dict[str, Any]:
+    """Samples/s of a training step in weight-streaming mode, with the per-layer timeline
+    (compute, weight in, gradient out, optimizer), what bounds it and the activations'
+    policy; ``grad_elem_bytes``: bytes per gradient element streamed out."""
+    t0 = time.perf_counter()
+    fw, bw = capture_training_step(model, example, spec=spec)
+    wspec = get_spec(spec)
+    rep = training_report(_merged([c.program.streaming for c in fw]),
+                          _merged([c.program.streaming for c in bw]), wspec, system,
+                          batch=batch, tokens=tokens, systems=systems,
+                          grad_elem_bytes=grad_elem_bytes, optimizer=optimizer)
+    fallbacks = [f for c in fw + bw for f in c.program.fallback_ops()]
+    rep.update(spec=wspec.name, system=system.name, graphs={"forward": len(fw),
+                                                            "backward": len(bw)},
+               parameters=sum(p.numel() for p in model.parameters()),
+               fallback_ops=fallbacks, compile_seconds=time.perf_counter() - t0,
+               notes=sorted({n for c in fw + bw for n in c.program.notes}))
+    return rep
+
+
+def train_report(model: str, *, seq: int, batch: int, dtype: str = "fp16",
+                 spec: str = "wse2", systems: int = 1, optimizer: str = "adamw"
+                 ) -> dict[str, Any]:
+    """`waferscale compile MODEL --train --estimate`: a preset (or ``file.py:factory``)
+    built on the meta device in ``dtype``, one training step planned and timed."""
+    from waferscale.errors import WaferscaleError
+    from waferscale.models import load_model
+
+    if seq < 2 or batch < 1:
+        raise WaferscaleError(f"--seq {seq} must be at least 2 and --batch {batch} at least 1")
+    if dtype not in TRAIN_DTYPES:
+        raise WaferscaleError(f"--dtype {dtype!r}: use one of {', '.join(TRAIN_DTYPES)}")
+    m, example, _ = load_model(model, seq=seq, batch=batch, meta=True)
+    m = m.to(TRAIN_DTYPES[dtype])
+    ids = example["input_ids"].to("meta")
+    rep = train_estimate(m, {"input_ids": ids, "labels": ids}, batch=batch,
+                         tokens=batch * seq, spec=spec, systems=systems, optimizer=optimizer,
+                         grad_elem_bytes=torch.finfo(TRAIN_DTYPES[dtype]).bits // 8)
+    rep.update(model=model, seq=seq, batch=batch, dtype=dtype)
+    return rep
+
+
+__all__ = ["TRAIN_DTYPES", "capture_training_step", "train_estimate", "train_report"]

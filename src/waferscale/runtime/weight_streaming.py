@@ -1,0 +1,183 @@
+"""The weight-streaming timeline: stage by stage on the whole wafer, weights from MemoryX.
+
+For one graph (`compiler.streaming.StreamPlan`), stage i on the wafer can start when
+stage i-1 has finished and its own weights have arrived. Weights arrive over the system's
+inbound stream (``SystemSpec.stream_bits_per_s``) back to back, through the SwarmX tree
+(one level's latency per stage per level), double buffered: stage i's weights may start
+streaming once stage i-2 has released its buffer, so a layer's weights load while the
+previous layer computes. Gradients leave over the outbound direction (full duplex) as soon
+as their stage ends, back to back, and MemoryX applies the optimizer to each stage's
+parameters when their gradients have arrived (memory-bound: `SystemSpec.update_seconds`),
+overlapping the rest of the backward pass; only what is left after the last stage is
+exposed. Host fallbacks take their planned I/O time on the wafer's critical path.
+
+Activations the backward reads (``StreamPlan.saved_bytes``) stay on the wafer when they
+fit beside the largest stage's working set (policy ``keep``); otherwise they are
+offloaded to MemoryX (policy ``offload``): sent out during the forward pass on the idle
+outbound link and streamed back in during the backward pass ahead of the weights.
+Recomputation is not modelled yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from waferscale.compiler.streaming import StreamPlan
+from waferscale.hardware.spec import WaferSpec
+from waferscale.hardware.system import SystemSpec
+
+#: Activation policies, in the order they are tried.
+POLICIES = ("keep", "offload")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One graph's pass through the wafer: per-stage rows and the totals."""
+
+    rows: tuple[dict[str, Any], ...]
+    seconds: float
+    compute_seconds: float
+    weight_in_seconds: float
+    grad_out_seconds: float
+    update_exposed_seconds: float
+
+    @property
+    def bound(self) -> str:
+        """What the pass waits on most: compute, weight streaming or gradients out."""
+        terms = {"compute": self.compute_seconds, "weight I/O": self.weight_in_seconds,
+                 "gradient I/O": self.grad_out_seconds}
+        return max(terms, key=terms.get)  # type: ignore[arg-type]
+
+
+def timeline(sp: StreamPlan, spec: WaferSpec, system: SystemSpec, *, systems: int = 1,
+             grad_elem_bytes: int = 2, optimizer: str = "adamw",
+             extra_in_bytes: float = 0.0, extra_out_bytes: float = 0.0) -> Timeline:
+    """The stage-by-stage schedule of module docstring; ``extra_in_bytes`` /
+    ``extra_out_bytes``: offloaded activations streamed in before the first stage / out
+    alongside the gradients."""
+    link = system.stream_bits_per_s / 8.0
+    hop = system.tree_levels(systems) * system.swarmx_level_latency_s
+    rows = []
+    end_prev = end_prev2 = 0.0
+    w_end = extra_in_bytes / link
+    out_end = 0.0
+    upd_end = 0.0
+    compute = w_total = g_total = 0.0
+    for s in sp.stages:
+        c = spec.seconds(s.compute_cycles)
+        w = s.weight_bytes / link + (hop if s.weight_bytes else 0.0)
+        w_start = max(w_end, end_prev2) if s.weight_bytes else w_end
+        w_end = w_start + w if s.weight_bytes else w_end
+        start = max(end_prev, w_end)
+        end = start + c
+        gout = s.grad_bytes / link + (hop if s.grad_bytes else 0.0)
+        if s.grad_bytes:
+            out_end = max(out_end, end) + gout
+            upd_end = max(upd_end, out_end) + system.update_seconds(
+                s.grad_bytes / grad_elem_bytes, optimizer)
+        waited = start - end_prev
+        rows.append({"stage": s.name, "kind": s.kind, "layer": s.layer,
+                     "compute_s": c, "weight_in_s": w, "grad_out_s": gout,
+                     "start_s": start, "end_s": end,
+                     "weight_bytes": s.weight_bytes, "grad_bytes": s.grad_bytes,
+                     "bound": "weight I/O" if waited > 1e-15 and w_end >= end_prev
+                     else "compute"})
+        compute += c
+        w_total += w
+        g_total += gout
+        end_prev2, end_prev = end_prev, end
+    out_end = max(out_end, extra_out_bytes / link)
+    total = max(end_prev, out_end, upd_end)
+    return Timeline(tuple(rows), total, compute, w_total, g_total, max(0.0, upd_end - max(
+        end_prev, out_end)))
+
+
+def activation_policy(fw: StreamPlan, bw: StreamPlan | None = None) -> tuple[str, str]:
+    """``keep`` when the saved activations fit in the wafer's SRAM beside the largest
+    stage's working set (forward or backward), else ``offload``; and why."""
+    working = max(fw.working_bytes, bw.working_bytes if bw else 0)
+    free = fw.wafer_sram_bytes - working
+    if fw.saved_bytes <= free:
+        return "keep", (f"{fw.saved_bytes / 1e9:.3f} GB of activations kept for the backward "
+                        f"fit beside the largest stage's {working / 1e9:.3f} GB working set "
+                        f"({fw.wafer_sram_bytes / 1e9:.2f} GB of SRAM)")
+    return "offload", (f"{fw.saved_bytes / 1e9:.3f} GB of activations kept for the backward "
+                       f"exceed the {max(free, 0) / 1e9:.3f} GB free beside the largest "
+                       f"stage's working set: offloaded to MemoryX and streamed back")
+
+
+def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: SystemSpec, *,
+                    batch: int, tokens: int, systems: int = 1, grad_elem_bytes: int = 2,
+                    optimizer: str = "adamw") -> dict[str, Any]:
+    """One training step (forward graph then backward graph) in weight-streaming mode."""
+    policy, why = activation_policy(fw, bw)
+    off = float(fw.saved_bytes) if policy == "offload" else 0.0
+    f = timeline(fw, spec, system, systems=systems, extra_out_bytes=off)
+    b = timeline(bw, spec, system, systems=systems, grad_elem_bytes=grad_elem_bytes,
+                 optimizer=optimizer, extra_in_bytes=off)
+    step = f.seconds + b.seconds
+    return {
+        "mode": "weight_streaming", "systems": systems, "optimizer": optimizer,
+        "seconds_per_step": step,
+        "samples_per_second": batch / step if step else 0.0,
+        "tokens_per_second": tokens / step if step else 0.0,
+        "forward_seconds": f.seconds, "backward_seconds": b.seconds,
+        "bound": _bound(f, b),
+        "activation_policy": policy, "activation_policy_reason": why,
+        "activation_bytes": fw.saved_bytes,
+        "activation_sram_per_pe": fw.saved_bytes / (spec.pes or 1) if policy == "keep"
+        else 0.0,
+        "weight_bytes_streamed": fw.weight_bytes + bw.weight_bytes,
+        "gradient_bytes": bw.grad_bytes,
+        "optimizer_exposed_seconds": b.update_exposed_seconds,
+        "forward": _summary(f), "backward": _summary(b),
+        "layers": layer_rows(f, "forward") + layer_rows(b, "backward"),
+    }
+
+
+def forward_report(fw: StreamPlan, spec: WaferSpec, system: SystemSpec, *, batch: int,
+                   tokens: int, systems: int = 1) -> dict[str, Any]:
+    """Forward only (inference) in weight-streaming mode."""
+    f = timeline(fw, spec, system, systems=systems)
+    return {"mode": "weight_streaming", "systems": systems, "seconds_per_batch": f.seconds,
+            "samples_per_second": batch / f.seconds if f.seconds else 0.0,
+            "tokens_per_second": tokens / f.seconds if f.seconds else 0.0,
+            "bound": f.bound, "forward": _summary(f), "layers": layer_rows(f, "forward")}
+
+
+def _bound(f: Timeline, b: Timeline) -> str:
+    terms = {"compute": f.compute_seconds + b.compute_seconds,
+             "weight I/O": f.weight_in_seconds + b.weight_in_seconds,
+             "gradient I/O": b.grad_out_seconds}
+    return max(terms, key=terms.get)  # type: ignore[arg-type]
+
+
+def _summary(t: Timeline) -> dict[str, Any]:
+    return {"seconds": t.seconds, "compute_seconds": t.compute_seconds,
+            "weight_in_seconds": t.weight_in_seconds, "grad_out_seconds": t.grad_out_seconds,
+            "bound": t.bound, "stages": list(t.rows)}
+
+
+def layer_rows(t: Timeline, graph: str) -> list[dict[str, Any]]:
+    """The timeline summed per model layer (stages without a layer label are grouped by
+    position between labelled ones), in pass order."""
+    out: list[dict[str, Any]] = []
+    for r in t.rows:
+        label = r["layer"] or (out[-1]["layer"] if out else "")
+        if not out or out[-1]["layer"] != label:
+            out.append({"graph": graph, "layer": label, "stages": 0, "compute_s": 0.0,
+                        "weight_in_s": 0.0, "grad_out_s": 0.0, "start_s": r["start_s"],
+                        "end_s": r["end_s"], "weight_bytes": 0, "grad_bytes": 0})
+        row = out[-1]
+        row["stages"] += 1
+        for k in ("compute_s", "weight_in_s", "grad_out_s", "weight_bytes", "grad_bytes"):
+            row[k] += r[k]
+        row["end_s"] = r["end_s"]
+    for row in out:
+        row["bound"] = "weight I/O" if row["weight_in_s"] > row["compute_s"] else "compute"
+    return out
+
+
+__all__ = ["POLICIES", "Timeline", "activation_policy", "forward_report", "layer_rows",
+           "timeline", "training_report"]
