@@ -5,9 +5,9 @@ PyTorch, and the wall time of the simulation against an eager step.
     .venv/bin/python benchmarks/bench_training.py [--seq N] [--layers L]
 
 aot_autograd hands the backend a forward and a backward graph; each runs on the simulated
-wafer when it compiles to pipelined mode (``mode``), and in eager PyTorch otherwise (a
-graph that cannot be placed or routed: ``why_not_pipelined`` says why, and its cycles are
-the plan's first-order figures). Per graph this prints its stages, the pipeline period,
+wafer, in pipelined mode when it fits (``mode``) and otherwise in weight-streaming mode,
+every stage on the whole wafer (a graph that cannot be placed or routed:
+``why_not_pipelined`` says why). Per graph this prints its stages, the pipeline period,
 the simulated cycles of the stages on the wafer and of the host fallbacks (their I/O over
 the system's 1.2 Tb/s), and which host ops they are. ``simulated_step_s`` is the sum of
 all stage cycles (one sample through every stage once: the latency of a step, not the
