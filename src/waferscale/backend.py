@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from waferscale.compiler.capture import fold_constants, from_fx
 from waferscale.hardware.spec import get_spec
@@ -27,9 +27,10 @@ _OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto"}
 #: Op names that only relabel or lay out a value: a weight seen through them is a weight.
 _WEIGHT_VIEWS = {"t", "view", "_unsafe_view", "reshape", "transpose", "permute", "_to_copy",
                  "clone", "detach", "alias", "expand", "unsqueeze", "squeeze"}
-#: Forward graph (its aot metadata's id) -> names of its values that are weights: the
-#: backward graph of the same frame receives the saved ones as inputs under these names.
-_WEIGHTS_OF: dict[int, set[str]] = {}
+#: Forward graph (its aot metadata's id) -> what its backward graph must know of the values
+#: it receives from the forward (under the forward's names): which are weights
+#: (``"weights"``) and which are attention masks the forward found causal (``"causal"``).
+_FORWARD_FACTS: dict[int, dict[str, set[str]]] = {}
 
 
 def configure(spec: str = "wse2", max_side: int | None = None, mode: str = "auto") -> None:
@@ -81,14 +82,18 @@ def _mark_weights(gm: torch.fx.GraphModule, g: Any, params: list[bool], backward
                     a.name in weights for a in n.all_input_nodes) and n.all_input_nodes:
                 weights.add(n.name)
         if training:
-            _WEIGHTS_OF[key] = weights
+            _FORWARD_FACTS[key] = {"weights": weights, "causal": set()}
         outs = list(gm.graph.output_node().args[0])
         user = int(getattr(meta, "num_forward_returns", len(outs)))
         for o in outs[user:]:
             if isinstance(o, torch.fx.Node) and o.name not in weights and o.name in g.nodes:
                 g.nodes[o.name].meta["saved"] = True
     else:
-        weights = _WEIGHTS_OF.pop(key, set())
+        facts = _FORWARD_FACTS.pop(key, {})
+        weights = facts.get("weights", set())
+        for n in places:
+            if n.name in facts.get("causal", set()) and n.name in g.nodes:
+                g.nodes[n.name].meta["causal_mask"] = True
         outs = list(gm.graph.output_node().args[0])
         for o, p in zip(outs, params, strict=False):
             if p and isinstance(o, torch.fx.Node) and o.name in g.nodes:
@@ -96,6 +101,25 @@ def _mark_weights(gm: torch.fx.GraphModule, g: Any, params: list[bool], backward
     for n in places:
         if n.name in weights and n.name in g.nodes:
             g.nodes[n.name].meta["weight"] = True
+
+
+def _remember_causal_masks(g: Any) -> None:
+    """The attention masks a forward graph's kernels accepted as causal (folded constants
+    checked by value): its backward receives them as plain inputs, without values."""
+    ctx = torch._guards.TracingContext.try_get()
+    facts = _FORWARD_FACTS.get(id(getattr(ctx, "fw_metadata", None)))
+    if facts is None:
+        return
+    for node in g.calls():
+        mask = node.kwargs.get("attn_mask")
+        if node.meta.get("kind") == "attention" and mask is not None:
+            facts["causal"].add(mask.name)
+
+
+def _no_values(x: Any) -> bool:
+    """A tensor without values: on the meta device, or a fake tensor."""
+    return isinstance(x, torch.Tensor) and (x.device.type == "meta"
+                                            or isinstance(x, FakeTensor))
 
 
 def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, training: bool
@@ -116,6 +140,8 @@ def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, train
             eliminate_dead(g)
             prog = lower_graph(g, get_spec(opts["spec"]), max_side=opts["max_side"],
                                mode=opts["mode"])
+        if not backward and training:
+            _remember_causal_masks(g)
         compiled = CompiledModel(prog, tuple(example_inputs))
         COMPILED.append(compiled)
         meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta"
@@ -124,6 +150,8 @@ def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, train
             return gm.forward   # not run here: eager (or meta), the report has the plan
 
         def run(*args: Any) -> Any:
+            if any(_no_values(a) for a in args):   # a shapes-only trace (estimates)
+                return gm.forward(*args)
             outs = compiled(*args)
             return outs if isinstance(outs, (list, tuple)) else (outs,)
 

@@ -1374,7 +1374,13 @@ def causal(node: Node, g: Graph) -> bool:
         return False
     if not isinstance(mask, Ref) or g.nodes[mask.name].op != "const":
         return False
-    value = g.constants[mask.name]
+    return causal_mask_value(node, g.constants[mask.name])
+
+
+def causal_mask_value(node: Node, value: torch.Tensor) -> bool:
+    """Whether a folded attention mask is a lower triangle (bool: True where attended;
+    float: 0 where attended). A mask on the meta device has no values: assumed causal and
+    recorded in ``node.meta['assumed_causal']``."""
     if value.device.type == "meta":
         node.meta["assumed_causal"] = True
         return True

@@ -12,10 +12,13 @@ here in seconds. The step's figures come from both graphs' streaming plans
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from waferscale import backend
 from waferscale.compiler.errors import CompileError
@@ -37,6 +40,26 @@ def _merged(plans: list[StreamPlan]) -> StreamPlan:
                       plans[0].wafer_sram_bytes if plans else 0)
 
 
+@contextlib.contextmanager
+def _as_cpu_if_meta(model: torch.nn.Module, example: dict[str, Any]
+                    ) -> Iterator[dict[str, Any]]:
+    """A meta-device model traced as if its weights were on the CPU, without memory.
+
+    Why: PyTorch picks an attention implementation by device. On the meta device SDPA
+    decomposes to the math path, whose [heads x seq, seq] score matrix the backward keeps
+    (at 10,240 tokens it fits no wafer); on the CPU it stays the fused flash attention and
+    its backward, which the wafer's attention kernels run. Fake tensors on the CPU device
+    (storage-free: `FakeTensorMode`) give the CPU's graph at the meta device's cost."""
+    meta = any(p.device.type == "meta" for p in model.parameters())
+    if not meta:
+        yield example
+        return
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model.to_empty(device="cpu")
+        yield {k: torch.empty(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v
+               for k, v in example.items()}
+
+
 def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
                           spec: str = "wse2", max_side: int | None = None
                           ) -> tuple[list[Any], list[Any]]:
@@ -48,12 +71,13 @@ def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
                          options={"mode": "weight_streaming", "spec": spec,
                                   "max_side": max_side})
     model.train()
-    out = step(**example)
-    loss = out.loss if hasattr(out, "loss") else out
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise CompileError("a training step needs a scalar loss: call the model with labels= "
-                           "(a causal LM) or return the loss")
-    loss.backward()
+    with _as_cpu_if_meta(model, example) as example:
+        out = step(**example)
+        loss = out.loss if hasattr(out, "loss") else out
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise CompileError("a training step needs a scalar loss: call the model with "
+                               "labels= (a causal LM) or return the loss")
+        loss.backward()
     graphs = backend.COMPILED[before:]
     del backend.COMPILED[before:]
     torch._dynamo.reset()
