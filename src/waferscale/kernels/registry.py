@@ -16,6 +16,7 @@ from waferscale.errors import KernelError
 from waferscale.ir import Node
 from waferscale.kernels import (
     attention,
+    attention_backward,
     elementwise,
     embedding,
     gemm,
@@ -24,11 +25,12 @@ from waferscale.kernels import (
     norm,
     pointwise,
     reduce,
+    rms_norm,
 )
 from waferscale.kernels.family import MOVE, RELABEL, KernelFamily, is_layout, moves_data
 
-_MODULES: tuple[ModuleType, ...] = (gemm, attention, norm, elementwise, embedding, reduce,
-                                    loss, pointwise, host)
+_MODULES: tuple[ModuleType, ...] = (gemm, attention, attention_backward, norm, elementwise,
+                                    embedding, reduce, loss, rms_norm, pointwise, host)
 
 FAMILIES: dict[str, KernelFamily] = {m.FAMILY.kind: m.FAMILY for m in _MODULES}
 #: The family of every op no kernel lowers.
