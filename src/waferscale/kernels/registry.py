@@ -5,36 +5,25 @@ that names them. Order matters for lowering only where two families could claim 
 the first that claims it lowers it (none overlap today). The host fallback is last: it
 claims nothing and takes what no family lowers.
 
-Adding a kernel: write its module (kernel, cost, family), add it to ``_MODULES``.
+Adding a kernel: write its module (kernel, cost, family), add its name to ``_MODULES``.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from importlib import import_module
 
 from waferscale.errors import KernelError
 from waferscale.ir import Node
-from waferscale.kernels import (
-    attention,
-    attention_backward,
-    elementwise,
-    embedding,
-    gemm,
-    host,
-    loss,
-    norm,
-    pointwise,
-    reduce,
-    rms_norm,
-)
 from waferscale.kernels.family import MOVE, RELABEL, KernelFamily, is_layout, moves_data
 
-_MODULES: tuple[ModuleType, ...] = (gemm, attention, attention_backward, norm, elementwise,
-                                    embedding, reduce, loss, rms_norm, pointwise, host)
+#: The family modules, in lowering order (adding a kernel family: one name here).
+_MODULES = ("gemm", "attention", "attention_backward", "norm", "elementwise", "embedding",
+            "reduce", "loss", "rms_norm", "pointwise", "host")
 
-FAMILIES: dict[str, KernelFamily] = {m.FAMILY.kind: m.FAMILY for m in _MODULES}
+FAMILIES: dict[str, KernelFamily] = {
+    fam.kind: fam for fam in (import_module(f"waferscale.kernels.{m}").FAMILY for m in _MODULES)}
 #: The family of every op no kernel lowers.
-HOST: KernelFamily = host.FAMILY
+HOST: KernelFamily = FAMILIES["fallback"]
 
 
 def family(kind: str) -> KernelFamily:
