@@ -170,3 +170,19 @@ def test_a_stage_too_big_for_the_whole_wafer_is_a_typed_error() -> None:
     with pytest.raises(CompileError, match="weight-streaming mode either"):
         waferscale.compile(m, (torch.randn(8, 256),), spec=custom_spec(rows=2, cols=2),
                            mode="weight_streaming")
+
+
+def test_meta_training_step_keeps_attention_and_its_backward_on_the_wafer() -> None:
+    """A meta-device GPT-NeoX is traced on fake CPU tensors: SDPA stays the fused flash
+    attention (the meta device would decompose it into a [heads x seq, seq] score matrix)
+    and its backward runs on the attention-backward kernel, not on the host."""
+    from waferscale.models import load_model
+
+    m, example, _ = load_model("genslm-25m", seq=64, batch=1, meta=True, layers=1)
+    ids = example["input_ids"].to("meta")
+    rep = train_estimate(m, {"input_ids": ids, "labels": ids}, batch=1, tokens=64)
+    kinds = {s["kind"] for g in ("forward", "backward") for s in rep[g]["stages"]}
+    assert {"attention", "attention_backward"} <= kinds
+    assert not any("attention" in f["op"] for f in rep["fallback_ops"])
+    # every parameter's gradient leaves the wafer once (fp32 model: 4 bytes each)
+    assert rep["gradient_bytes"] == 4 * rep["parameters"]

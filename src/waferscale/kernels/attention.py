@@ -1374,21 +1374,30 @@ def causal(node: Node, g: Graph) -> bool:
         return False
     if not isinstance(mask, Ref) or g.nodes[mask.name].op != "const":
         return False
-    return causal_mask_value(node, g.constants[mask.name])
+    src = g.nodes[mask.name]
+    if "causal" not in src.meta:   # every layer reads the same mask: check it once
+        src.meta["causal"] = causal_mask_value(node, g.constants[mask.name])
+    if src.meta.get("assumed_causal"):
+        node.meta["assumed_causal"] = True
+    return bool(src.meta["causal"])
 
 
 def causal_mask_value(node: Node, value: torch.Tensor) -> bool:
     """Whether a folded attention mask is a lower triangle (bool: True where attended;
     float: 0 where attended). A mask on the meta device has no values: assumed causal and
-    recorded in ``node.meta['assumed_causal']``."""
+    recorded in ``node.meta['assumed_causal']``. Row by row against the positions, so a
+    10,240-token mask needs no second [seq, seq] array."""
     if value.device.type == "meta":
         node.meta["assumed_causal"] = True
         return True
     s_q, s_k = value.shape[-2], value.shape[-1]
-    tril = torch.ones(s_q, s_k, dtype=torch.bool).tril()
-    if value.dtype == torch.bool:
-        return bool((value == tril).all())
-    return bool(((value == 0) == tril).all())
+    attended = value if value.dtype == torch.bool else value == 0
+    cols = torch.arange(s_k)
+    for i in range(0, s_q, 1024):
+        rows = torch.arange(i, min(i + 1024, s_q)).unsqueeze(-1)
+        if not bool((attended[..., i:i + 1024, :] == (cols <= rows)).all()):
+            return False
+    return True
 
 
 def attention_lse(q: torch.Tensor, k: torch.Tensor, scale: float | None,

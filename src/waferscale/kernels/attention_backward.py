@@ -154,11 +154,11 @@ def choose_layout(spec: WaferSpec, groups: int, seq: int, head_dim: int, *, max_
     only lengthen the chain). Ties go to fewer PEs."""
     best: tuple[float, int, Geometry] | None = None
     fold = 1
-    while fold <= max_cols:
+    while fold <= min(max_cols, seq):
         bands = min(groups, max_cols // fold)
         cols = bands * fold
         rows_for: dict[int, int] = {}
-        for rows in range(1, min(max_rows, max(1, seq // fold)) + 1):
+        for rows in range(1, min(max_rows, seq // fold) + 1):
             tq = -(-seq // (rows * fold))
             rows_for.setdefault(tq, rows)
         for rows in rows_for.values():
