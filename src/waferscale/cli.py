@@ -1,14 +1,30 @@
 """The `waferscale` command. Every result command takes --json: one JSON document on stdout.
 
-User mistakes (typed `WaferscaleError`s) print one line on stderr and exit with status 2,
-never a traceback.
+The error contract, for every command (`main` and `_guard`; tests/test_cli_errors.py walks
+a table of bad inputs through it):
+
+* a user mistake (a typed `WaferscaleError`, or a usage error: an unknown option, a missing
+  argument, a value of the wrong type) prints one line ``error: <what> (<how to fix>)`` on
+  stderr and exits with status 2, never a traceback;
+* an internal error (any other exception: a bug) prints one line ``error: internal error:
+  ...`` with a pointer to ``--debug`` and exits with status 1; ``--debug`` (anywhere on
+  the command line, or ``WAFERSCALE_DEBUG=1``) prints the traceback as well;
+* with ``--json`` stdout carries exactly one JSON document even then:
+  ``{"error": {"message": ..., "type": ..., "exit_code": ...}}``; every document is strict
+  JSON (a non-finite number is ``null``, named under ``"non_finite"`` with the reason);
+* nothing runs for long without saying so: ``stencil`` simulates only when the simulation
+  is predicted to take at most `STENCIL_SIMULATE_LIMIT_S` here, otherwise it reports the
+  closed-form cost and says so (``--simulate`` runs it anyway, announcing how long).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +34,13 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+
+try:  # Typer >= 0.2x vendors its own click; older ones use click itself
+    from typer._click import exceptions as _cx
+    from typer._click.globals import get_current_context as _current_context
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as _cx  # type: ignore[no-redef]
+    from click import get_current_context as _current_context  # type: ignore[no-redef]
 
 from waferscale.errors import WaferscaleError
 from waferscale.hardware import get_spec
@@ -34,16 +57,98 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 SpecOpt = Annotated[str, typer.Option("--spec", help="Preset (wse1, wse2, wse3) or a .toml file.")]
 
 
+#: Set by ``--debug`` (or ``WAFERSCALE_DEBUG=1``): errors print their traceback too.
+DEBUG = bool(os.environ.get("WAFERSCALE_DEBUG"))
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option(
+        "--debug", help="On an error, print the traceback too (also accepted after the "
+                        "command).")] = False) -> None:
+    """A wafer-scale AI engine in software."""
+    global DEBUG
+    DEBUG = DEBUG or debug
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def strict_json(data: Any, path: str = "", bad: dict[str, str] | None = None) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (``null``); their paths
+    and what they were go into ``bad``."""
+    bad = {} if bad is None else bad
+    if isinstance(data, np.generic):
+        data = data.item()
+    if isinstance(data, float) and not math.isfinite(data):
+        bad[path or "."] = "NaN" if math.isnan(data) else ("Infinity" if data > 0
+                                                             else "-Infinity")
+        return None
+    if isinstance(data, dict):
+        return {k: strict_json(v, f"{path}.{k}" if path else str(k), bad)
+                for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v, f"{path}[{i}]", bad) for i, v in enumerate(data)]
+    return data
+
+
 def _emit(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=float) + "\n")
+    """One strict JSON document on stdout: a figure that is not a finite number is null,
+    and ``non_finite`` (added to a dict) says which were and what they were."""
+    bad: dict[str, str] = {}
+    clean = strict_json(data, bad=bad)
+    if bad and isinstance(clean, dict):
+        clean["non_finite"] = {k: f"{v}: not a finite number (strict JSON has none); see "
+                                  f"the notes" for k, v in bad.items()}
+    text = json.dumps(clean, indent=2, default=_jsonable, allow_nan=False)
+    sys.stdout.write(text + "\n")
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _fail(code: int, message: str, kind: str, json_out: bool) -> None:
+    """The error contract's output (module docstring): one line on stderr, and with
+    ``--json`` one JSON document on stdout."""
+    line = _one_line(message)
+    if json_out:
+        _emit({"error": {"message": line, "type": kind, "exit_code": code}})
+    typer.echo(f"error: {line}", err=True)
+
+
+def _json_requested() -> bool:
+    ctx = _current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("json_out"))
 
 
 def _guard(fn: Callable[[], None]) -> None:
+    """Run a command's body under the error contract (module docstring)."""
     try:
         fn()
+    except (typer.Exit, typer.Abort, _cx.ClickException):
+        raise
     except WaferscaleError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if DEBUG:
+            traceback.print_exc()
+        _fail(2, str(exc), type(exc).__name__, _json_requested())
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        _fail(130, "interrupted (Ctrl-C)", "KeyboardInterrupt", _json_requested())
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if DEBUG:
+            traceback.print_exc()
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        _fail(1, f"internal error: {type(exc).__name__}: {_one_line(str(exc), 300)} at "
+                 f"{Path(where.filename).name}:{where.lineno} (a bug in waferscale; run again "
+                 f"with --debug for the traceback)", type(exc).__name__, _json_requested())
+        raise typer.Exit(1) from None
 
 
 def _parse_grid(grid: str) -> tuple[int, int, int]:
@@ -108,9 +213,39 @@ def info(spec: SpecOpt = "wse2", json_out: JsonOpt = False) -> None:
 
 
 # --------------------------------------------------------------------------- stencil -----
-def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool,
+#: `waferscale stencil` without --estimate or --simulate simulates only when that is
+#: predicted to take at most this long here; otherwise it reports the closed-form cost.
+STENCIL_SIMULATE_LIMIT_S = 60.0
+#: Simulation speed measured on the 2-core development machine (conservative): cell-steps
+#: per second with values (grids up to 2**30 bytes of state), PE-steps per second timing
+#: only. The full wafer (755x994, 1,000 steps) is about an hour timing only.
+STENCIL_VALUE_RATE = 4e6
+STENCIL_TIMING_RATE = 2e5
+
+
+def stencil_seconds(x: int, y: int, z: int, steps: int) -> float:
+    """Predicted wall time of simulating the stencil here (see the rates above)."""
+    if x * y * z * 4 * 8 <= 2**30:
+        return x * y * z * steps / STENCIL_VALUE_RATE
+    return x * y * steps / STENCIL_TIMING_RATE
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool | None,
                    seed: int = 0) -> dict[str, Any]:
-    """Run (or estimate) the SC22 stencil and compute the figures the paper reports."""
+    """Run (or estimate) the SC22 stencil and compute the figures the paper reports.
+
+    ``estimate``: True for the closed-form cost, False to simulate (announcing on stderr
+    how long that should take when it is over `STENCIL_SIMULATE_LIMIT_S`), None to
+    simulate only when it takes at most that long and otherwise estimate, saying so
+    (``note`` in the report)."""
     from waferscale.fabric import Fabric
     from waferscale.kernels import stencil as st
 
@@ -119,6 +254,19 @@ def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool,
     if steps < 1:
         raise WaferscaleError(f"--steps {steps} must be at least 1")
     st.check_grid(spec, x, y, z)
+    st.chunk_cells(spec, z)  # a z-column that does not fit a PE's SRAM: a typed error now
+    predicted = stencil_seconds(x, y, z, steps)
+    note = None
+    if estimate is None and predicted > STENCIL_SIMULATE_LIMIT_S:
+        estimate = True
+        note = (f"simulating {x}x{y}x{z} for {steps} steps would take about "
+                f"{_duration(predicted)} here, so these figures are the closed-form cost "
+                f"(equal to the simulated cycles in the tests); add --simulate to run the "
+                f"simulation")
+    elif not estimate and predicted > STENCIL_SIMULATE_LIMIT_S:
+        typer.echo(f"note: simulating {x}x{y}x{z} for {steps} steps; this should take "
+                   f"about {_duration(predicted)} here (--estimate gives the closed-form "
+                   f"cost at once)", err=True)
     t0 = time.perf_counter()
     mode = "estimate"
     max_error = None
@@ -162,6 +310,8 @@ def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool,
         "z_chunk_cells": st.chunk_cells(spec, z),
         "max_relative_error_vs_numpy": max_error,
         "wall_seconds": wall,
+        "simulation_seconds_predicted": predicted,
+        "note": note,
         "published": st.PUBLISHED,
     }
 
@@ -173,10 +323,18 @@ def stencil(grid: Annotated[str, typer.Option(help="x by y by z cells, e.g. 755x
             estimate: Annotated[bool, typer.Option("--estimate",
                                                    help="closed-form cost, no simulation")]
             = False,
+            simulate: Annotated[bool, typer.Option(
+                "--simulate", help="simulate even when that takes long (the full wafer: "
+                                   "about an hour); by default a long simulation is "
+                                   "replaced by the closed-form cost, with a note")] = False,
             spec: SpecOpt = "wse2", json_out: JsonOpt = False) -> None:
     """The SC22 25-point stencil: seconds, Gcell/s, TFLOP/s, busy %, per-cell counts."""
     def body() -> None:
-        report = stencil_report(spec, grid, steps, estimate)
+        if estimate and simulate:
+            raise WaferscaleError("--estimate and --simulate contradict each other (give one, "
+                                  "or neither to simulate only when it is quick)")
+        report = stencil_report(spec, grid, steps, True if estimate else
+                                (False if simulate else None))
         if json_out:
             _emit(report)
         else:
@@ -208,6 +366,8 @@ def _print_stencil(r: dict[str, Any]) -> None:
         console.print(f"values vs NumPy reference: max relative error "
                       f"{r['max_relative_error_vs_numpy']:.2e}")
     console.print(f"simulation wall time {r['wall_seconds']:.2f} s")
+    if r.get("note"):
+        console.print(f"note: {r['note']}")
 
 
 # --------------------------------------------------------------------- compile / run -----
@@ -373,7 +533,14 @@ def yield_(json_out: JsonOpt = False,
            spec: SpecOpt = "wse2") -> None:
     """Yield of a monolithic die versus a wafer with spare cores."""
     from waferscale.cli_yield import yield_command
-    _guard(lambda: yield_command(json_out, plot, spec))
+
+    def body() -> None:
+        if plot is not None:
+            from waferscale.report.compile import check_image_path
+            get_spec(spec)  # a bad spec is named before the plot path is checked
+            check_image_path(plot, "--plot")
+        yield_command(json_out, plot, spec)
+    _guard(body)
 
 
 @app.command()
@@ -405,6 +572,44 @@ def validate(json_out: JsonOpt = False,
     _guard(body)
 
 
-def main() -> None:
-    app()
+# ------------------------------------------------------------ gpu / compare / quote -----
+from waferscale.cli_gpu import register as _register_gpu  # noqa: E402
+
+_register_gpu(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``waferscale`` entry point: runs one command under the error contract (module
+    docstring) and returns its exit status. ``argv`` defaults to ``sys.argv[1:]``; tests
+    call ``main([...])`` in-process."""
+    global DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    DEBUG = bool(os.environ.get("WAFERSCALE_DEBUG")) or "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    json_out = "--json" in args
+    try:
+        rc = app(args, prog_name="waferscale", standalone_mode=False)
+    except getattr(_cx, "NoArgsIsHelpError", ()) as exc:
+        # a bare `waferscale` (or a group without a command): the help, not an error
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc))
+        return 0
+    except _cx.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "waferscale"
+        _fail(2, f"{exc.format_message()} (see {where} --help)", type(exc).__name__,
+              json_out)
+        return 2
+    except _cx.ClickException as exc:
+        _fail(exc.exit_code or 1, exc.format_message(), type(exc).__name__, json_out)
+        return exc.exit_code or 1
+    except (typer.Abort, KeyboardInterrupt):
+        _fail(130, "interrupted (Ctrl-C)", "KeyboardInterrupt", json_out)
+        return 130
+    except Exception as exc:  # outside a command's guard: a bug in the CLI itself
+        if DEBUG:
+            traceback.print_exc()
+        _fail(1, f"internal error: {type(exc).__name__}: {_one_line(str(exc), 300)} (a bug "
+                 f"in waferscale; run again with --debug for the traceback)",
+              type(exc).__name__, json_out)
+        return 1
+    return rc if isinstance(rc, int) else 0
 
