@@ -11,7 +11,8 @@ the result. Speedups are per device (one wafer system against one GPU, each at i
 fitting configuration in the study) and per dollar (samples per unit of rental cost).
 
 The wafer column goes through `waferscale.baselines.compare.wafer_training_estimate`:
-forward-only estimate, training = 3 x forward, N systems = N x one (see its assumptions);
+a weight-streaming training step from captured graphs, N systems = N x one (see its
+assumptions);
 a model the wafer side cannot build at 10,240 tokens is reported as unavailable.
 """
 

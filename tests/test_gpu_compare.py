@@ -140,32 +140,29 @@ def test_compare_mistakes_are_typed(kw):
 
 
 # -- the wafer adapter (report stubbed) ---------------------------------------------------
-def test_adapter_divides_the_forward_figure_by_three(monkeypatch):
-    import waferscale.report.compile as rc
+def test_adapter_takes_the_training_step(monkeypatch):
+    import waferscale.report.training as rt
 
     def report(model, **kw):
-        assert kw == dict(seq=128, batch=1, estimate=True, strict=False, spec="wse2")
-        return {"samples_per_second": 90.0, "mode": "pipelined (estimate)", "spec": "wse2"}
+        assert kw == dict(seq=128, batch=1, dtype="fp16", spec="wse2")
+        return {"samples_per_second": 30.0, "forward_seconds": 1 / 90.0,
+                "mode": "weight_streaming", "bound": "compute", "spec": "wse2"}
 
-    monkeypatch.setattr(rc, "compile_report", report)
+    monkeypatch.setattr(rt, "train_report", report)
     fig = wafer_training_estimate("genslm-25m", 128)
-    assert fig.samples_per_second == 30.0 and fig.forward_samples_per_second == 90.0
+    assert fig.samples_per_second == 30.0
+    assert fig.forward_samples_per_second == pytest.approx(90.0)
     assert TRAINING_ASSUMPTION in fig.label and fig.unavailable_reason is None
+    assert fig.mode == "weight_streaming" and "compute-bound" in fig.label
 
 
-def test_adapter_labels_weight_streaming_and_passes_errors(monkeypatch):
-    import waferscale.report.compile as rc
-
-    monkeypatch.setattr(rc, "compile_report", lambda model, **kw: {
-        "samples_per_second": 3.0, "mode": "weight_streaming", "spec": "wse2",
-        "weight_streaming": {"label": "FIRST-ORDER weight-streaming estimate"}})
-    fig = wafer_training_estimate("genslm-2.5b", 2048)
-    assert fig.mode == "weight_streaming" and fig.label.startswith("FIRST-ORDER")
+def test_adapter_passes_errors(monkeypatch):
+    import waferscale.report.training as rt
 
     def fail(model, **kw):
         raise WorkloadError("no long config")
 
-    monkeypatch.setattr(rc, "compile_report", fail)
+    monkeypatch.setattr(rt, "train_report", fail)
     fig = wafer_training_estimate("genslm-2.5b", 10240)
     assert fig.samples_per_second is None and "no long config" in fig.unavailable_reason
 

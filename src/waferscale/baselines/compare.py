@@ -38,8 +38,9 @@ SECONDS_PER_DAY = 86400.0
 
 #: What the wafer column assumes about training, stated once (it goes into every output).
 TRAINING_ASSUMPTION = (
-    "forward-only wafer estimate (waferscale.report.compile_report); training = 3 x forward "
-    "assumed (backward = 2 x forward FLOPs) until weight-streaming training lands")
+    "wafer training step in weight-streaming mode from the captured forward and backward "
+    "graphs (waferscale.report.training.train_report: fp16, AdamW applied by MemoryX); its "
+    "attention backward uses the shift layout only, an upper bound on its time")
 #: What multi-system wafer figures assume.
 SYSTEMS_ASSUMPTION = (
     "N systems = N x one system (linear data-parallel scaling assumed: wafer clusters are "
@@ -183,30 +184,27 @@ class WaferFigure:
 
 def wafer_training_estimate(model: str, seq: int, spec: str = "wse2") -> WaferFigure:
     """Training samples/s of one wafer system for MODEL at SEQ tokens, through the public
-    report API (``compile_report(..., estimate=True, strict=False)``).
-
-    Assumes training = 3 x forward (``TRAINING_ASSUMPTION``): the report's throughput is a
-    forward pass (pipelined mode where the model fits, else the first-order weight-streaming
-    estimate). A model the wafer side cannot build at SEQ is returned as unavailable with
-    the wafer side's own reason, never extrapolated from another length.
-    """
-    from waferscale.report.compile import compile_report
+    report API (`waferscale.report.training.train_report`: one captured training step,
+    planned and timed in weight-streaming mode on meta weights; ``TRAINING_ASSUMPTION``).
+    A model the wafer side cannot build or fit at SEQ is returned as unavailable with the
+    wafer side's own reason, never extrapolated from another length."""
+    from waferscale.report.training import train_report
 
     try:
-        rep = compile_report(model, seq=seq, batch=1, estimate=True, strict=False, spec=spec)
+        rep = train_report(model, seq=seq, batch=1, dtype="fp16", spec=spec)
     except WaferscaleError as exc:
         return WaferFigure(model, seq, spec, None, None, "unavailable",
                            "the wafer side cannot build this model at this length",
                            unavailable_reason=f"wafer side: {exc}")
-    fwd = float(rep.get("samples_per_second") or 0.0)
+    train = float(rep.get("samples_per_second") or 0.0)
+    fwd_s = float(rep.get("forward_seconds") or 0.0)
     mode = str(rep.get("mode", "?"))
-    streaming = rep.get("weight_streaming")
-    label = streaming["label"] if isinstance(streaming, dict) and "label" in streaming \
-        else f"{mode} forward estimate"
-    if fwd <= 0 or not math.isfinite(fwd):
+    label = f"{mode} training step ({rep.get('bound', '?')}-bound)"
+    if train <= 0 or not math.isfinite(train):
         return WaferFigure(model, seq, spec, None, None, mode, label,
                            unavailable_reason="wafer side reported no throughput")
-    return WaferFigure(model, seq, str(rep.get("spec", spec)), fwd / 3.0, fwd, mode,
+    return WaferFigure(model, seq, str(rep.get("spec", spec)), train,
+                       1.0 / fwd_s if fwd_s > 0 else None, mode,
                        f"{label}; {TRAINING_ASSUMPTION}")
 
 
