@@ -574,8 +574,10 @@ def validate(json_out: JsonOpt = False,
 
 # ------------------------------------------------------------ gpu / compare / quote -----
 from waferscale.cli_gpu import register as _register_gpu  # noqa: E402
+from waferscale.cli_train import register as _register_train  # noqa: E402
 
 _register_gpu(app)
+_register_train(app)
 
 
 def main(argv: list[str] | None = None) -> int:

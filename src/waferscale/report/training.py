@@ -22,22 +22,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from waferscale import backend
 from waferscale.compiler.errors import CompileError
-from waferscale.compiler.streaming import StreamPlan
 from waferscale.hardware.spec import get_spec
 from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
-from waferscale.runtime.weight_streaming import training_report
+from waferscale.runtime.weight_streaming import training_plans, training_report
 
 #: Storage dtypes a training estimate can be asked for (the master weights stay fp32 in
 #: MemoryX; the wafer computes and streams in this dtype).
 TRAIN_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _merged(plans: list[StreamPlan]) -> StreamPlan:
-    """The graphs of one pass (dynamo may split a model) run one after another."""
-    stages = tuple(s for p in plans for s in p.stages)
-    return StreamPlan(stages, sum(p.saved_bytes for p in plans),
-                      max((p.working_bytes for p in plans), default=0),
-                      plans[0].wafer_sram_bytes if plans else 0)
 
 
 @contextlib.contextmanager
@@ -62,9 +53,9 @@ def _as_cpu_if_meta(model: torch.nn.Module, example: dict[str, Any]
 
 def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
                           spec: str = "wse2", max_side: int | None = None
-                          ) -> tuple[list[Any], list[Any]]:
+                          ) -> list[Any]:
     """Compile one forward + backward of ``model`` (a causal LM called with ``labels=``)
-    in weight-streaming mode; the compiled forward and backward graphs, in order."""
+    in weight-streaming mode; the compiled graphs (`api.CompiledModel`), in order."""
     torch._dynamo.reset()
     before = len(backend.COMPILED)
     step = torch.compile(model, backend="waferscale",
@@ -81,13 +72,7 @@ def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
     graphs = backend.COMPILED[before:]
     del backend.COMPILED[before:]
     torch._dynamo.reset()
-    fw = [c for c in graphs if not any(n.meta.get("param_grad")
-                                       for n in c.program.graph.nodes.values())]
-    bw = [c for c in graphs if c not in fw]
-    if not bw:
-        raise CompileError("the training step produced no backward graph (no parameter "
-                           "requires grad?)")
-    return fw, bw
+    return graphs
 
 
 def train_estimate(model: torch.nn.Module, example: dict[str, Any], *, batch: int,
@@ -98,18 +83,20 @@ def train_estimate(model: torch.nn.Module, example: dict[str, Any], *, batch: in
     (compute, weight in, gradient out, optimizer), what bounds it and the activations'
     policy; ``grad_elem_bytes``: bytes per gradient element streamed out."""
     t0 = time.perf_counter()
-    fw, bw = capture_training_step(model, example, spec=spec)
+    graphs = capture_training_step(model, example, spec=spec)
     wspec = get_spec(spec)
-    rep = training_report(_merged([c.program.streaming for c in fw]),
-                          _merged([c.program.streaming for c in bw]), wspec, system,
-                          batch=batch, tokens=tokens, systems=systems,
-                          grad_elem_bytes=grad_elem_bytes, optimizer=optimizer)
-    fallbacks = [f for c in fw + bw for f in c.program.fallback_ops()]
-    rep.update(spec=wspec.name, system=system.name, graphs={"forward": len(fw),
-                                                            "backward": len(bw)},
+    fw, bw = training_plans([c.program for c in graphs])
+    rep = training_report(fw, bw, wspec, system, batch=batch, tokens=tokens,
+                          systems=systems, grad_elem_bytes=grad_elem_bytes,
+                          optimizer=optimizer)
+    backward = sum(1 for c in graphs if any(n.meta.get("param_grad")
+                                            for n in c.program.graph.nodes.values()))
+    rep.update(spec=wspec.name, system=system.name,
+               graphs={"forward": len(graphs) - backward, "backward": backward},
                parameters=sum(p.numel() for p in model.parameters()),
-               fallback_ops=fallbacks, compile_seconds=time.perf_counter() - t0,
-               notes=sorted({n for c in fw + bw for n in c.program.notes}))
+               fallback_ops=[f for c in graphs for f in c.program.fallback_ops()],
+               compile_seconds=time.perf_counter() - t0,
+               notes=sorted({n for c in graphs for n in c.program.notes}))
     return rep
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from waferscale.compiler.errors import CompileError
+from waferscale.compiler.program import Program
 from waferscale.compiler.streaming import StreamPlan
 from waferscale.hardware.spec import WaferSpec
 from waferscale.hardware.system import SystemSpec
@@ -91,6 +93,29 @@ def timeline(sp: StreamPlan, spec: WaferSpec, system: SystemSpec, *, systems: in
     total = max(end_prev, out_end, upd_end)
     return Timeline(tuple(rows), total, compute, w_total, g_total, max(0.0, upd_end - max(
         end_prev, out_end)))
+
+
+def merged(plans: list[StreamPlan]) -> StreamPlan:
+    """The graphs of one pass (dynamo may split a model) run one after another."""
+    stages = tuple(s for p in plans for s in p.stages)
+    return StreamPlan(stages, sum(p.saved_bytes for p in plans),
+                      max((p.working_bytes for p in plans), default=0),
+                      plans[0].wafer_sram_bytes if plans else 0)
+
+
+def training_plans(programs: list[Program]) -> tuple[StreamPlan, StreamPlan]:
+    """A training step's forward and backward streaming plans from its compiled graphs
+    (a backward graph is one that produces weight gradients)."""
+    def is_backward(p: Program) -> bool:
+        return any(n.meta.get("param_grad") for n in p.graph.nodes.values())
+
+    plans = [p for p in programs if p.streaming is not None]
+    fw = [p.streaming for p in plans if not is_backward(p)]
+    bw = [p.streaming for p in plans if is_backward(p)]
+    if not fw or not bw:
+        raise CompileError("a training step needs a forward and a backward graph in "
+                           "weight-streaming mode (no parameter requires grad?)")
+    return merged(fw), merged(bw)  # type: ignore[arg-type]
 
 
 def activation_policy(fw: StreamPlan, bw: StreamPlan | None = None) -> tuple[str, str]:
@@ -180,4 +205,4 @@ def layer_rows(t: Timeline, graph: str) -> list[dict[str, Any]]:
 
 
 __all__ = ["POLICIES", "Timeline", "activation_policy", "forward_report", "layer_rows",
-           "timeline", "training_report"]
+           "merged", "timeline", "training_plans", "training_report"]

@@ -1,0 +1,232 @@
+"""Training on the simulated wafer: the user's model and loop, the wafer's gradients,
+MemoryX's optimizer.
+
+``Trainer`` runs a training step the way a user writes it, ``loss = model(**batch).loss;
+loss.backward()``, with the model compiled by ``torch.compile(backend="waferscale")`` in
+the chosen mode (pipelined when it fits, weight streaming otherwise, or as asked): the
+forward and backward graphs run on the simulated wafer and give eager's gradients. The
+optimizer step is MemoryX's (`runtime.memoryx`): it owns the fp32 master weights and the
+optimizer state and streams the new weights back, matching `torch.optim` numerically.
+Each step reports its loss and the simulated samples/s of the step (the compiled graphs'
+timelines: `runtime.weight_streaming` in weight-streaming mode, the pipeline's periods in
+pipelined mode). Checkpoints (`runtime.checkpoint`) make a resumed run continue bit for
+bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from waferscale import backend
+from waferscale.api import MODES
+from waferscale.compiler.errors import CompileError
+from waferscale.hardware.spec import get_spec
+from waferscale.hardware.system import CS2_SYSTEM
+from waferscale.runtime import checkpoint
+from waferscale.runtime.memoryx import MemoryX, OptimizerConfig
+from waferscale.runtime.weight_streaming import training_plans, training_report
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One training step: its loss, the simulated throughput and how it was run."""
+
+    step: int
+    loss: float
+    samples_per_second: float
+    mode: str
+    wall_seconds: float
+
+
+@dataclass
+class Trainer:
+    """A model, its MemoryX and the compiled step (module docstring).
+
+    ``batches(i)`` gives the keyword inputs of step i (with ``labels=`` for a causal LM):
+    a function of i, so the data position of a checkpoint is its step.
+    """
+
+    model: torch.nn.Module
+    batches: Callable[[int], dict[str, Any]]
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    mode: str = "auto"
+    spec: str = "wse2"
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES or self.mode == "estimate":
+            raise CompileError(f"training mode {self.mode!r}: use auto, pipelined or "
+                               f"weight_streaming")
+        self.memoryx = MemoryX(self.model, self.optimizer)
+        self._step = torch.compile(self.model, backend="waferscale",
+                                   options={"mode": self.mode, "spec": self.spec,
+                                            "max_side": self.max_side})
+        self._graphs: list[Any] = []
+
+    @property
+    def step_count(self) -> int:
+        return self.memoryx.step_count
+
+    def run(self, steps: int) -> Iterator[StepResult]:
+        """Steps ``step_count + 1 .. steps``, one result each."""
+        self.model.train()
+        while self.memoryx.step_count < steps:
+            i = self.memoryx.step_count
+            batch = self.batches(i)
+            t0 = time.perf_counter()
+            before = len(backend.COMPILED)
+            out = self._step(**batch)
+            loss = out.loss if hasattr(out, "loss") else out
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise CompileError("a training step needs a scalar loss: call the model with "
+                                   "labels= or return the loss")
+            loss.backward()
+            if len(backend.COMPILED) > before:   # (re)compiled this step
+                self._graphs = backend.COMPILED[before:]
+            self.memoryx.apply()
+            n = _batch_size(batch)
+            yield StepResult(i + 1, float(loss.detach()), self.samples_per_second(n),
+                             self.modes(), time.perf_counter() - t0)
+
+    def modes(self) -> str:
+        return "+".join(sorted({c.program.mode for c in self._graphs})) or "?"
+
+    def samples_per_second(self, batch: int) -> float:
+        """Simulated throughput of one step of the compiled graphs: weight streaming's
+        training timeline when every graph streams; otherwise one sample through each
+        graph's pipeline back to back (its period, the wafer's time per batch)."""
+        graphs = self._graphs
+        if not graphs:
+            return 0.0
+        if all(c.program.streaming is not None for c in graphs):
+            fw, bw = training_plans([c.program for c in graphs])
+            rep = training_report(fw, bw, get_spec(self.spec), CS2_SYSTEM, batch=batch,
+                                  tokens=batch, optimizer=self.optimizer.name)
+            return float(rep["samples_per_second"])
+        seconds = 0.0
+        for c in graphs:
+            r = c.report()
+            ws = r.get("weight_streaming")
+            seconds += ws["seconds_per_batch"] if ws else r["period_cycles"] / r["clock_hz"]
+        return batch / seconds if seconds else 0.0
+
+    def save(self, directory: str, meta: dict[str, Any]) -> str:
+        return str(checkpoint.save(directory, self.model, self.memoryx, meta))
+
+    def resume(self, directory: str) -> dict[str, Any]:
+        return checkpoint.load(directory, self.model, self.memoryx)
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.dim():
+            return int(v.shape[0])
+    return 1
+
+
+def genome_batches(fasta: str, vocab: int, *, seq: int, batch: int
+                   ) -> Callable[[int], dict[str, Any]]:
+    """Step i's batch: ``batch`` genomes from the FASTA file starting at record
+    ``i * batch`` (round robin), tokenised to ``seq`` codons, labels = the inputs (the
+    model shifts them); padding is ignored by the loss."""
+    from pathlib import Path
+
+    from waferscale.errors import WaferscaleError
+    from waferscale.workloads import genome_batch, read_fasta
+
+    if not Path(fasta).is_file():
+        raise WaferscaleError(f"--fasta {fasta}: no such file")
+    records = read_fasta(fasta)
+
+    def make(i: int) -> dict[str, Any]:
+        k = (i * batch) % len(records)
+        gb = genome_batch(records[k:] + records[:k], None, seq, batch)
+        if int(gb.input_ids.max()) >= vocab:
+            raise WaferscaleError(f"token id {int(gb.input_ids.max())} is outside the model's "
+                                  f"vocabulary of {vocab}: use a GenSLM model for genomes")
+        return {"input_ids": gb.input_ids, "labels": gb.labels}
+
+    return make
+
+
+def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq: int,
+                     lr: float, optimizer: str = "adamw", mode: str = "auto",
+                     spec: str = "wse2", layers: int | None = None,
+                     checkpoint_dir: str | None = None, resume: bool = False,
+                     eager: bool = False, max_side: int | None = None,
+                     on_step: Callable[[StepResult], None] | None = None) -> dict[str, Any]:
+    """`waferscale train`: train MODEL on genomes from FASTA for ``steps`` steps on the
+    simulated wafer, checkpointing after every step when asked; with ``eager``, the same
+    steps in eager PyTorch beside it (the loss curves compared)."""
+    import copy
+
+    from waferscale.errors import WaferscaleError
+    from waferscale.models import load_model
+
+    if steps < 1 or batch < 1 or seq < 2:
+        raise WaferscaleError(f"--steps {steps} and --batch {batch} must be at least 1 and "
+                              f"--seq {seq} at least 2")
+    if resume and checkpoint_dir is None:
+        raise WaferscaleError("--resume needs --checkpoint DIR (where the checkpoint is)")
+    if resume and eager:
+        raise WaferscaleError("--eager compares a run from its first step: drop --resume or "
+                              "--eager")
+    torch.manual_seed(0)
+    model, _, vocab = load_model(model_name, seq=seq, batch=batch, layers=layers)
+    reference = copy.deepcopy(model) if eager else None
+    batches = genome_batches(fasta, vocab, seq=seq, batch=batch)
+    config = OptimizerConfig(optimizer, lr=lr)
+    trainer = Trainer(model, batches, config, mode=mode.replace("-", "_"), spec=spec,
+                      max_side=max_side)
+    meta = {"model": model_name, "seq": seq, "batch": batch, "lr": lr, "layers": layers,
+            "optimizer": optimizer}
+    start = 0
+    if resume:
+        saved = trainer.resume(checkpoint_dir)  # type: ignore[arg-type]
+        mismatch = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+        if mismatch:
+            said = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in mismatch.items())
+            raise WaferscaleError(f"--resume: the checkpoint was written by another run "
+                                  f"({said})")
+        start = trainer.step_count
+    t0 = time.perf_counter()
+    rows = []
+    for r in trainer.run(steps):
+        rows.append(r)
+        if checkpoint_dir is not None:
+            trainer.save(checkpoint_dir, meta)
+        if on_step is not None:
+            on_step(r)
+    wafer_wall = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "model": model_name, "fasta": fasta, "steps": steps, "start_step": start,
+        "batch": batch, "seq": seq, "optimizer": optimizer, "lr": lr, "mode": trainer.modes(),
+        "losses": [r.loss for r in rows],
+        "samples_per_second": rows[-1].samples_per_second if rows else 0.0,
+        "wall_seconds": wafer_wall, "parameters": trainer.memoryx.parameters,
+        "checkpoint": checkpoint_dir}
+    torch._dynamo.reset()
+    if reference is not None:
+        t1 = time.perf_counter()
+        opt = config.torch_optimizer(list(reference.parameters()))
+        reference.train()
+        eager_losses = []
+        for i in range(start, steps):
+            loss = reference(**batches(i)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            eager_losses.append(float(loss.detach()))
+        out.update(eager_losses=eager_losses, eager_wall_seconds=time.perf_counter() - t1,
+                   max_loss_difference=max((abs(a - b) for a, b in
+                                            zip(out["losses"], eager_losses, strict=True)),
+                                           default=0.0))
+    return out
+
+
+__all__ = ["StepResult", "Trainer", "genome_batches", "train_on_genomes"]
