@@ -54,21 +54,62 @@ def test_a_step_costs_five_block_products() -> None:
     assert 2.0 < ab.step_cycles(SPEC, geo, "fp32", False) / fwd < 3.5
 
 
+def _stream_oracle(spec, geo, dtype):  # noqa: ANN001, ANN202 - every position written out
+    """Every (sub-band j, position l): done at G_j + l hops + B + T_R + (K - 1) M + W',
+    K its blocks (j, j + S, ... <= l), W' the diagonal step when its last block is its
+    own; the latest of them, then the drain, the dQ merges, D and the final scaling."""
+    blk = geo.g * geo.tq * geo.head_dim
+    w0 = ab._stream_step(spec, geo, dtype, True)
+    w = ab._stream_step(spec, geo, dtype, False)
+    m, b = max(w, 2 * blk), 2 * blk
+    latest = 0.0
+    for j in range(geo.split):
+        gate = 0.0 if j == 0 else float(_transfer(spec, 2 * geo.g * geo.tq * (geo.head_dim + 1),
+                                                  j * geo.fold, geo.fold))
+        for pos in range(geo.chain):
+            blocks = [s for s in range(j, pos + 1, geo.split)]
+            if not blocks:
+                continue
+            last = w0 if blocks[-1] == pos else w
+            latest = max(latest, gate + pos * spec.hop_cycles + b + spec.ramp_cycles
+                         + (len(blocks) - 1) * m + last)
+    levels = (geo.split - 1).bit_length()
+    merge = sum(float(_transfer(spec, blk, 2 ** k * geo.fold, geo.fold))
+                + float(op_cycles(spec, blk, WORK, "add", reads=2)) for k in range(levels))
+    t0 = float(op_cycles(spec, blk, dtype, "fmac", reads=2, accumulate=WORK))
+    return (t0 + latest + 2 * blk + geo.split * ab._hop_latency(spec) + merge
+            + 2 * float(op_cycles(spec, blk, WORK, "mul")))
+
+
+@pytest.mark.parametrize("groups,seq,head_dim,rect,fold,split",
+                         [(8, 64, 16, (4, 16), 1, 2), (3, 100, 8, (5, 12), 2, 2),
+                          (4, 300, 16, (9, 16), 1, 4), (16, 1024, 64, (16, 64), 2, 4),
+                          (2, 33, 5, (3, 2), 1, 1)])
+def test_stream_cost_is_every_position_written_out(groups, seq, head_dim, rect, fold,
+                                                   split) -> None:
+    geo = ab.check(groups, seq, head_dim, rect, fold, "stream", split)
+    assert ab.cost(SPEC, groups, seq, head_dim, rect, fold=fold, kv="stream",
+                   split=split) == pytest.approx(_stream_oracle(SPEC, geo, "fp32"))
+
+
 def test_layout_search_matches_brute_force() -> None:
     spec = custom_spec(rows=24, cols=16)
     geo, cyc = ab.choose_layout(spec, 4, 96, 16, max_rows=24, max_cols=16, dtype="fp32")
     best = math.inf
-    for fold in (1, 2, 4, 8, 16):
-        for cols in range(fold, 17, fold):
-            for rows in range(1, 25):
-                try:
-                    g = ab.check(4, 96, 16, (rows, cols), fold)
-                except Exception:  # noqa: BLE001 - an illegal layout
-                    continue
-                if ab.sram_bytes(g, "fp32") <= spec.sram_bytes:
-                    best = min(best, ab.cost(spec, 4, 96, 16, (rows, cols), fold=fold))
+    for kv, splits in (("shift", (1,)), ("stream", (1, 2, 4, 8, 16))):
+        for split in splits:
+            for fold in (1, 2, 4, 8, 16):
+                for cols in range(fold * split, 17, fold * split):
+                    for rows in range(1, 25):
+                        try:
+                            g = ab.check(4, 96, 16, (rows, cols), fold, kv, split)
+                        except Exception:  # noqa: BLE001 - an illegal layout
+                            continue
+                        if ab.sram_bytes(g, "fp32", spec) <= spec.sram_bytes:
+                            best = min(best, ab.cost(spec, 4, 96, 16, (rows, cols), fold=fold,
+                                                     kv=kv, split=split))
     assert cyc == pytest.approx(best)
-    assert ab.sram_bytes(geo, "fp32") <= spec.sram_bytes
+    assert ab.sram_bytes(geo, "fp32", spec) <= spec.sram_bytes
 
 
 def test_no_layout_is_a_typed_error() -> None:
