@@ -18,5 +18,14 @@ def compile(model: Any, example_inputs: Any = None, **kwargs: Any) -> Any:  # no
     return _compile(model, example_inputs, **kwargs)
 
 
-__all__ = ["WaferSpec", "WaferscaleError", "compile", "get_spec"]
+def compile_lm(model: Any, **kwargs: Any) -> Any:
+    """``waferscale.compile_lm(model, spec="wse2", grid=None)``: a transformers causal LM
+    whose ``generate(input_ids, max_new_tokens=...)`` runs on the wafer; see
+    :func:`waferscale.runtime.generate.compile_lm`."""
+    from waferscale.runtime.generate import compile_lm as _compile_lm
+
+    return _compile_lm(model, **kwargs)
+
+
+__all__ = ["WaferSpec", "WaferscaleError", "compile", "compile_lm", "get_spec"]
 __version__ = "0.1.0"

@@ -18,10 +18,14 @@ from typing import Any
 import torch
 
 from waferscale.compiler.errors import CompileError
+from waferscale.workloads.llm import LLM_PRESETS
 from waferscale.workloads.presets import GENSLM_PRESETS, MODEL_NAMES
 
-#: Every preset MODEL may name: the GenSLM sizes, then ``gpt2``.
-PRESETS: tuple[str, ...] = MODEL_NAMES
+#: The LLM presets (`workloads.llm`: published configs) other than ``gpt2``, which keeps
+#: its meaning here (the 2-layer model of `build_gpt2`); `load_llm` builds all of them.
+LLM_ONLY: tuple[str, ...] = tuple(n for n in LLM_PRESETS if n not in MODEL_NAMES)
+#: Every preset MODEL may name: the GenSLM sizes, ``gpt2``, then the LLM presets.
+PRESETS: tuple[str, ...] = MODEL_NAMES + LLM_ONLY
 #: Above this many parameters a preset is built on the meta device (no weights here).
 META_ABOVE = 1_000_000_000
 #: GPT-2 small, rounded; the GenSLM counts come from the preset table.
@@ -35,6 +39,8 @@ class ModelSpecError(CompileError):
 def preset_params(name: str) -> int:
     """Parameter count of a preset, known before building it: callers use it to decide
     whether the weights can be materialised at all (see ``META_ABOVE``)."""
+    if name in LLM_ONLY:
+        return LLM_PRESETS[name].params
     return GENSLM_PRESETS[name].params if name in GENSLM_PRESETS else GPT2_PARAMS
 
 
@@ -46,9 +52,24 @@ def load_model(model: str, *, seq: int, batch: int, meta: bool = False, layers: 
     only the first decoder layers, for quick runs. The vocabulary size is 0 when a factory's
     model has no ``config.vocab_size``.
     """
+    if model in LLM_ONLY:
+        m = load_llm(model, meta=meta, layers=layers)
+        vocab = int(m.config.vocab_size)
+        return m, {"input_ids": torch.randint(0, vocab, (batch, seq))}, vocab
     if model in PRESETS:
         return _load_preset(model, seq=seq, batch=batch, meta=meta, layers=layers)
     return _load_factory(model, seq=seq, batch=batch)
+
+
+def load_llm(model: str, *, meta: bool, layers: int | None = None) -> torch.nn.Module:
+    """A causal LM for ``waferscale generate``: an LLM preset (`workloads.llm`, ``gpt2``
+    being the published 12-layer GPT-2 here) on the meta device or with random weights, or
+    a ``file.py:factory``'s module."""
+    if model in LLM_PRESETS:
+        from waferscale.workloads.llm import build_llm
+
+        return build_llm(model, device="meta" if meta else "cpu", layers=layers)
+    return _load_factory(model, seq=1, batch=1)[0]
 
 
 def _load_preset(model: str, *, seq: int, batch: int, meta: bool, layers: int | None
@@ -115,5 +136,5 @@ def truncate_layers(m: torch.nn.Module, layers: int) -> None:
         m.config.num_hidden_layers = layers
 
 
-__all__ = ["GPT2_PARAMS", "META_ABOVE", "PRESETS", "ModelSpecError", "load_model",
-           "preset_params", "truncate_layers"]
+__all__ = ["GPT2_PARAMS", "LLM_ONLY", "META_ABOVE", "PRESETS", "ModelSpecError", "load_llm",
+           "load_model", "preset_params", "truncate_layers"]

@@ -29,18 +29,22 @@ slowest PE of each chain); zero activations with ``skip='a'``.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from waferscale.errors import KernelFitError, KernelShapeError
+from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric import movement as mv
 from waferscale.fabric.compute import local_matmul
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.timing import allreduce_cycles, multicast_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import Graph, Node, Ref
 from waferscale.kernels._common import (
     blocks,
     check_chain,
@@ -54,6 +58,20 @@ from waferscale.kernels._common import (
     skip_with_mask,
 )
 from waferscale.kernels._lines import ktree_reduce, ktree_reduce_cycles
+from waferscale.kernels.elementwise import local_pass, op_cycles
+from waferscale.kernels.family import (
+    TORCH_TO_FABRIC,
+    ExecContext,
+    KernelFamily,
+    Sizing,
+    Stage,
+    StageParams,
+    StageRun,
+    done,
+    shape_of,
+    to_np,
+    to_torch,
+)
 
 ALGORITHMS = ("chain", "ktree")
 KERNEL = "gemv"
@@ -308,5 +326,202 @@ def ideal_cycles(spec: WaferSpec, m: int, k: int, n: int, rows: int, cols: int,
     return m * k * n / (rows * cols * fmacs_per_cycle(spec, dtype, accumulate))
 
 
-__all__ = ["ALGORITHMS", "GemvCost", "GemvResult", "cost", "ideal_cycles", "run",
-           "sram_bytes"]
+
+
+# ================================================================== the stage family ======
+# A matmul with few rows (a decode step's tokens: batch x 1) against a resident weight is a
+# GEMV, not a GEMM: a GEMM's square grid is at most min(m, k, n) wide, so a [1, 4096] x
+# [4096, 4096] product would sit on one PE (the weights alone are 32 MB); the GEMV spreads
+# W over a rows x cols rectangle (K over rows, N over columns) and pays only the reduction.
+# `fuse_gemv` retargets such an mm/addmm to ``GEMV`` before lowering, so the GEMM family
+# keeps every other matmul; `Gemv` sizes, costs and runs it with `choose_gemv`, `cost` and
+# `run` above.
+
+#: The target of the node `fuse_gemv` writes.
+GEMV = "waferscale.gemv"
+#: Most rows (tokens) an mm/addmm may have and still run as a GEMV. A decode step of a
+#: batch of up to this many sequences qualifies; the chooser's grids are the same.
+GEMV_MAX_ROWS = 8
+
+
+def gemv_op(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """What the rewritten op computed (host fallback and eager references)."""
+    return torch.mm(x, w) if bias is None else torch.addmm(bias, x, w)
+
+
+def _const_shape(g: Graph, x: Any) -> list[int] | None:
+    node = g.nodes.get(x.name) if isinstance(x, Ref) else None
+    if node is None or node.op != "const":
+        return None
+    shape = node.meta.get("shape")
+    return list(shape) if isinstance(shape, list) and all(isinstance(d, int) for d in shape) \
+        else None
+
+
+def fuse_gemv(g: Graph) -> int:
+    """Retarget every mm / addmm whose activation has at most `GEMV_MAX_ROWS` rows and whose
+    weight is a constant [K, N] (an addmm's bias a constant [N], alpha = beta = 1) to one
+    ``GEMV(x, w, bias)`` node; returns how many. Anything else stays a GEMM."""
+    found = 0
+    for node in g.calls():
+        if node.target not in ("aten.mm.default", "aten.addmm.default"):
+            continue
+        addmm = node.target == "aten.addmm.default"
+        if any(node.kwargs.get(k, 1) != 1 for k in ("alpha", "beta")) \
+                or set(node.kwargs) - {"alpha", "beta"}:
+            continue
+        args = node.args[1:3] if addmm else node.args[:2]
+        if len(args) != 2 or len(node.args) != (3 if addmm else 2):
+            continue
+        a, w = args
+        a_shape, w_shape = shape_of(g, a), _const_shape(g, w)
+        dtype = node.meta.get("dtype")
+        if len(a_shape) != 2 or w_shape is None or len(w_shape) != 2 \
+                or a_shape[1] != w_shape[0] or a_shape[0] > GEMV_MAX_ROWS \
+                or dtype not in TORCH_TO_FABRIC \
+                or g.nodes[a.name].meta.get("dtype") != dtype:
+            continue
+        bias = node.args[0] if addmm else None
+        if bias is not None and _const_shape(g, bias) != [w_shape[1]]:
+            continue
+        node.target, node.fn = GEMV, gemv_op
+        node.args, node.kwargs = (a, w, bias), {}
+        found += 1
+    return found
+
+
+@dataclass(frozen=True)
+class GemvParams(StageParams):
+    """``[m, k] x [k, n]`` (+ a bias of n) with m at most `GEMV_MAX_ROWS`."""
+
+    m: int
+    k: int
+    n: int
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.m, self.k, self.n) < 1:
+            raise KernelShapeError(f"{KERNEL} stage [{self.m}, {self.k}] x [{self.k}, "
+                                   f"{self.n}]: sizes must be >= 1")
+
+
+def input_broadcast_cycles(spec: WaferSpec, p: GemvParams, grid: tuple[int, int]) -> float:
+    """A stage's input arrives once per mesh row; replicating x's K-block along the row is
+    a flood of ``m * kb`` wavelets across the grid's columns (`timing.multicast_cycles`).
+    Inside a chain of GEMVs laid out alternately (the inference plan) the previous
+    allreduce leaves x replicated and this is not paid; a pipelined stage pays it."""
+    return multicast_cycles(spec, p.m * blocks(p.k, grid[0]), grid[1])
+
+
+def bias_cycles(spec: WaferSpec, p: GemvParams, grid: tuple[int, int]) -> float:
+    """Adding the bias to the replicated output block (fp32, before the rounding)."""
+    if not p.bias:
+        return 0.0
+    return float(op_cycles(spec, p.m * blocks(p.n, grid[1]), "fp32", "add", reads=2))
+
+
+def stage_cycles(spec: WaferSpec, p: GemvParams, dtype: str, grid: tuple[int, int]) -> float:
+    """A GEMV stage's closed form: input broadcast + `cost` (K-tree) + bias."""
+    return (input_broadcast_cycles(spec, p, grid) + _cost_cycles(spec, p.m, p.k, p.n, grid,
+                                                                 dtype)
+            + bias_cycles(spec, p, grid))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _cost_cycles(spec: WaferSpec, m: int, k: int, n: int, grid: tuple[int, int],
+                 dtype: str) -> float:
+    return cost(m, k, n, algorithm="ktree", grid=grid, spec=spec, dtype=dtype,
+                accumulate="fp32").cycles
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _choose(spec: WaferSpec, m: int, k: int, n: int, dtype: str, rows: int, cols: int
+            ) -> tuple[int, int]:
+    from waferscale.kernels.choose import choose_gemv  # choose imports this module
+
+    return tuple(choose_gemv(m, k, n, spec=spec, rect=(rows, cols), dtype=dtype,
+                             accumulate="fp32", algorithms=("ktree",)).grid)
+
+
+class Gemv(KernelFamily):
+    """The node `fuse_gemv` writes: MeshGEMV (K-tree allreduce, K = 2, fp32 accumulate) on
+    the grid `choose_gemv` picks (all the columns N and the rectangle allow; the row count
+    that balances local FMACs against the reduction)."""
+
+    kind = "gemv"
+    targets = frozenset({GEMV})
+
+    def match(self, g: Graph) -> int:
+        return fuse_gemv(g)
+
+    def describe(self, g: Graph, nodes: list[Node], dtype: str) -> tuple[GemvParams, float]:
+        node = nodes[0]
+        (m, k), n = shape_of(g, node.args[0]), shape_of(g, node.args[1])[1]
+        return GemvParams(m, k, n, bias=node.args[2] is not None), 2.0 * m * k * n
+
+    def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
+             bounds: tuple[int, int] | None) -> tuple[GemvParams, Sizing]:
+        p: GemvParams = st.params  # type: ignore[assignment]
+        dt = st.dtype
+        full = (min(p.k, side_cap, spec.rows), min(p.n, side_cap, spec.cols))
+        if bounds is not None:
+            rect = (min(p.k, bounds[0]), min(p.n, bounds[1]))
+            tries = [rect]
+        else:
+            cols = max(1, min(full[1], int(math.sqrt(max(area, 1)))))
+            rect = (max(1, min(full[0], int(max(area, 1) // cols))), cols)
+            tries = [rect, full]
+        grid = None
+        for r in tries:
+            try:
+                grid = _choose(spec, p.m, p.k, p.n, dt, *r)
+                break
+            except KernelError:
+                continue
+        if grid is None:
+            raise KernelFitError(
+                f"{KERNEL} [{p.m},{p.k}]x[{p.k},{p.n}] {dt}: no grid within "
+                f"{tries[-1][0]}x{tries[-1][1]} PEs fits the {spec.sram_bytes} B SRAM (W "
+                f"alone needs {math.ceil(p.k * p.n * BYTES[dt] / spec.sram_bytes)} PEs)")
+        sram = sram_bytes(p.m, p.k, p.n, *grid, dt, "fp32") \
+            + (blocks(p.n, grid[1]) * BYTES[dt] if p.bias else 0)
+        return p, Sizing(grid, stage_cycles(spec, p, dt, grid), sram,
+                         f"meshgemv (k-tree allreduce) on {grid[0]}x{grid[1]}")
+
+    def notes(self, st: Stage) -> list[str]:
+        return ["gemv stages (matmuls of at most 8 rows against a resident weight): "
+                "MeshGEMV, W blocked K over rows and N over columns; the input is "
+                "replicated along the mesh rows (charged), the K-tree allreduce leaves the "
+                "output replicated down the columns"]
+
+    def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        x, w, b = ctx.value(node.args)
+        p: GemvParams = st.params  # type: ignore[assignment]
+        fab = ctx.fabric(st)
+        grid = st.rect
+        if ctx.timing_only:
+            res = run((p.m, p.k), (p.k, p.n), grid=grid, fabric=fab, dtype=st.dtype,
+                      accumulate="fp32")
+        else:
+            res = run(to_np(x).reshape(p.m, p.k), to_np(w), grid=grid, fabric=fab,
+                      dtype=st.dtype, accumulate="fp32")
+        end = res.cycles      # the output's arrival (the fabric's clocks stop at its ramp)
+        if p.bias:
+            end = float(np.max(local_pass(fab, fab.rect(0, 0, *grid),
+                                          p.m * blocks(p.n, grid[1]), "fp32", "add", end,
+                                          reads=2)))
+        if not ctx.timing_only:
+            y = np.asarray(res.value, np.float32).reshape(p.m, p.n)
+            if b is not None:
+                y = y + to_np(b).astype(np.float32)
+            ctx.env[node.name] = to_torch(y.reshape(node.meta["shape"]), x.dtype)
+        return done(fab, extra=input_broadcast_cycles(ctx.spec, p, grid)
+                    + max(0.0, end - fab.elapsed()))
+
+
+FAMILY = Gemv()
+
+__all__ = ["ALGORITHMS", "FAMILY", "GEMV", "GEMV_MAX_ROWS", "Gemv", "GemvCost", "GemvParams",
+           "GemvResult", "bias_cycles", "cost", "fuse_gemv", "gemv_op", "ideal_cycles",
+           "input_broadcast_cycles", "run", "sram_bytes", "stage_cycles"]

@@ -17,7 +17,7 @@ from waferscale.ir import Node
 from waferscale.kernels.family import MOVE, RELABEL, KernelFamily, is_layout, moves_data
 
 #: The family modules, in lowering order (adding a kernel family: one name here).
-_MODULES = ("gemm", "attention", "attention_backward", "norm", "elementwise", "embedding",
+_MODULES = ("gemm", "gemv", "attention", "attention_backward", "norm", "elementwise", "embedding",
             "reduce", "loss", "rms_norm", "pointwise", "host")
 
 FAMILIES: dict[str, KernelFamily] = {
