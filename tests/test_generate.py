@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import waferscale
-from waferscale.runtime.generate import GenerateError
+from waferscale.generate import GenerateError
 
 VOCAB = 96
 
@@ -95,14 +95,3 @@ def test_generate_refuses_what_it_cannot_serve():
     with pytest.raises(GenerateError, match="meta"):
         meta.generate(ids, max_new_tokens=2)
     assert meta.plan(1, 4096, 128).fits
-
-
-def test_compiled_model_generates_like_transformers():
-    """`waferscale.compile(model, inputs).generate(...)`: the public API's own route."""
-    m = tiny("llama")
-    ids = torch.randint(0, m.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(4))
-    cm = waferscale.compile(m, {"input_ids": ids, "use_cache": False})
-    out = cm.generate(ids, max_new_tokens=4, do_sample=False)
-    ref = m.generate(ids, max_new_tokens=4, do_sample=False)
-    assert torch.equal(out, ref)
-    assert cm.last_generation is not None

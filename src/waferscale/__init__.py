@@ -21,8 +21,8 @@ def compile(model: Any, example_inputs: Any = None, **kwargs: Any) -> Any:  # no
 def compile_lm(model: Any, **kwargs: Any) -> Any:
     """``waferscale.compile_lm(model, spec="wse2", grid=None)``: a transformers causal LM
     whose ``generate(input_ids, max_new_tokens=...)`` runs on the wafer; see
-    :func:`waferscale.runtime.generate.compile_lm`."""
-    from waferscale.runtime.generate import compile_lm as _compile_lm
+    :func:`waferscale.generate.compile_lm`."""
+    from waferscale.generate import compile_lm as _compile_lm
 
     return _compile_lm(model, **kwargs)
 

@@ -153,15 +153,12 @@ def _mode(g: Graph, p: Plan, mode: str) -> tuple[str, list[str]]:
 class CompiledModel:
     """A model compiled for the wafer: call it like the model; ``report()`` for figures."""
 
-    def __init__(self, program: Program, example_inputs: Any, remap: Remap | None = None,
-                 module: torch.nn.Module | None = None) -> None:
+    def __init__(self, program: Program, example_inputs: Any, remap: Remap | None = None
+                 ) -> None:
         self.program = program
-        #: The compiled module (for `generate`); None for graphs from torch.compile.
-        self.module = module
         #: The defective wafer this model runs on (None: a perfect wafer).
         self.remap = remap
         self.last_run: dict[str, Any] | None = None
-        self.last_generation: dict[str, Any] | None = None
         self._batch, self._tokens = _batch_tokens(example_inputs)
 
     @property
@@ -181,21 +178,6 @@ class CompiledModel:
         if self.program.graph.out_spec is not None:
             return pytree.tree_unflatten(outs, self.program.graph.out_spec)
         return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Autoregressive generation of a transformers causal LM on the wafer, as its own
-        ``generate`` (same tokens, greedy or seeded sampling): prefill and decode with the
-        KV cache resident (`runtime.generate.CompiledLM`); its report is in
-        ``last_generation``."""
-        from waferscale.runtime.generate import CompiledLM
-
-        if self.module is None:
-            raise CompileError("generate() needs the module: compile it with "
-                               "waferscale.compile(model, example_inputs)")
-        lm = CompiledLM(self.module, spec=self.program.spec)
-        out = lm.generate(input_ids, **kwargs)
-        self.last_generation = lm.last_generation
-        return out
 
     def time_only(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run every kernel on a timing-only fabric (clocks, no values) and report."""
@@ -308,7 +290,7 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
                        reserve=reserve, pin=pin, placer_config=placer_config)
     if train_note:
         prog = dataclasses.replace(prog, notes=prog.notes + (train_note,))
-    return CompiledModel(prog, example_inputs, remap, module=model)
+    return CompiledModel(prog, example_inputs, remap)
 
 
 def _train_mode_note(model: torch.nn.Module) -> str:

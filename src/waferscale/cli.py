@@ -270,10 +270,10 @@ def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool | None,
     t0 = time.perf_counter()
     mode = "estimate"
     max_error = None
-    busy = None
+    plan = st.schedule(spec, z)
     if estimate:
         cycles = st.cost(spec, x, y, z, steps)
-        busy = st.busy_fraction(spec, z)
+        shares = plan.shares
     else:
         full_values = x * y * z * 4 * 8 <= 2**30
         fabric = Fabric(spec, y, x, timing_only=not full_values)
@@ -290,7 +290,9 @@ def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool | None,
             result = st.run(fabric, None, None, None, steps, shape=(y, x, z))
             mode = "simulate-timing-only"
         cycles = result.cycles
-        busy = fabric.stats()["busy_fraction"]
+        stats = fabric.stats()
+        shares = {"busy": stats["busy_fraction"], "memory_stall": stats["memory_stall_fraction"],
+                  "fabric_wait": 1.0 - stats["busy_fraction"] - stats["memory_stall_fraction"]}
     wall = time.perf_counter() - t0
     seconds = spec.seconds(cycles)
     counts = st.cell_counts()
@@ -302,12 +304,18 @@ def stencil_report(spec_name: str, grid: str, steps: int, estimate: bool | None,
         "gcell_per_s": cells / seconds / 1e9,
         "tflop_per_s": cells * counted / seconds / 1e12,
         "mflop_per_s_per_pe": cells * counted / seconds / (x * y) / 1e6,
-        "busy_fraction": busy,
+        "cycles_per_cell_step": cycles / (z * steps),
+        "busy_fraction": shares["busy"],
+        "memory_stall_fraction": shares["memory_stall"],
+        "fabric_wait_fraction": shares["fabric_wait"],
         "flops_per_cell_step_executed": counts["flops"],
         "flops_per_cell_step_counted": counted,
         "memory_accesses_per_cell_step": counts["memory_accesses"],
         "fabric_loads_per_cell_step": counts["fabric_loads"],
+        "wavelets_received_per_cell_step": counts["wavelets_received"],
+        "wavelets_sent_per_cell_step": counts["wavelets_sent"],
         "z_chunk_cells": st.chunk_cells(spec, z),
+        "schedule": plan.as_dict(),
         "max_relative_error_vs_numpy": max_error,
         "wall_seconds": wall,
         "simulation_seconds_predicted": predicted,
@@ -354,14 +362,30 @@ def _print_stencil(r: dict[str, Any]) -> None:
     table.add_row("TFLOP/s", f"{r['tflop_per_s']:.0f}", f"{pub['tflop_per_s']}")
     table.add_row("MFLOP/s per PE", f"{r['mflop_per_s_per_pe']:.1f}",
                   f"{pub['mflop_per_s_per_pe']}")
-    table.add_row("busy %", f"{100 * r['busy_fraction']:.1f}", f"{100 * pub['busy_fraction']}")
+    table.add_row("cycles per cell-step", f"{r['cycles_per_cell_step']:.1f}",
+                  f"{pub['seconds'] * r['clock_hz'] / (pub['steps'] * pub['grid'][2]):.1f}")
+    table.add_row("busy %", f"{100 * r['busy_fraction']:.1f}",
+                  f"{100 * pub['busy_fraction']:.1f}")
+    table.add_row("memory stall %", f"{100 * r['memory_stall_fraction']:.1f}",
+                  f"{100 * pub['memory_stall_fraction']:.1f}")
+    table.add_row("fabric wait % (other idle)", f"{100 * r['fabric_wait_fraction']:.1f}",
+                  f"{100 * pub['fabric_wait_fraction']:.1f}")
     table.add_row("FLOPs per cell-step (executed)", f"{r['flops_per_cell_step_executed']:.0f}",
                   f"{pub['flops_executed']}")
     table.add_row("memory accesses per cell-step", f"{r['memory_accesses_per_cell_step']:.0f}",
                   f"{pub['memory_accesses']}")
-    table.add_row("fabric loads per cell-step", f"{r['fabric_loads_per_cell_step']:.0f}",
-                  f"{pub['fabric_loads']}")
+    table.add_row("fabric loads per cell-step (SC22's count)",
+                  f"{r['fabric_loads_per_cell_step']:.0f}", f"{pub['fabric_loads']}")
+    table.add_row("wavelets received / sent per cell-step",
+                  f"{r['wavelets_received_per_cell_step']:.0f} / "
+                  f"{r['wavelets_sent_per_cell_step']:.0f}", "")
     console.print(table)
+    sch = r["schedule"]
+    console.print(f"schedule ([R0], SDK examples v0.4.0): {len(sch['chunks'])} z-chunks of "
+                  f"{max(sch['chunks'])} cells, {sch['task_activations_per_step']} task "
+                  f"activations and {sch['dsd_setups_per_step']} DSD set-ups per step, switch "
+                  f"hand-off {sch['handoff_cycles']:.0f} cycles; docs/stencil.md has the "
+                  f"assumptions")
     if r["max_relative_error_vs_numpy"] is not None:
         console.print(f"values vs NumPy reference: max relative error "
                       f"{r['max_relative_error_vs_numpy']:.2e}")
@@ -446,6 +470,8 @@ def compile_(model: ModelArg,
                                  "mode; needs --estimate")] = False,
              dtype: Annotated[str, typer.Option(
                  "--dtype", help="with --train: fp16, bf16 or fp32")] = "fp16",
+             systems: Annotated[int, typer.Option(
+                 "--systems", help="with --train: N systems, --batch samples each")] = 1,
              json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Compile a PyTorch model for the wafer and report its plan and throughput."""
     def body() -> None:
@@ -455,7 +481,8 @@ def compile_(model: ModelArg,
             if not estimate:
                 raise WaferscaleError("--train times a training step on meta weights: add "
                                       "--estimate (functional training is not a command yet)")
-            t = train_report(model, seq=seq, batch=batch, dtype=dtype, spec=spec)
+            t = train_report(model, seq=seq, batch=batch, dtype=dtype, spec=spec,
+                             systems=systems)
             if json_out:
                 _emit(t)
             else:
@@ -513,15 +540,18 @@ def demo(json_out: JsonOpt = False) -> None:
                           f"{batch} whole SARS-CoV-2 genome as {seq:,} codon tokens, forward + "
                           f"loss on a simulated WSE-2 in pipelined mode (about 1-2 minutes "
                           f"here: compile, fabric simulation, then eager PyTorch to compare)\n")
+        from waferscale.cli_report import demo_report
         r = run_report("genslm-25m", fasta, seq=seq, batch=batch)
         full = stencil_report("wse2", "755x994x1000", 1000, estimate=True)
+        page = demo_report(r, full)
         if json_out:
-            _emit({"genslm": r, "stencil_full_wafer": full})
+            _emit({"genslm": r, "stencil_full_wafer": full, "report": str(page)})
             return
         _print_run(r)
         console.print("\nThe SC22 25-point stencil, 755x994x1000, 1000 steps, full wafer "
                       "(closed-form cost, equal to the simulated cycles in the tests):")
         _print_stencil(full)
+        console.print(f"\nreport: {page} (open it in a browser)")
     _guard(body)
 
 
@@ -552,32 +582,61 @@ def validate(json_out: JsonOpt = False,
     """Published hardware measurements versus this simulator, with the error of each."""
     def body() -> None:
         if agreement:
-            from waferscale.fabric.cycle.agreement import agreement_rows
+            from waferscale.fabric.cycle.agreement import agreement_rows, agreement_summary
             rows = agreement_rows(quick)
-            columns = ["primitive", "grid", "wavelets", "fast_cycles", "cycle_cycles", "error"]
-        else:
-            from waferscale.report.validation import validation_cases
-            rows = validation_cases(quick)
-            columns = ["name", "ours", "published", "error", "unit", "note"]
-        if json_out:
-            _emit(rows)
+            summary = agreement_summary(rows)
+            if json_out:
+                _emit({"rows": rows, "summary": summary})
+                return
+            table = Table(title="agreement: fast model vs cycle simulator")
+            for c in ("primitive", "grid", "wavelets", "fast", "cycle", "error"):
+                table.add_column(c, justify="left" if c == "primitive" else "right")
+            for row in rows:
+                table.add_row(row["primitive"], row["grid"], str(row["wavelets"]),
+                              f"{row['fast_cycles']:.0f}", f"{row['cycle_cycles']:.0f}",
+                              f"{100 * row['error']:+.2f} %")
+            console.print(table)
+            console.print(f"max |error| {100 * summary['max_abs_error']:.2f} % "
+                          f"({summary['worst']}); tolerance {100 * summary['tolerance']:.0f} "
+                          f"%; values agree: {summary['values_agree']}")
             return
-        table = Table(title="agreement" if agreement else "validation")
-        for c in columns:
-            table.add_column(c)
+        from waferscale.report.validation import summary as summarise
+        from waferscale.report.validation import validation_cases
+        rows = validation_cases(quick)
+        summary = summarise(rows)
+        if json_out:
+            _emit({"cases": rows, "summary": summary})
+            return
+        table = Table(title="validation: published hardware results vs this simulator")
+        for c in ("case", "ours", "published", "error", "band", "ok"):
+            table.add_column(c, justify="left" if c == "case" else "right")
         for row in rows:
-            table.add_row(*[(f"{row[c]:.4g}" if isinstance(row.get(c), float) else
-                             str(row.get(c, ""))) for c in columns])
+            rel = "" if row["relation"] == "=" else row["relation"] + " "
+            table.add_row(row["name"], f"{row['ours']:.4g} {row['unit']}",
+                          f"{rel}{row['published']:.4g}", f"{100 * row['error']:+.1f} %",
+                          row["band"], "yes" if row["passed"] else "NO")
         console.print(table)
+        console.print(f"median |error| {100 * summary['median_abs_error']:.1f} %, max "
+                      f"{100 * summary['max_abs_error']:.1f} % ({summary['worst_case']}); "
+                      f"goal: median <= {100 * summary['goal']['median_abs_error']:.0f} %, "
+                      f"max <= {100 * summary['goal']['max_abs_error']:.0f} %")
+        for row in rows:
+            console.print(f"- {row['name']}: {row['note']}")
     _guard(body)
 
 
 # ------------------------------------------------------------ gpu / compare / quote -----
+from waferscale.cli_cluster import register as _register_cluster  # noqa: E402
+from waferscale.cli_generate import register as _register_generate  # noqa: E402
 from waferscale.cli_gpu import register as _register_gpu  # noqa: E402
+from waferscale.cli_report import register as _register_report  # noqa: E402
 from waferscale.cli_train import register as _register_train  # noqa: E402
 
 _register_gpu(app)
+_register_generate(app)
 _register_train(app)
+_register_cluster(app)
+_register_report(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ tokens/s, SRAM per PE for the weights and the KV cache) come from the inference 
 (`waferscale.compiler.inference`). Presets and every model with ``--estimate`` are built
 on the meta device and only planned; a factory's model with weights, small enough
 (`SIMULATE_PARAMS_LIMIT`, `SIMULATE_TOKENS_LIMIT`), also generates its tokens on the
-simulated wafer (`waferscale.runtime.generate`) from a random prompt.
+simulated wafer (`waferscale.generate`) from a random prompt.
 
 The main CLI calls `register(app)`; the command runs under its error contract
 (`waferscale.cli._guard`: a user mistake prints one line ``error: ...`` and exits 2; with
@@ -73,9 +73,9 @@ def generate_report(model: str, *, prompt_len: int, new_tokens: int, batch: int 
     when the model is simulated (module docstring)."""
     import torch
 
+    from waferscale.generate import compile_lm
     from waferscale.hardware import get_spec
     from waferscale.models import META_ABOVE
-    from waferscale.runtime.generate import compile_lm
     from waferscale.workloads.llm import LLM_PRESETS
 
     wafer = get_spec(spec)

@@ -42,20 +42,36 @@ def register(app: typer.Typer) -> None:
               = False,
               spec: Annotated[str, typer.Option("--spec", help="wse1, wse2, wse3 or a .toml")]
               = "wse2",
+              systems: Annotated[int, typer.Option(
+                  "--systems", help="simulated systems sharing each step's --batch (data "
+                                    "parallel on Ray; 1 = this process)")] = 1,
+              address: Annotated[str | None, typer.Option(
+                  "--address", help="with --systems N: join this Ray cluster (default: "
+                                    "RAY_ADDRESS or a local Ray)")] = None,
               json_out: JsonOpt = False) -> None:
         """Train MODEL on genomes: forward and backward on the simulated wafer, the
-        optimizer in MemoryX; loss and simulated samples/s per step."""
+        optimizer in MemoryX; loss and simulated samples/s per step. --systems N splits
+        each step's batch over N simulated systems (SwarmX sums their gradients)."""
         from waferscale.cli import _emit, _guard, console
 
         def body() -> None:
+            import contextlib
+            import sys
+
             from waferscale.train import train_on_genomes
 
             kwargs: dict[str, Any] = dict(steps=steps, batch=batch, seq=seq, lr=lr,
                                           optimizer=optimizer, mode=mode, spec=spec,
                                           layers=layers, checkpoint_dir=checkpoint,
-                                          resume=resume, eager=eager)
+                                          resume=resume, eager=eager, systems=systems,
+                                          address=address)
+            # Ray reports a lost worker on stdout; keep stdout for the JSON document
+            quiet = (contextlib.redirect_stdout(sys.stderr) if systems > 1
+                     else contextlib.nullcontext())
             if json_out:
-                _emit(train_on_genomes(model, fasta, **kwargs))
+                with quiet:
+                    rep = train_on_genomes(model, fasta, **kwargs)
+                _emit(rep)
                 return
             from rich.progress import Progress
 
@@ -74,7 +90,8 @@ def register(app: typer.Typer) -> None:
                                        f"{r.samples_per_second:,.1f} samples/s ({r.mode})")
 
             try:
-                rep = train_on_genomes(model, fasta, on_step=show, **kwargs)
+                with quiet:
+                    rep = train_on_genomes(model, fasta, on_step=show, **kwargs)
             finally:
                 if started:
                     bar.stop()
@@ -88,6 +105,9 @@ def register(app: typer.Typer) -> None:
                               f"{rep['eager_wall_seconds']:.1f} s here")
             if rep["checkpoint"]:
                 console.print(f"checkpoint: {rep['checkpoint']}")
+            for f in rep.get("faults", []):
+                console.print(f"fault at step {f['step']}: lost {', '.join(f['lost'])}; "
+                              f"{f['action']}")
 
         _guard(body)
 

@@ -11,6 +11,11 @@ Each step reports its loss and the simulated samples/s of the step (the compiled
 timelines: `runtime.weight_streaming` in weight-streaming mode, the pipeline's periods in
 pipelined mode). Checkpoints (`runtime.checkpoint`) make a resumed run continue bit for
 bit.
+
+``systems=N`` trains on a cluster of N simulated systems (`runtime.cluster`, on Ray): the
+global batch ``batches(i)`` is split over the systems, SwarmX sums their gradients in a
+fixed tree order and MemoryX updates once; the model and the step the user wrote are the
+same (docs/clusters.md). With N = 1 nothing of Ray is imported.
 """
 
 from __future__ import annotations
@@ -25,11 +30,9 @@ import torch
 from waferscale import backend
 from waferscale.api import MODES
 from waferscale.compiler.errors import CompileError
-from waferscale.hardware.spec import get_spec
-from waferscale.hardware.system import CS2_SYSTEM
 from waferscale.runtime import checkpoint
 from waferscale.runtime.memoryx import MemoryX, OptimizerConfig
-from waferscale.runtime.weight_streaming import training_plans, training_report
+from waferscale.runtime.weight_streaming import step_samples_per_second
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ class Trainer:
     """A model, its MemoryX and the compiled step (module docstring).
 
     ``batches(i)`` gives the keyword inputs of step i (with ``labels=`` for a causal LM):
-    a function of i, so the data position of a checkpoint is its step.
+    a function of i, so the data position of a checkpoint is its step. ``systems``: how
+    many simulated systems share each step's batch (data parallel, on Ray when > 1);
+    ``address``: a running Ray cluster to join instead of starting a local one.
     """
 
     model: torch.nn.Module
@@ -57,16 +62,57 @@ class Trainer:
     mode: str = "auto"
     spec: str = "wse2"
     max_side: int | None = None
+    systems: int = 1
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES or self.mode == "estimate":
             raise CompileError(f"training mode {self.mode!r}: use auto, pipelined or "
                                f"weight_streaming")
+        from waferscale.runtime.swarmx import check_systems
+
+        check_systems(self.systems)
         self.memoryx = MemoryX(self.model, self.optimizer)
+        self._graphs: list[Any] = []
+        self._cluster: Any = None
+        if self.systems > 1:
+            from waferscale.runtime.cluster import Cluster
+
+            if self.mode == "pipelined":
+                raise CompileError(f"{self.systems} systems run in weight-streaming mode "
+                                   f"(SwarmX streams every layer's weights to all of "
+                                   f"them): use mode weight_streaming or auto")
+            self.mode = "weight_streaming"
+            self._cluster = Cluster(self.model, self.optimizer, self.systems,
+                                    mode=self.mode, spec=self.spec, max_side=self.max_side,
+                                    address=self.address)
+            return
         self._step = torch.compile(self.model, backend="waferscale",
                                    options={"mode": self.mode, "spec": self.spec,
                                             "max_side": self.max_side})
-        self._graphs: list[Any] = []
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        """Systems lost during the run and what was done (a cluster; empty otherwise)."""
+        return self._cluster.faults if self._cluster is not None else []
+
+    def inject_fault(self, step: int, system: int) -> None:
+        """Kill system ``system`` in the middle of step ``step`` (tests of recovery)."""
+        if self._cluster is None:
+            raise CompileError("inject_fault needs a cluster (systems > 1)")
+        self._cluster.inject_fault(step, system)
+
+    def close(self) -> None:
+        """Stop the cluster's actors (and the local Ray it started); no-op on one system."""
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def step_count(self) -> int:
@@ -74,6 +120,9 @@ class Trainer:
 
     def run(self, steps: int) -> Iterator[StepResult]:
         """Steps ``step_count + 1 .. steps``, one result each."""
+        if self._cluster is not None:
+            yield from self._run_cluster(steps)
+            return
         self.model.train()
         while self.memoryx.step_count < steps:
             i = self.memoryx.step_count
@@ -93,33 +142,46 @@ class Trainer:
             yield StepResult(i + 1, float(loss.detach()), self.samples_per_second(n),
                              self.modes(), time.perf_counter() - t0)
 
+    def _run_cluster(self, steps: int) -> Iterator[StepResult]:
+        cluster = self._cluster
+        try:
+            while cluster.step_count < steps:
+                i = cluster.step_count
+                batch = self.batches(i)
+                t0 = time.perf_counter()
+                loss = cluster.step(batch)
+                self.memoryx.step_count = cluster.step_count
+                n = _batch_size(batch)
+                yield StepResult(i + 1, loss, cluster.samples_per_second(n), self.modes(),
+                                 time.perf_counter() - t0)
+        except GeneratorExit:             # the caller stopped early: still hand back
+            cluster.pull(self.memoryx)
+            raise
+        cluster.pull(self.memoryx)         # the user's model holds the trained weights
+
     def modes(self) -> str:
+        if self._cluster is not None:
+            return f"{self.mode} x{self.systems}"
         return "+".join(sorted({c.program.mode for c in self._graphs})) or "?"
 
     def samples_per_second(self, batch: int) -> float:
-        """Simulated throughput of one step of the compiled graphs: weight streaming's
-        training timeline when every graph streams; otherwise one sample through each
-        graph's pipeline back to back (its period, the wafer's time per batch)."""
-        graphs = self._graphs
-        if not graphs:
-            return 0.0
-        if all(c.program.streaming is not None for c in graphs):
-            fw, bw = training_plans([c.program for c in graphs])
-            rep = training_report(fw, bw, get_spec(self.spec), CS2_SYSTEM, batch=batch,
-                                  tokens=batch, optimizer=self.optimizer.name)
-            return float(rep["samples_per_second"])
-        seconds = 0.0
-        for c in graphs:
-            r = c.report()
-            ws = r.get("weight_streaming")
-            seconds += ws["seconds_per_batch"] if ws else r["period_cycles"] / r["clock_hz"]
-        return batch / seconds if seconds else 0.0
+        """Simulated throughput of one step (`weight_streaming.step_samples_per_second`);
+        ``batch``: the global batch."""
+        if self._cluster is not None:
+            return self._cluster.samples_per_second(batch)
+        return step_samples_per_second(self._graphs, self.spec, batch,
+                                            self.optimizer.name)
 
     def save(self, directory: str, meta: dict[str, Any]) -> str:
+        if self._cluster is not None:
+            self._cluster.pull(self.memoryx)
         return str(checkpoint.save(directory, self.model, self.memoryx, meta))
 
     def resume(self, directory: str) -> dict[str, Any]:
-        return checkpoint.load(directory, self.model, self.memoryx)
+        meta = checkpoint.load(directory, self.model, self.memoryx)
+        if self._cluster is not None:
+            self._cluster.push(self.memoryx)
+        return meta
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
@@ -159,18 +221,34 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
                      spec: str = "wse2", layers: int | None = None,
                      checkpoint_dir: str | None = None, resume: bool = False,
                      eager: bool = False, max_side: int | None = None,
+                     systems: int = 1, address: str | None = None,
                      on_step: Callable[[StepResult], None] | None = None) -> dict[str, Any]:
     """`waferscale train`: train MODEL on genomes from FASTA for ``steps`` steps on the
     simulated wafer, checkpointing after every step when asked; with ``eager``, the same
-    steps in eager PyTorch beside it (the loss curves compared)."""
+    steps in eager PyTorch beside it (the loss curves compared). ``systems`` > 1: a
+    cluster (``batch`` is the global batch, split evenly over the systems)."""
     import copy
 
     from waferscale.errors import WaferscaleError
     from waferscale.models import load_model
+    from waferscale.runtime.swarmx import check_systems, split_batch
 
     if steps < 1 or batch < 1 or seq < 2:
         raise WaferscaleError(f"--steps {steps} and --batch {batch} must be at least 1 and "
                               f"--seq {seq} at least 2")
+    check_systems(systems)
+    split_batch(batch, systems)
+    if address is not None and systems == 1:
+        raise WaferscaleError(f"--address {address}: one system trains in this process; "
+                              f"add --systems 2 or more to use a Ray cluster")
+    if systems > 1:
+        from waferscale.runtime.cluster import check_address
+
+        check_address(address)          # or RAY_ADDRESS: before the model is built
+    if systems > 1 and mode == "pipelined":
+        raise WaferscaleError(f"--systems {systems} runs in weight-streaming mode (SwarmX "
+                              f"streams every layer's weights to all systems): use --mode "
+                              f"weight-streaming or auto")
     if resume and checkpoint_dir is None:
         raise WaferscaleError("--resume needs --checkpoint DIR (where the checkpoint is)")
     if resume and eager:
@@ -181,35 +259,46 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
     reference = copy.deepcopy(model) if eager else None
     batches = genome_batches(fasta, vocab, seq=seq, batch=batch)
     config = OptimizerConfig(optimizer, lr=lr)
+    t_start = time.perf_counter()
     trainer = Trainer(model, batches, config, mode=mode.replace("-", "_"), spec=spec,
-                      max_side=max_side)
-    meta = {"model": model_name, "seq": seq, "batch": batch, "lr": lr, "layers": layers,
-            "optimizer": optimizer}
-    start = 0
-    if resume:
-        saved = trainer.resume(checkpoint_dir)  # type: ignore[arg-type]
-        mismatch = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
-        if mismatch:
-            said = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in mismatch.items())
-            raise WaferscaleError(f"--resume: the checkpoint was written by another run "
-                                  f"({said})")
-        start = trainer.step_count
-    t0 = time.perf_counter()
-    rows = []
-    for r in trainer.run(steps):
-        rows.append(r)
-        if checkpoint_dir is not None:
-            trainer.save(checkpoint_dir, meta)
-        if on_step is not None:
-            on_step(r)
-    wafer_wall = time.perf_counter() - t0
+                      max_side=max_side, systems=systems, address=address)
+    try:
+        start_seconds = time.perf_counter() - t_start
+        meta = {"model": model_name, "seq": seq, "batch": batch, "lr": lr, "layers": layers,
+                "optimizer": optimizer}
+        start = 0
+        if resume:
+            saved = trainer.resume(checkpoint_dir)  # type: ignore[arg-type]
+            mismatch = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+            if mismatch:
+                said = ", ".join(f"{k} {a!r} there, {b!r} here"
+                                 for k, (a, b) in mismatch.items())
+                raise WaferscaleError(f"--resume: the checkpoint was written by another run "
+                                      f"({said})")
+            start = trainer.step_count
+        t0 = time.perf_counter()
+        rows = []
+        for r in trainer.run(steps):
+            rows.append(r)
+            if checkpoint_dir is not None:
+                trainer.save(checkpoint_dir, meta)
+            if on_step is not None:
+                on_step(r)
+        wafer_wall = time.perf_counter() - t0
+        faults = list(trainer.faults)
+        modes = trainer.modes()
+    finally:
+        trainer.close()
     out: dict[str, Any] = {
         "model": model_name, "fasta": fasta, "steps": steps, "start_step": start,
-        "batch": batch, "seq": seq, "optimizer": optimizer, "lr": lr, "mode": trainer.modes(),
+        "batch": batch, "seq": seq, "optimizer": optimizer, "lr": lr, "mode": modes,
+        "systems": systems, "batch_per_system": batch // systems,
         "losses": [r.loss for r in rows],
         "samples_per_second": rows[-1].samples_per_second if rows else 0.0,
         "wall_seconds": wafer_wall, "parameters": trainer.memoryx.parameters,
         "checkpoint": checkpoint_dir}
+    if systems > 1:
+        out.update(cluster_start_seconds=start_seconds, faults=faults)
     torch._dynamo.reset()
     if reference is not None:
         t1 = time.perf_counter()

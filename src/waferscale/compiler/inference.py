@@ -32,7 +32,7 @@ on a WSE-2, and times both phases with the kernels' closed-form ``cost()``:
   crossing the system I/O between them (reported as a pipeline of systems).
 
 Everything here is closed form (no fabric run), so an 8B or 70B model plans in seconds;
-`runtime.generate` computes the tokens themselves. Formulas and sources: docs/inference.md.
+`waferscale.generate` computes the tokens themselves. Formulas and sources: docs/inference.md.
 """
 
 from __future__ import annotations

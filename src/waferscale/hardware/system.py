@@ -11,7 +11,11 @@ docs/weight-streaming.md; change a field to explore another system.
   optimizer moments are read and written once per step).
 * SwarmX sits between MemoryX and the systems: it broadcasts weights down a tree of
   ``fanout``-way nodes and sums gradients up it; its latency grows with the tree's depth
-  (log N levels for N systems; one system still crosses one level).
+  (log N levels for N systems; one system still crosses one level). Each system's port
+  into the tree is ``swarmx_lanes`` parallel links (a CS-2's 12 x 100 GbE); a node forwards
+  and adds at line rate, so a transfer through the tree takes its bytes over one system's
+  bandwidth plus one level's latency per level, whatever N (`tree_bytes_per_s`,
+  `tree_latency_s`; docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -42,9 +46,8 @@ class SystemSpec:
     ``stream_bits_per_s``: weights in and gradients out of one system (each direction;
     Ethernet is full duplex), at most the wafer's system I/O.
     ``swarmx_link_bits_per_s``, ``swarmx_fanout``, ``swarmx_level_latency_s``: one level
-    of the broadcast/reduce tree.
-    ``reduce_flops_per_s``: SwarmX's gradient additions per second per node (a level adds
-    ``fanout`` streams at line rate, so it is sized not to bound the link).
+    of the broadcast/reduce tree; ``swarmx_lanes``: links per system into the tree.
+    ``max_systems``: the largest cluster one SwarmX tree serves.
     """
 
     name: str = "cs2-memoryx"
@@ -54,6 +57,8 @@ class SystemSpec:
     swarmx_link_bits_per_s: float = 100e9
     swarmx_fanout: int = 4
     swarmx_level_latency_s: float = 2e-6
+    swarmx_lanes: int = 12
+    max_systems: int = 192
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -67,12 +72,27 @@ class SystemSpec:
         if self.swarmx_fanout < 2 or int(self.swarmx_fanout) != self.swarmx_fanout:
             raise SpecError(f"system spec {self.name!r}: swarmx_fanout = "
                             f"{self.swarmx_fanout!r} must be an integer >= 2")
+        for key in ("swarmx_lanes", "max_systems"):
+            if int(getattr(self, key)) != getattr(self, key):
+                raise SpecError(f"system spec {self.name!r}: {key} = "
+                                f"{getattr(self, key)!r} must be an integer >= 1")
 
     def tree_levels(self, systems: int) -> int:
         """Levels of the SwarmX tree that reaches ``systems`` systems (at least one)."""
         if systems < 1:
             raise SpecError(f"systems = {systems}: need at least one system")
         return max(1, math.ceil(math.log(systems, self.swarmx_fanout) - 1e-12))
+
+    def tree_bytes_per_s(self) -> float:
+        """Bytes per second one system sends or receives through SwarmX (each direction):
+        its port (``stream_bits_per_s``) or its ``swarmx_lanes`` links, the slower."""
+        return min(self.stream_bits_per_s,
+                   self.swarmx_lanes * self.swarmx_link_bits_per_s) / 8.0
+
+    def tree_latency_s(self, systems: int) -> float:
+        """Latency of one broadcast or reduction through the tree to ``systems`` systems:
+        one level's latency per level (log to the base ``fanout``, at least one)."""
+        return self.tree_levels(systems) * self.swarmx_level_latency_s
 
     def update_seconds(self, params: float, optimizer: str = "adamw") -> float:
         """MemoryX's optimizer step over ``params`` parameters (memory-bound)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,8 +23,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from waferscale import backend
 from waferscale.compiler.errors import CompileError
-from waferscale.hardware.spec import get_spec
+from waferscale.compiler.streaming import StreamPlan
+from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
+from waferscale.runtime.swarmx import check_systems
 from waferscale.runtime.weight_streaming import training_plans, training_report
 
 #: Storage dtypes a training estimate can be asked for (the master weights stay fp32 in
@@ -75,36 +78,58 @@ def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
     return graphs
 
 
+@dataclass(frozen=True)
+class StepPlans:
+    """A captured training step's forward and backward streaming plans and what the
+    reports say about the capture (`capture_plans`)."""
+
+    fw: StreamPlan
+    bw: StreamPlan
+    spec: WaferSpec
+    info: dict[str, Any]
+
+
+def capture_plans(model: torch.nn.Module, example: dict[str, Any], *, spec: str = "wse2"
+                  ) -> StepPlans:
+    """Capture one training step of ``model`` and return its streaming plans (the slow
+    part: tracing and planning); the timelines (`training_report`) are then cheap, for
+    any system count (`report.scaling`)."""
+    t0 = time.perf_counter()
+    graphs = capture_training_step(model, example, spec=spec)
+    wspec = get_spec(spec)
+    fw, bw = training_plans([c.program for c in graphs])
+    backward = sum(1 for c in graphs if any(n.meta.get("param_grad")
+                                            for n in c.program.graph.nodes.values()))
+    info = dict(spec=wspec.name,
+                graphs={"forward": len(graphs) - backward, "backward": backward},
+                parameters=sum(p.numel() for p in model.parameters()),
+                fallback_ops=[f for c in graphs for f in c.program.fallback_ops()],
+                compile_seconds=time.perf_counter() - t0,
+                notes=sorted({n for c in graphs for n in c.program.notes}))
+    return StepPlans(fw, bw, wspec, info)
+
+
 def train_estimate(model: torch.nn.Module, example: dict[str, Any], *, batch: int,
                    tokens: int, spec: str = "wse2", systems: int = 1,
                    optimizer: str = "adamw", system: SystemSpec = CS2_SYSTEM,
                    grad_elem_bytes: int = 2) -> dict[str, Any]:
     """Samples/s of a training step in weight-streaming mode, with the per-layer timeline
     (compute, weight in, gradient out, optimizer), what bounds it and the activations'
-    policy; ``grad_elem_bytes``: bytes per gradient element streamed out."""
-    t0 = time.perf_counter()
-    graphs = capture_training_step(model, example, spec=spec)
-    wspec = get_spec(spec)
-    fw, bw = training_plans([c.program for c in graphs])
-    rep = training_report(fw, bw, wspec, system, batch=batch, tokens=tokens,
+    policy; ``grad_elem_bytes``: bytes per gradient element streamed out; ``systems``: a
+    data-parallel cluster, ``batch`` samples on each system (docs/clusters.md)."""
+    check_systems(systems, system)
+    plans = capture_plans(model, example, spec=spec)
+    rep = training_report(plans.fw, plans.bw, plans.spec, system, batch=batch, tokens=tokens,
                           systems=systems, grad_elem_bytes=grad_elem_bytes,
                           optimizer=optimizer)
-    backward = sum(1 for c in graphs if any(n.meta.get("param_grad")
-                                            for n in c.program.graph.nodes.values()))
-    rep.update(spec=wspec.name, system=system.name,
-               graphs={"forward": len(graphs) - backward, "backward": backward},
-               parameters=sum(p.numel() for p in model.parameters()),
-               fallback_ops=[f for c in graphs for f in c.program.fallback_ops()],
-               compile_seconds=time.perf_counter() - t0,
-               notes=sorted({n for c in graphs for n in c.program.notes}))
+    rep.update(system=system.name, **plans.info)
     return rep
 
 
-def train_report(model: str, *, seq: int, batch: int, dtype: str = "fp16",
-                 spec: str = "wse2", systems: int = 1, optimizer: str = "adamw"
-                 ) -> dict[str, Any]:
-    """`waferscale compile MODEL --train --estimate`: a preset (or ``file.py:factory``)
-    built on the meta device in ``dtype``, one training step planned and timed."""
+def load_meta_step(model: str, *, seq: int, batch: int, dtype: str = "fp16"
+                   ) -> tuple[torch.nn.Module, dict[str, Any], int]:
+    """A preset (or ``file.py:factory``) on the meta device in ``dtype`` with its
+    training inputs (labels = inputs), and the bytes of one streamed gradient element."""
     from waferscale.errors import WaferscaleError
     from waferscale.models import load_model
 
@@ -113,13 +138,24 @@ def train_report(model: str, *, seq: int, batch: int, dtype: str = "fp16",
     if dtype not in TRAIN_DTYPES:
         raise WaferscaleError(f"--dtype {dtype!r}: use one of {', '.join(TRAIN_DTYPES)}")
     m, example, _ = load_model(model, seq=seq, batch=batch, meta=True)
-    m = m.to(TRAIN_DTYPES[dtype])
+    m = m.to(device="meta", dtype=TRAIN_DTYPES[dtype])   # a factory builds on the CPU
     ids = example["input_ids"].to("meta")
-    rep = train_estimate(m, {"input_ids": ids, "labels": ids}, batch=batch,
-                         tokens=batch * seq, spec=spec, systems=systems, optimizer=optimizer,
-                         grad_elem_bytes=torch.finfo(TRAIN_DTYPES[dtype]).bits // 8)
+    return m, {"input_ids": ids, "labels": ids}, torch.finfo(TRAIN_DTYPES[dtype]).bits // 8
+
+
+def train_report(model: str, *, seq: int, batch: int, dtype: str = "fp16",
+                 spec: str = "wse2", systems: int = 1, optimizer: str = "adamw"
+                 ) -> dict[str, Any]:
+    """`waferscale compile MODEL --train --estimate [--systems N]`: a preset (or
+    ``file.py:factory``) built on the meta device in ``dtype``, one training step planned
+    and timed; with ``systems`` > 1, ``batch`` samples on each of N systems."""
+    check_systems(systems)
+    m, example, grad_bytes = load_meta_step(model, seq=seq, batch=batch, dtype=dtype)
+    rep = train_estimate(m, example, batch=batch, tokens=batch * seq, spec=spec,
+                         systems=systems, optimizer=optimizer, grad_elem_bytes=grad_bytes)
     rep.update(model=model, seq=seq, batch=batch, dtype=dtype)
     return rep
 
 
-__all__ = ["TRAIN_DTYPES", "capture_training_step", "train_estimate", "train_report"]
+__all__ = ["TRAIN_DTYPES", "StepPlans", "capture_plans", "capture_training_step",
+           "load_meta_step", "train_estimate", "train_report"]

@@ -16,6 +16,10 @@ fit beside the largest stage's working set (policy ``keep``); otherwise they are
 offloaded to MemoryX (policy ``offload``): sent out during the forward pass on the idle
 outbound link and streamed back in during the backward pass ahead of the weights.
 Recomputation is not modelled yet.
+
+A cluster of N systems (``systems``) runs this schedule on every system at once: SwarmX
+broadcasts each stage's weights and reduces its gradients through a tree whose depth adds
+latency (log N levels) but no transfer time (docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any
 from waferscale.compiler.errors import CompileError
 from waferscale.compiler.program import Program
 from waferscale.compiler.streaming import StreamPlan
-from waferscale.hardware.spec import WaferSpec
-from waferscale.hardware.system import SystemSpec
+from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
 
 #: Activation policies, in the order they are tried.
 POLICIES = ("keep", "offload")
@@ -58,8 +62,8 @@ def timeline(sp: StreamPlan, spec: WaferSpec, system: SystemSpec, *, systems: in
     """The stage-by-stage schedule of module docstring; ``extra_in_bytes`` /
     ``extra_out_bytes``: offloaded activations streamed in before the first stage / out
     alongside the gradients."""
-    link = system.stream_bits_per_s / 8.0
-    hop = system.tree_levels(systems) * system.swarmx_level_latency_s
+    link = system.tree_bytes_per_s()
+    hop = system.tree_latency_s(systems)
     rows = []
     end_prev = end_prev2 = 0.0
     w_end = extra_in_bytes / link
@@ -118,6 +122,30 @@ def training_plans(programs: list[Program]) -> tuple[StreamPlan, StreamPlan]:
     return merged(fw), merged(bw)  # type: ignore[arg-type]
 
 
+def step_samples_per_second(graphs: list[Any], spec: str, batch: int, optimizer: str,
+                                 *, systems: int = 1, system: SystemSpec = CS2_SYSTEM
+                                 ) -> float:
+    """Simulated throughput of one training step of compiled ``graphs`` (`api.CompiledModel`
+    objects: a ``program`` and a ``report()``) on ``batch``
+    samples per system: weight streaming's training timeline (for ``systems`` systems
+    on one SwarmX tree) when every graph streams; otherwise one sample through each
+    graph's pipeline back to back (its period, the wafer's time per batch) times the
+    systems."""
+    if not graphs:
+        return 0.0
+    if all(c.program.streaming is not None for c in graphs):
+        fw, bw = training_plans([c.program for c in graphs])
+        rep = training_report(fw, bw, get_spec(spec), system, batch=batch, tokens=batch,
+                              systems=systems, optimizer=optimizer)
+        return float(rep["samples_per_second"])
+    seconds = 0.0
+    for c in graphs:
+        r = c.report()
+        ws = r.get("weight_streaming")
+        seconds += ws["seconds_per_batch"] if ws else r["period_cycles"] / r["clock_hz"]
+    return systems * batch / seconds if seconds else 0.0
+
+
 def activation_policy(fw: StreamPlan, bw: StreamPlan | None = None) -> tuple[str, str]:
     """``keep`` when the saved activations fit in the wafer's SRAM beside the largest
     stage's working set (forward or backward), else ``offload``; and why."""
@@ -135,7 +163,14 @@ def activation_policy(fw: StreamPlan, bw: StreamPlan | None = None) -> tuple[str
 def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: SystemSpec, *,
                     batch: int, tokens: int, systems: int = 1, grad_elem_bytes: int = 2,
                     optimizer: str = "adamw") -> dict[str, Any]:
-    """One training step (forward graph then backward graph) in weight-streaming mode."""
+    """One training step (forward graph then backward graph) in weight-streaming mode.
+
+    With ``systems`` > 1 the cluster runs data parallel (docs/clusters.md): every system
+    runs these graphs on its own ``batch`` samples at the same time, SwarmX broadcasts each
+    stage's weights to all of them and sums their gradients on the way to MemoryX, which
+    updates once. The step's schedule is one system's with the tree's latency for
+    ``systems`` (`SystemSpec.tree_latency_s`; the broadcast and the reduction run at one
+    system's bandwidth whatever N), and samples/s counts all ``systems x batch`` samples."""
     policy, why = activation_policy(fw, bw)
     off = float(fw.saved_bytes) if policy == "offload" else 0.0
     f = timeline(fw, spec, system, systems=systems, extra_out_bytes=off)
@@ -144,9 +179,11 @@ def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: Sys
     step = f.seconds + b.seconds
     return {
         "mode": "weight_streaming", "systems": systems, "optimizer": optimizer,
+        "batch_per_system": batch, "global_batch": systems * batch,
+        "tree_levels": system.tree_levels(systems),
         "seconds_per_step": step,
-        "samples_per_second": batch / step if step else 0.0,
-        "tokens_per_second": tokens / step if step else 0.0,
+        "samples_per_second": systems * batch / step if step else 0.0,
+        "tokens_per_second": systems * tokens / step if step else 0.0,
         "forward_seconds": f.seconds, "backward_seconds": b.seconds,
         "bound": _bound(f, b),
         "activation_policy": policy, "activation_policy_reason": why,
@@ -163,11 +200,12 @@ def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: Sys
 
 def forward_report(fw: StreamPlan, spec: WaferSpec, system: SystemSpec, *, batch: int,
                    tokens: int, systems: int = 1) -> dict[str, Any]:
-    """Forward only (inference) in weight-streaming mode."""
+    """Forward only (inference) in weight-streaming mode (``systems``: data parallel, as
+    `training_report`)."""
     f = timeline(fw, spec, system, systems=systems)
     return {"mode": "weight_streaming", "systems": systems, "seconds_per_batch": f.seconds,
-            "samples_per_second": batch / f.seconds if f.seconds else 0.0,
-            "tokens_per_second": tokens / f.seconds if f.seconds else 0.0,
+            "samples_per_second": systems * batch / f.seconds if f.seconds else 0.0,
+            "tokens_per_second": systems * tokens / f.seconds if f.seconds else 0.0,
             "bound": f.bound, "forward": _summary(f), "layers": layer_rows(f, "forward")}
 
 
@@ -205,4 +243,5 @@ def layer_rows(t: Timeline, graph: str) -> list[dict[str, Any]]:
 
 
 __all__ = ["POLICIES", "Timeline", "activation_policy", "forward_report", "layer_rows",
-           "merged", "timeline", "training_plans", "training_report"]
+           "merged", "step_samples_per_second", "timeline", "training_plans",
+           "training_report"]
