@@ -49,3 +49,26 @@ def test_implied_formulas_cover_every_primitive():
     formulas = implied_formulas()
     for primitive in PRIMITIVES:
         assert primitive.split()[0] in " ".join(formulas) or primitive in formulas
+
+
+@pytest.mark.parametrize("n,b", [(8, 1), (8, 16), (16, 4), (32, 16), (32, 256)])
+def test_ktree_reduce_matches_the_closed_form_exactly(n, b):
+    """The K-tree on wavelets (pass-through routers at its upper level, leaders that take
+    one side, then the other) against `ktree_reduce_cycles` and the fast fabric run."""
+    from waferscale.fabric.cycle.runs import run_ktree_reduce
+    from waferscale.fabric.ktree import ktree_reduce_cycles
+
+    run = run_ktree_reduce(SPEC, 1, n, b)
+    assert run.ok()
+    closed, root = ktree_reduce_cycles(SPEC, b, n)
+    assert run.mask[0, root] and closed == run.cycles
+    row = agreement_row(SPEC, "ktree reduce", n, b)
+    assert row["fast_cycles"] == run.cycles
+
+
+def test_packed_fp16_shift_moves_two_values_per_wavelet():
+    row16 = agreement_row(SPEC, "shift fp16", 8, 32)
+    row32 = agreement_row(SPEC, "shift", 8, 32)
+    assert row16["values_match_numpy"] and row16["values_match_fast"]
+    # 64 fp16 values per PE take exactly as long as 32 fp32 values
+    assert row16["fast_cycles"] == row32["fast_cycles"] == row16["cycle_cycles"]

@@ -238,3 +238,15 @@ def test_runs_on_a_rectangle_of_a_shared_fabric():
     assert f.ce_clock[:3].max() == 0 and f.ce_clock[:, :6].max() == 0
     with pytest.raises(KernelFitError, match=r"does not fit the 9x6 rectangle"):
         gemm.run(a, a, grid=7, fabric=f, origin=(3, 6))
+
+
+def test_16_bit_blocks_travel_two_per_wavelet():
+    """A block moved memory to memory is sent as 32-bit words: 16-bit values pack two per
+    wavelet, so an fp16 GEMM's links carry half an fp32 GEMM's wavelets (and cost() and
+    the fabric agree on it: test_cost_equals_fabric_cycles)."""
+    counts = {}
+    for dtype in ("fp32", "fp16"):
+        r = gemm.run((96, 96), (96, 96), algorithm="meshgemm", grid=8, spec=SPEC,
+                     dtype=dtype, accumulate="fp32")
+        counts[dtype] = r.stats["link_wavelets"]
+    assert counts["fp16"] == pytest.approx(counts["fp32"] / 2)

@@ -175,3 +175,35 @@ def test_stream_pays_detours_on_its_path():
     # rows 6 and 7 turn south at col 12 above row 8, so their last flows cross it as well
     np.testing.assert_array_equal(delta[0], [0, 0, 0, 3])
     assert delta[2].max() == 0
+
+
+@pytest.mark.parametrize("axis", ["row", "col", "both"])
+def test_ktree_allreduce_sums_and_matches_the_closed_form(axis):
+    """The K-tree allreduce: values as NumPy's sum, clocks as `allreduce_cycles('ktree')`
+    (per line; rows then columns for 'both')."""
+    f = Fabric(SPEC, 9, 13)
+    x = RNG.standard_normal((9, 13, 3)).astype(np.float32)
+    rm = "partial" if axis in ("col", "both") else None
+    cm = "partial" if axis in ("row", "both") else None
+    t = MeshTensor(f, f.full, (3,), "fp32", rm, cm, x)
+    y = mv.allreduce(t, axis, "ktree")
+    axes = {"row": (1,), "col": (0,), "both": (0, 1)}[axis]
+    want = x.sum(axis=axes, keepdims=True)
+    np.testing.assert_allclose(np.asarray(y.tiles), np.broadcast_to(want, x.shape),
+                               rtol=1e-5, atol=1e-5)
+    rows = tm.allreduce_cycles(SPEC, 3, 13, "ktree")
+    cols = tm.allreduce_cycles(SPEC, 3, 9, "ktree")
+    expected = {"row": rows, "col": cols, "both": rows + cols}[axis]
+    assert y.ready.max() == expected
+
+
+def test_ktree_allreduce_of_one_value_is_near_the_diameter():
+    """A full-wafer allreduce of one wavelet: the chain adds at every PE (7 cycles a PE),
+    the K-tree's upper level passes routers at one cycle a hop."""
+    from waferscale.hardware import get_spec
+    spec = get_spec("wse2")
+    diameter = spec.rows + spec.cols - 2
+    chain = tm.allreduce_cycles(spec, 1, spec.rows) + tm.allreduce_cycles(spec, 1, spec.cols)
+    ktree = sum(tm.allreduce_cycles(spec, 1, n, "ktree") for n in (spec.rows, spec.cols))
+    assert chain > 6 * diameter
+    assert diameter < ktree < 1.3 * diameter

@@ -46,10 +46,26 @@ def compute_dtype(dtype: str, accumulate: str | None = None) -> type:
 
 
 def elements_per_wavelet(dtype: str) -> int:
-    """One element per 32-bit wavelet for every dtype (16-bit data uses the low half).
+    """Elements per wavelet when an instruction takes its operand from the fabric (an FMAC,
+    an add, a move into a DSD of ``dtype``): one, for every dtype, 16-bit data in the low
+    half [A] (the SDK's fabric DSDs count wavelets per element).
 
-    An assumption: the SDK's fabric DSDs move one element per wavelet; packing two fp16
-    values per wavelet would halve 16-bit traffic (see docs/fabric.md).
+    Moving stored tiles memory to memory is different: see `move_wavelets`.
     """
     check_dtype(dtype)
     return 1
+
+
+def move_wavelets(elements: np.ndarray | float, dtype: str, wavelet_bits: int = 32
+                  ) -> np.ndarray:
+    """Wavelets that move ``elements`` stored values from one PE's memory to another's when
+    the program sends the tile as raw 32-bit words: a wavelet carries ``wavelet_bits`` of
+    data [S: SDK, 32 bits + a 5-bit colour], so two 16-bit values per wavelet, one fp32.
+
+    Only pure moves can pack (the receiver stores the words and computes on them from
+    memory, as a GEMM's shifted blocks are); an instruction that consumes fabric data
+    directly takes one element per wavelet (`elements_per_wavelet`).
+    """
+    per = max(1, wavelet_bits // (8 * BYTES[check_dtype(dtype)]))
+    elements = np.asarray(elements, dtype=float)
+    return elements if per == 1 else np.ceil(elements / per)

@@ -84,6 +84,7 @@ class Fabric:
         self.ce_clock = np.zeros(shape)
         self.busy = np.zeros(shape)
         self.stalled = np.zeros(shape)
+        self.memory_stalled = np.zeros(shape)
         self.port_clock = np.zeros((6, *shape))
         self.port_wavelets = np.zeros((6, *shape))
         self.flops = np.zeros(shape)
@@ -122,12 +123,14 @@ class Fabric:
 
     # -- compute engine ------------------------------------------------------------------
     def execute(self, rect: Rect, cycles: np.ndarray | float, ready: np.ndarray | float,
-                flops: np.ndarray | float = 0.0, mem_bytes: np.ndarray | float = 0.0
-                ) -> np.ndarray:
+                flops: np.ndarray | float = 0.0, mem_bytes: np.ndarray | float = 0.0,
+                memory_stall: np.ndarray | float = 0.0) -> np.ndarray:
         """Run ``cycles`` of CE work on every PE of ``rect`` once its inputs are ``ready``.
 
         Returns when each PE finishes. Waiting for data counts as stalled; PEs with zero
         cycles neither wait nor advance (they were not part of the operation).
+        ``memory_stall``: cycles the work also waits on SRAM (bank conflicts), after it starts;
+        counted apart from busy and from waiting for data.
         """
         sl = rect.slices
         cycles = np.broadcast_to(np.asarray(cycles, dtype=float), rect.shape)
@@ -140,6 +143,11 @@ class Fabric:
         np.add(stalled, start - clock, out=stalled, where=active)
         self.busy[sl] += cycles
         end = start.copy()
+        if np.any(memory_stall):
+            memory_stall = np.broadcast_to(np.asarray(memory_stall, dtype=float), rect.shape)
+            cycles = cycles + memory_stall
+            active = cycles > 0
+            self.memory_stalled[sl] += memory_stall
         np.add(start, cycles, out=end, where=active)
         np.copyto(clock, end, where=active)
         self.flops[sl] += flops
@@ -187,13 +195,15 @@ class Fabric:
         pe_cycles = cycles * self.rows * self.cols or 1.0
         busy = float(self.busy.sum())
         stalled = float(self.stalled.sum())
+        memory = float(self.memory_stalled.sum())
         link_wavelets = self.port_wavelets[:4]
         return {
             "cycles": cycles,
             "seconds": self.spec.seconds(cycles),
             "busy_fraction": busy / pe_cycles,
             "stalled_fraction": stalled / pe_cycles,
-            "idle_fraction": max(0.0, 1.0 - (busy + stalled) / pe_cycles),
+            "memory_stall_fraction": memory / pe_cycles,
+            "idle_fraction": max(0.0, 1.0 - (busy + stalled + memory) / pe_cycles),
             "flops": float(self.flops.sum()),
             "link_wavelets": float(link_wavelets.sum()),
             "peak_link_wavelets": float(link_wavelets.max()),

@@ -19,6 +19,16 @@ import numpy as np
 
 from waferscale.hardware.spec import WaferSpec
 
+#: Cycles between a compute engine reading an element and its result leaving for the ramp
+#: (the "+1" of every dependent step in HPDC'24's model, 2*T_R + 1 per step). The cycle
+#: simulator's ``CycleConfig.ce_latency`` default, which these forms were checked against.
+CE_LATENCY = 1
+#: Wavelets of one colour that can wait for the compute engine: its input queue plus the
+#: ramp's stages. [A]: no public figure; the cycle simulator's defaults
+#: (``CycleConfig.ce_queue_depth`` 4 + ``ramp_cycles`` 2), which these forms are checked
+#: against. Used where a stream arrives while the CE consumes another (`fabric.ktree`).
+CE_QUEUE_WAVELETS = 6
+
 
 def transfer_cycles(spec: WaferSpec, wavelets: float, hops: int, share: int = 1) -> float:
     """A point-to-point message; ``share`` messages from consecutive PEs interleave on its
@@ -42,9 +52,11 @@ def multicast_cycles(spec: WaferSpec, wavelets: float, pes: int) -> float:
     return transfer_cycles(spec, wavelets, pes - 1)
 
 
-def chain_step_cycles(spec: WaferSpec) -> float:
-    """Latency one chain-reduce stage adds: ramp up, add, ramp down, hop (HPDC'24)."""
-    return 2 * spec.ramp_cycles + 2 * spec.hop_cycles
+def chain_step_cycles(spec: WaferSpec, hops: int = 1) -> float:
+    """Latency one chain-reduce stage adds: ramp up, add, ramp down, and ``hops`` routers
+    passed at one cycle each (HPDC'24: 2*T_R + 2 per stage between neighbours). Only the
+    two PEs that add touch a ramp; the routers in between pass the wavelets on."""
+    return 2 * spec.ramp_cycles + CE_LATENCY + hops * spec.hop_cycles
 
 
 def chain_reduce_cycles(spec: WaferSpec, wavelets: float, pes: int) -> float:
@@ -75,7 +87,14 @@ def reduce_cycles(spec: WaferSpec, wavelets: float, pes: int, algorithm: str) ->
 
 def allreduce_cycles(spec: WaferSpec, wavelets: float, pes: int, algorithm: str = "chain"
                      ) -> float:
-    """Reduce to one end, then flood the result back."""
+    """Reduce to one end, then flood the result back; ``"ktree"``: MeshGEMV's K-tree (K = 2)
+    into the middle, then a flood from there to both ends (`movement.allreduce`)."""
+    if algorithm == "ktree":
+        from waferscale.fabric.ktree import ktree_reduce_cycles
+        if pes <= 1 or wavelets <= 0:
+            return 0.0
+        done, root = ktree_reduce_cycles(spec, wavelets, pes)
+        return done + multicast_cycles(spec, wavelets, max(root, pes - 1 - root) + 1)
     return reduce_cycles(spec, wavelets, pes, algorithm) + multicast_cycles(spec, wavelets, pes)
 
 

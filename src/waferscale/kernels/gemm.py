@@ -50,7 +50,7 @@ from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric import movement as mv
 from waferscale.fabric.compute import local_matmul
-from waferscale.fabric.dtypes import BYTES, to_storage
+from waferscale.fabric.dtypes import BYTES, move_wavelets, to_storage
 from waferscale.fabric.grid import Rect
 from waferscale.fabric.timing import transfer_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
@@ -253,6 +253,8 @@ class _Operand:
         if self.sparse:
             nnz = self.owner.nnz() if self.nnz is None else self.nnz
             v.valid = sparse_wavelets(nnz, self.owner.dtype)
+        else:   # a block moves memory to memory: 16-bit values travel two per wavelet
+            v.valid = move_wavelets(v.valid, v.dtype, v.fabric.spec.wavelet_bits)
         return v
 
 
@@ -364,9 +366,11 @@ def run(a: np.ndarray | tuple[int, int], b: np.ndarray | tuple[int, int], *,
         logical = c.tiles[np.ix_(phys, phys)]
         value = logical.transpose(0, 2, 1, 3).reshape(p * mb, p * nb)[:m, :n]
     cycles = float(c.ready.max())
+    # an all-zero A (or B) with zero skipping sends and multiplies nothing: 0 cycles, and
+    # no useful work to compare with (efficiency 0, as `cost` says for the same case)
+    ideal = ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate)
     return GemmResult(algorithm, p, value, cycles, spec.seconds(cycles),
-                      ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate) / cycles,
-                      fabric.stats(), fabric)
+                      ideal / cycles if cycles else 0.0, fabric.stats(), fabric)
 
 
 def _whole_product(a_val: np.ndarray | None, prob: GemmProblem, algorithm: str) -> bool:
@@ -558,6 +562,8 @@ def _run_summa(a_op: _Operand, b_op: _Operand, prob: GemmProblem, rect: Rect
                               np.maximum(t.ready[sl], begin), allocate=False)
             if op.sparse:
                 root.valid = sparse_wavelets(root.nnz() if nnz is None else nnz, t.dtype)
+            else:
+                root.valid = move_wavelets(root.valid, t.dtype, fabric.spec.wavelet_bits)
             flood = mv.multicast(root, rect, axis)
             full = None if nnz is None else np.ascontiguousarray(np.broadcast_to(nnz, (p, p)))
             out.append(_Operand(flood, full, False))
@@ -652,8 +658,10 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
     fmacs = {None: mb * kb * nb, "a": a_nnz * nb, "b": b_nnz * mb,
              "both": a_nnz * b_nnz / kb}[skip]
     comp = float(fmac_cycles(spec, fmacs, dtype, prob.accumulate))
-    wa = float(sparse_wavelets(a_nnz, dtype)) if skip in ("a", "both") else float(mb * kb)
-    wb = float(sparse_wavelets(b_nnz, dtype)) if skip in ("b", "both") else float(kb * nb)
+    wa = float(sparse_wavelets(a_nnz, dtype) if skip in ("a", "both")
+               else move_wavelets(mb * kb, dtype, spec.wavelet_bits))
+    wb = float(sparse_wavelets(b_nnz, dtype) if skip in ("b", "both")
+               else move_wavelets(kb * nb, dtype, spec.wavelet_bits))
     cycles = step_cycles(spec, algorithm, p, wa, wb, comp)
     latency = step_latency(spec, algorithm, p, wa, wb, 0)
     ideal = ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate)

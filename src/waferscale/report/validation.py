@@ -4,18 +4,21 @@ Every case is a dict with ``name``, ``ours``, ``published``, ``error`` (relative
 ``unit`` and ``note`` (the grid, dtype, clock and assumptions behind our number), plus
 ``relation`` ("=" for a published value, ">" or "<" for a published bound), ``band`` (the
 agreement we require) and ``passed``. For a bound, ``error`` is 0 when the bound holds and
-the relative shortfall when it does not.
+the signed relative distance to the bound when it does not.
 
 The WaferLLM numbers (OSDI'25) are measured at the WSE-2's 1.1 GHz (its section 7), so
 those cases are modelled at 1.1 GHz with ``spec.replace(clock_hz=1.1e9)``; the notes also
 give the time at the spec's default 0.85 GHz (the SDK's conversion clock). Nothing is
 fitted: each number is the closed-form cost of the kernel, which the tests check against
-the fabric's own cycle count.
+the fabric's own cycle count. `summary` gives the median and max |error| over all cases
+(docs/validation.md keeps the table and its history).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels import gemm, gemv
@@ -28,11 +31,19 @@ WAFERLLM_GEMV_US = {16384: 1.2, 32768: 2.03}
 WAFERLLM_GEMM = {"meshgemm_min": 0.70, "baseline_max": 0.50, "small": 360, "large": 720}
 WAFERLLM_CLOCK_HZ = 1.1e9
 GEMV_BAND = 0.30
-#: The datapath the WaferLLM cases assume. The paper's tables do not restate a dtype in
-#: our reference sheet; fp32 (1 FMAC per cycle) is what the Cerebras SDK's GEMV/GEMM
-#: examples use. The notes give the fp16-with-fp32-accumulate figures beside it.
-DTYPE, ACCUMULATE = "fp32", "fp32"
-ALT_DTYPE = "fp16"
+STENCIL_BAND = 0.15
+#: The issue's goal for `validate --json`: median and max |error| over all cases.
+GOAL = {"median_abs_error": 0.10, "max_abs_error": 0.20}
+#: The datapath the WaferLLM cases assume: 16-bit weights and activations, accumulated in
+#: fp32 (the SDK's ``fmachs``, SIMD 2). Why 16-bit: the A100 times in the same Table 6
+#: (0.336 ms and 1.231 ms) are below what an A100 needs just to read fp32 weights at its
+#: peak HBM bandwidth (16K^2 x 4 B / 2.04 TB/s = 0.53 ms; 32K: 2.1 ms) and match 16-bit
+#: weights (0.26-0.35 ms; 1.05-1.38 ms on the 80 GB / 40 GB parts), so the table compares
+#: 16-bit GEMVs. Why fp32 accumulation: it is what cuBLAS does for the A100 side, and the
+#: 16-bit accumulator is inconsistent with both WaferLLM cases (the notes give it).
+DTYPE, ACCUMULATE = "fp16", "fp32"
+#: Alternatives the notes report: the SDK examples' fp32, and fp16 accumulated in fp16.
+ALTERNATIVES = (("fp32", "fp32"), ("fp16", "fp16"))
 
 
 def waferllm_spec(base: WaferSpec | str | None = "wse2") -> WaferSpec:
@@ -50,8 +61,10 @@ def _value_case(name: str, ours: float, published: float, unit: str, band: float
 
 def _bound_case(name: str, ours: float, bound: float, relation: str, unit: str,
                 note: str) -> dict[str, Any]:
+    """A published bound: error 0 while it holds, else the signed relative distance to it
+    (negative: ours is below a bound it should exceed)."""
     holds = ours > bound if relation == ">" else ours < bound
-    error = 0.0 if holds else abs(ours - bound) / bound
+    error = 0.0 if holds else (ours - bound) / bound
     return {"name": name, "ours": float(ours), "published": float(bound), "error": error,
             "unit": unit, "note": note, "relation": relation,
             "band": f"{relation} {bound:g}", "passed": bool(holds)}
@@ -77,19 +90,21 @@ def gemv_cases(quick: bool = False) -> list[dict[str, Any]]:
             cycles = gemv.run((1, k), (k, k), algorithm="ktree", grid=plan.grid, spec=spec,
                               dtype=DTYPE, accumulate=ACCUMULATE).cycles
             source = "timing-only fabric run"
-        alt = choose_gemv(1, k, k, spec=spec, dtype=ALT_DTYPE, accumulate="fp32",
-                          algorithms=("ktree",))
+        alts = [(d, a, choose_gemv(1, k, k, spec=spec, dtype=d, accumulate=a,
+                                   algorithms=("ktree",))) for d, a in ALTERNATIVES]
         chain = choose_gemv(1, k, k, spec=spec, dtype=DTYPE, accumulate=ACCUMULATE,
                             algorithms=("chain",))
         ours_us = spec.seconds(cycles) * 1e6
+        alt_text = "; ".join(f"{d} accumulated in {a}: {c.seconds * 1e6:.2f} us on "
+                             f"{c.grid[0]}x{c.grid[1]}" for d, a, c in alts)
         note = (f"MeshGEMV (K-tree allreduce, K=2) on {plan.grid[0]}x{plan.grid[1]} PEs "
-                f"(chooser), tiles {plan.tiles[0]}x{plan.tiles[1]}, {DTYPE}; {source}; "
+                f"(chooser), tiles {plan.tiles[0]}x{plan.tiles[1]}, {DTYPE} accumulated in "
+                f"{ACCUMULATE}; {source}; "
                 f"{cycles:.0f} cycles at WaferLLM's 1.1 GHz (at 0.85 GHz: "
                 f"{cycles / 0.85e3:.2f} us); compute {est.compute_cycles:.0f}, reduce "
                 f"{est.reduce_cycles:.0f}, broadcast {est.broadcast_cycles:.0f} cycles "
                 f"(communication {est.communication_fraction:.0%}); x assumed already "
-                f"replicated along mesh rows (previous layer's allreduce). fp16 inputs with "
-                f"fp32 accumulate: {alt.seconds * 1e6:.2f} us on {alt.grid[0]}x{alt.grid[1]}; "
+                f"replicated along mesh rows (previous layer's allreduce). {alt_text}; "
                 f"chain allreduce instead of K-tree: {chain.seconds * 1e6:.2f} us")
         out.append(_value_case(f"GEMV [1,{k // 1024}K]x[{k // 1024}K,{k // 1024}K] WSE-2 "
                                f"(WaferLLM Table 6)", ours_us, published_us, "us", GEMV_BAND,
@@ -113,16 +128,20 @@ def gemm_cases(quick: bool = False) -> list[dict[str, Any]]:
     costs = {(a, p): gemm.cost(size, size, size, algorithm=a, grid=p, spec=spec, dtype=DTYPE,
                                accumulate=ACCUMULATE)
              for a in gemm.ALGORITHMS for p in (small, large)}
-    alt = {a: gemm.cost(size, size, size, algorithm=a, grid=large, spec=spec,
-                        dtype=ALT_DTYPE, accumulate="fp32") for a in gemm.ALGORITHMS}
+    alt = {(d, acc, a): gemm.cost(size, size, size, algorithm=a, grid=large, spec=spec,
+                                  dtype=d, accumulate=acc)
+           for d, acc in ALTERNATIVES for a in gemm.ALGORITHMS}
 
     def describe(a: str, p: int) -> str:
         c = costs[(a, p)]
         mb = gemm.blocks(size, p)
-        return (f"{p}x{p} PEs, {mb}x{mb}x{mb} tiles, {DTYPE}; per step compute "
+        others = ", ".join(f"{d}/{acc} {alt[(d, acc, a)].efficiency:.2f}"
+                           for d, acc in ALTERNATIVES)
+        return (f"{p}x{p} PEs, {mb}x{mb}x{mb} tiles, {DTYPE} accumulated in {ACCUMULATE} "
+                f"(16-bit blocks move two per wavelet); per step compute "
                 f"{c.compute_cycles:.0f} vs delivery {c.latency_cycles:.0f} cycles; "
                 f"{c.cycles:.0f} cycles = {c.seconds * 1e6:.1f} us at 1.1 GHz; "
-                f"fp16 with fp32 accumulate: efficiency {alt[a].efficiency:.2f}; cost()")
+                f"efficiency with {others}; cost()")
 
     out = [_bound_case(f"GEMM 2K MeshGEMM efficiency at {large}x{large} (WaferLLM 7.2)",
                        costs[("meshgemm", large)].efficiency, WAFERLLM_GEMM["meshgemm_min"],
@@ -140,17 +159,18 @@ def gemm_cases(quick: bool = False) -> list[dict[str, Any]]:
             f"{costs[(a, small)].seconds * 1e6:.1f} us at {small}^2 -> "
             f"{costs[(a, large)].seconds * 1e6:.1f} us at {large}^2 (MeshGEMM: "
             f"{costs[('meshgemm', small)].seconds * 1e6:.1f} -> "
-            f"{costs[('meshgemm', large)].seconds * 1e6:.1f} us); {DTYPE}, cost()"))
+            f"{costs[('meshgemm', large)].seconds * 1e6:.1f} us); {DTYPE}/{ACCUMULATE}, "
+            f"cost()"))
     return out
 
 
 def stencil_cases() -> list[dict[str, Any]]:
-    """The SC22 stencil case, if the stencil kernel provides one."""
-    try:
-        from waferscale.kernels.stencil import validation_case
-    except ImportError:
-        return []
-    return [dict(validation_case())]
+    """The SC22 stencil case (seconds of 1,000 steps on 755 x 994 x 1000)."""
+    from waferscale.kernels.stencil import validation_case
+    case = dict(validation_case())
+    out = _value_case(str(case["name"]), float(case["ours"]), float(case["published"]),
+                      str(case["unit"]), STENCIL_BAND, str(case["note"]))
+    return [out]
 
 
 def validation_cases(quick: bool = False) -> list[dict[str, Any]]:
@@ -158,4 +178,20 @@ def validation_cases(quick: bool = False) -> list[dict[str, Any]]:
     return stencil_cases() + gemv_cases(quick) + gemm_cases(quick)
 
 
-__all__ = ["gemm_cases", "gemv_cases", "stencil_cases", "validation_cases", "waferllm_spec"]
+def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and max |error| over ``cases`` (a bound that holds counts 0, one that fails
+    its relative shortfall), the worst case, and the issue's goal beside them."""
+    errors = sorted(abs(c["error"]) for c in cases)
+    worst = max(cases, key=lambda c: abs(c["error"]))
+    median = float(np.median(errors)) if errors else 0.0
+    return {"cases": len(cases), "median_abs_error": median,
+            "max_abs_error": float(errors[-1]) if errors else 0.0,
+            "worst_case": worst["name"] if cases else None,
+            "failed": [c["name"] for c in cases if not c["passed"]],
+            "goal": dict(GOAL),
+            "goal_met": bool(errors) and median <= GOAL["median_abs_error"]
+            and errors[-1] <= GOAL["max_abs_error"]}
+
+
+__all__ = ["GOAL", "gemm_cases", "gemv_cases", "stencil_cases", "summary",
+           "validation_cases", "waferllm_spec"]

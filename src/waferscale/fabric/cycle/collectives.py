@@ -168,6 +168,77 @@ def tree_reduce_phase(sim: CycleSim, pool: ColorPool, arr: str, n: int, axis: st
     return body
 
 
+def ktree_reduce_phase(sim: CycleSim, pool: ColorPool, arr: str, n: int, axis: str,
+                       levels: int = 2, rect: Rect4 | None = None) -> tuple[list[isa.Instr],
+                                                                             int]:
+    """MeshGEMV's K-tree (`waferscale.fabric.ktree`): groups of ceil(L**(1/K)) PEs reduce
+    into their middle member by two chains, one from each side, and the group leaders do the
+    same at the next level, ``levels`` times. Returns the instructions and the position of
+    the root (the last leader).
+
+    A chain's members add what arrives to their own element and forward the sum (as in
+    `chain_reduce_phase`); the PEs between two members only pass it on in their routers
+    (no ramp, no compute), so a stage over h hops costs 2*T_R + h + 1 cycles. Per level, 2
+    colours for the chains flowing toward higher positions and 2 for the others; a leader
+    takes its lower side's sum, then its upper side's.
+    """
+    from waferscale.fabric.ktree import ktree_group_size, ktree_groups, leader_index
+
+    ln = Lines.of(_grid(sim), rect, axis)
+    L, x = ln.length, ln.pos
+    body: list[isa.Instr] = []
+    members = np.arange(L)
+    if L == 1:
+        return body, 0
+    size = ktree_group_size(L, levels)
+    for level in range(levels):
+        up_a, up_b, dn_a, dn_b = pool.take(4, f"k-tree level {level}")
+        send_c, recv_lo, recv_hi = (_colors_grid(sim) for _ in range(3))
+        leaf, mid, lead_lo, lead_hi = (np.zeros((sim.rows, sim.cols), dtype=bool)
+                                       for _ in range(4))
+        leaders = []
+        for group in ktree_groups(members, size):
+            c = leader_index(group.size)
+            leaders.append(int(group[c]))
+            # lower side flows toward higher positions, upper side toward lower ones
+            for side, fwd, back, colours in ((group[: c + 1], ln.fwd, ln.back, (up_a, up_b)),
+                                             (group[c:][::-1], ln.back, ln.fwd,
+                                              (dn_a, dn_b))):
+                for i in range(side.size - 1):
+                    src, dst = int(side[i]), int(side[i + 1])
+                    color = colours[i % 2]
+                    lo, hi = min(src, dst), max(src, dst)
+                    sim.route(color, "R", fwd, ln.at(src))
+                    sim.route(color, back, fwd, ln.inside & (x > lo) & (x < hi))
+                    sim.route(color, back, "R", ln.at(dst))
+                    send_c[ln.at(src)] = color
+                    if i + 1 < side.size - 1:
+                        recv_lo[ln.at(dst)] = color     # a middle member's input
+                    elif fwd == ln.fwd:
+                        lead_lo |= ln.at(dst)
+                        recv_lo[ln.at(dst)] = color
+                    else:
+                        lead_hi |= ln.at(dst)
+                        recv_hi[ln.at(dst)] = color
+                    if i == 0:
+                        leaf |= ln.at(src)
+                    else:
+                        mid |= ln.at(src)
+        body += [
+            isa.mov(isa.FabOut(send_c), isa.Mem(arr), n, mask=leaf, label=f"ktree{level} leaf"),
+            isa.add(isa.FabOut(send_c), isa.FabIn(recv_lo), isa.Mem(arr), n, mask=mid,
+                    label=f"ktree{level} add+fwd"),
+            isa.add(isa.Mem(arr), isa.FabIn(recv_lo), isa.Mem(arr), n, mask=lead_lo,
+                    label=f"ktree{level} leader lower"),
+            isa.add(isa.Mem(arr), isa.FabIn(recv_hi), isa.Mem(arr), n, mask=lead_hi,
+                    label=f"ktree{level} leader upper"),
+        ]
+        members = np.asarray(leaders)
+        if members.size == 1:
+            break
+    return body, int(members[0])
+
+
 def reduce_phase(sim: CycleSim, pool: ColorPool, arr: str, n: int, axis: str,
                  algorithm: str = "chain", root: str = "first",
                  rect: Rect4 | None = None) -> list[isa.Instr]:

@@ -104,6 +104,24 @@ def run_reduce(spec: WaferSpec | str | None, rows: int, cols: int, wavelets: int
                    max_cycles)
 
 
+def run_ktree_reduce(spec: WaferSpec | str | None, rows: int, cols: int, wavelets: int,
+                     axis: str = "row", levels: int = 2, seed: int = 0, trace: bool = False,
+                     max_cycles: int = 1_000_000) -> PrimitiveRun:
+    """The K-tree reduce of every line; compared at each line's root."""
+    sim, x, pool = _setup(spec, rows, cols, wavelets, seed)
+    body, root = col.ktree_reduce_phase(sim, pool, "x", wavelets, axis, levels)
+    a = 1 if axis == "row" else 0
+    mask = np.zeros((rows, cols), dtype=bool)
+    if a == 1:
+        mask[:, root] = True
+    else:
+        mask[root, :] = True
+    expected = np.broadcast_to(x.sum(axis=a, keepdims=True, dtype=np.float64),
+                               x.shape).astype(np.float32)
+    return _finish(f"k-tree reduce {axis} (K={levels})", sim, body, "x", expected, mask,
+                   trace, max_cycles)
+
+
 def run_allreduce(spec: WaferSpec | str | None, rows: int, cols: int, wavelets: int,
                   axis: str = "row", algorithm: str = "chain", seed: int = 0,
                   trace: bool = False, max_cycles: int = 1_000_000) -> PrimitiveRun:
