@@ -56,7 +56,7 @@ def test_ktree_reduce_matches_the_closed_form_exactly(n, b):
     """The K-tree on wavelets (pass-through routers at its upper level, leaders that take
     one side, then the other) against `ktree_reduce_cycles` and the fast fabric run."""
     from waferscale.fabric.cycle.runs import run_ktree_reduce
-    from waferscale.fabric.ktree import ktree_reduce_cycles
+    from waferscale.fabric.timing import ktree_reduce_cycles
 
     run = run_ktree_reduce(SPEC, 1, n, b)
     assert run.ok()

@@ -23,7 +23,15 @@ from waferscale.errors import GridError, ShapeError
 from waferscale.fabric.dtypes import to_storage
 from waferscale.fabric.grid import EAST, NORTH, RAMP_IN, RAMP_OUT, SOUTH, WEST, Fabric, Rect
 from waferscale.fabric.tensor import MeshTensor
-from waferscale.fabric.timing import chain_step_cycles, tree_levels
+from waferscale.fabric.timing import (
+    CE_LATENCY,
+    chain_step_cycles,
+    ktree_group_size,
+    ktree_groups,
+    leader_index,
+    queue_steal,
+    tree_levels,
+)
 
 DIRECTIONS = {"east": ("row", EAST, False), "west": ("row", WEST, True),
               "south": ("col", SOUTH, False), "north": ("col", NORTH, True)}
@@ -383,7 +391,7 @@ def allreduce(t: MeshTensor, axis: str = "row", algorithm: str = "chain", op: st
     flood back. ``axis='both'`` reduces rows then columns and broadcasts back down and
     across. The intermediate buffers on the root PEs are released once sent on.
 
-    ``algorithm="ktree"`` (sums only): MeshGEMV's K-tree (K = 2, `fabric.ktree`) into the
+    ``algorithm="ktree"`` (sums only): MeshGEMV's K-tree (K = 2, `ktree_reduce`) into the
     middle of each line, whose upper level crosses routers without touching their ramps,
     then a flood from the middle to both ends: on a line of P PEs about P + 6 sqrt(P)
     cycles for one wavelet, where the chain takes 7 P.
@@ -408,7 +416,6 @@ def allreduce(t: MeshTensor, axis: str = "row", algorithm: str = "chain", op: st
 
 
 def _ktree_allreduce(t: MeshTensor, axis: str) -> MeshTensor:
-    from waferscale.fabric.ktree import ktree_reduce
     if axis == "both":
         rows = _ktree_allreduce_line(t, "row", ktree_reduce)
         out = _ktree_allreduce_line(rows, "col", ktree_reduce)
@@ -558,3 +565,148 @@ def _neighbour(t: MeshTensor, local: View, unlocal: View, k: int, length: int
             shifted[:, k:] = moved[:, : length - k]
         tiles = unlocal(shifted)
     return t.like(tiles, t.ready, allocate=False)
+
+# ------------------------------------------------ reduces over chosen PEs of a line -----
+# Reduces over chosen PEs of a line: the chains and the K-tree that only some PEs compute in.
+#
+# `movement.reduce`'s chain adds at every PE (each stage: ramp down, add, ramp up, one hop:
+# ``2*T_R + 2`` cycles, HPDC'24). When the PEs that hold addends are spread out, or when a
+# line is reduced in stages, most PEs between two that add only pass wavelets on in their
+# routers, one cycle per hop, and never touch their ramp:
+#
+# * `chain_into`: a pipelined chain reduce over an increasing set of positions of a line;
+#   a stage over h hops costs ``2*T_R + h + 1`` cycles (the ramps and the add only at its
+#   ends, one cycle per router in between);
+# * `ktree_reduce`: MeshGEMV's K-tree (WaferLLM, OSDI'25), HPDC'24's multi-level reduce:
+#   groups of ceil(n**(1/K)) PEs reduce into their middle member from both sides, and the
+#   group leaders do the same over pass-through routers at the next level.
+#
+# `ktree_reduce_cycles` is the same schedule in closed form. The wavelet-level version is
+# `waferscale.fabric.cycle.collectives.ktree_reduce_phase`; `waferscale validate
+# --agreement` compares the two.
+
+
+
+def line_length(rect: Rect, axis: str) -> int:
+    return rect.cols if axis == "row" else rect.rows
+
+
+def chain_into(fabric: Fabric, rect: Rect, axis: str, reverse: bool, ready: np.ndarray,
+               wav: np.ndarray, members: np.ndarray, *, arrival: bool = False
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Pipelined chain reduce along ``members`` (increasing positions, in the coordinates of
+    the direction ``reverse`` picks) into the last member; returns when its sum is complete.
+
+    ``ready``/``wav`` are [lines, n] arrays in those coordinates. Stage i forwards the running
+    sum from members[i-1] to members[i] over h hops; like `movement.reduce`'s chain it adds
+    2*T_R + h + 1 cycles of latency (ramp down, h hops, ramp up, add) and streams the
+    wavelets behind the first one. Each receiver spends one add per wavelet on its CE.
+    ``arrival=True`` also returns when the stream reaches the last member.
+    """
+    spec = fabric.spec
+    view = line_view(rect, axis, reverse)
+    port = line_port(axis, reverse)
+    lines, n = wav.shape
+    s = np.asarray(members, dtype=int)
+    extra = path_extra(fabric, view, port)
+    hops = np.diff(s)
+    steps = 2 * spec.ramp_cycles + hops * spec.hop_cycles + CE_LATENCY
+    cost = np.concatenate([[0.0], np.cumsum(steps)])[None, :] + extra[:, s] - extra[:, s[:1]]
+    r = ready[:, s]
+    emit = np.maximum.accumulate(r - cost, axis=1) + cost
+    m_wav = wav[:, s]
+    # senders: every member but the root, each at its emit time
+    full = np.zeros((lines, n))
+    send_mask = np.zeros((lines, n), dtype=bool)
+    send_mask[:, s[:-1]] = True
+    full[:, s] = emit
+    send(fabric, view, full, wav, send_mask)
+    # links between consecutive members carry the sender's wavelets from its emit time
+    load = np.zeros((lines, n))
+    link_start = np.zeros((lines, n))
+    span = np.arange(s[0], s[-1])
+    stage = np.searchsorted(s, span, side="right") - 1    # the member sending over each link
+    load[:, span] = m_wav[:, stage]
+    link_start[:, span] = emit[:, stage]
+    load_links(fabric, view, port, link_start, load)
+    recv = np.zeros((lines, n), dtype=bool)
+    recv[:, s[1:]] = True
+    heads = np.zeros((lines, n))
+    heads[:, s[1:]] = emit[:, 1:]
+    wav_in = np.zeros((lines, n))
+    wav_in[:, s[1:]] = m_wav[:, :-1]
+    arrive = deliver(fabric, view, heads, wav_in, 1.0, recv)
+    busy = np.where(recv, wav_in, 0.0)
+    execute_line(fabric, rect, axis, reverse, busy, np.where(recv, heads, 0.0))
+    done = np.maximum(arrive[:, s[-1]] - spec.ramp_cycles, emit[:, -1] + m_wav[:, -2])
+    return (done, emit[:, -1]) if arrival else done
+
+
+def ktree_reduce(t: MeshTensor, axis: str, levels: int = 2) -> tuple[MeshTensor, int]:
+    """MeshGEMV's K-tree reduce of a tensor that is partial along ``axis``'s lines.
+
+    Level 1 cuts each line into groups of g = ceil(n**(1/K)) PEs; each group reduces into
+    its middle PE by two pipelined chains, one from each side. Level 2 does the same over the
+    group leaders (g hops apart), and so on for K levels, so the critical path is about
+    K * g / 2 chain stages (WaferLLM: N**(1/K) * K / 2 routing stages). Returns the sum on
+    the root line (one PE wide, as `movement.reduce` returns it) and the root position.
+    """
+    along = t.row_map if axis == "col" else t.col_map
+    if along != "partial":
+        raise ShapeError(f"ktree_reduce along {axis}: tensor {t.name!r} must hold "
+                               f"partial sums along that mesh axis, not {along!r}")
+    fabric = t.fabric
+    n = line_length(t.rect, axis)
+    local, unlocal = local_view(axis, False)
+    ce = local(fabric.ce_clock[t.rect.slices])
+    ready = np.maximum(local(t.ready), ce)
+    wav = local(t.wavelets()).astype(float)
+    members = np.arange(n)
+    if n > 1:
+        size = ktree_group_size(n, levels)
+        for _ in range(levels):
+            leaders = []
+            for group in ktree_groups(members, size):
+                c = leader_index(group.size)
+                leader = int(group[c])
+                leaders.append(leader)
+                if group.size == 1:
+                    continue
+                done = np.full(ready.shape[0], -np.inf)
+                # the shorter side first: its stream reaches the leader's ramp first
+                first = None
+                if c > 0:
+                    first = chain_into(fabric, t.rect, axis, False, ready, wav, group[: c + 1],
+                                       arrival=True)
+                    done = np.maximum(done, first[0])
+                lower = n - 1 - group[c:][::-1]
+                flipped = (ready[:, ::-1], wav[:, ::-1])
+                second, arrive = chain_into(fabric, t.rect, axis, True, *flipped, lower,
+                                            arrival=True)
+                done = np.maximum(done, second)
+                if first is not None:
+                    # the upper side's stream queues while the lower one is taken in
+                    b = wav[:, leader]
+                    steal = queue_steal(b, arrive, first[0] - b, first[0])
+                    done = done + steal
+                    ramp = local(fabric.port_clock[RAMP_IN][t.rect.slices])
+                    ramp[:, leader] += steal
+                    fabric.port_clock[RAMP_IN][t.rect.slices] = unlocal(ramp)
+                ce = local(fabric.ce_clock[t.rect.slices])
+                ready[:, leader] = np.maximum(done, ce[:, leader])
+            members = np.asarray(leaders)
+            if members.size == 1:
+                break
+    root = int(members[0])
+    tiles = None
+    if t.tiles is not None:
+        summed = local(t.tiles).sum(axis=1, keepdims=True, dtype=np.float32)
+        tiles = unlocal(to_storage(summed, t.dtype))
+    if axis == "row":
+        out_rect = Rect(t.rect.row, t.rect.col + root, t.rect.rows, 1)
+        maps = {"col_map": None}
+    else:
+        out_rect = Rect(t.rect.row + root, t.rect.col, 1, t.rect.cols)
+        maps = {"row_map": None}
+    out_ready = unlocal(ready[:, root:root + 1])
+    return t.like(tiles, out_ready, rect=out_rect, **maps), root

@@ -14,6 +14,7 @@ complete at ``t0 + B + H + 2*T_R``. Reduce and broadcast costs follow Luczynski 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ CE_LATENCY = 1
 #: Wavelets of one colour that can wait for the compute engine: its input queue plus the
 #: ramp's stages. [A]: no public figure; the cycle simulator's defaults
 #: (``CycleConfig.ce_queue_depth`` 4 + ``ramp_cycles`` 2), which these forms are checked
-#: against. Used where a stream arrives while the CE consumes another (`fabric.ktree`).
+#: against. Used where a stream arrives while the CE consumes another (`movement.ktree_reduce`).
 CE_QUEUE_WAVELETS = 6
 
 
@@ -90,7 +91,6 @@ def allreduce_cycles(spec: WaferSpec, wavelets: float, pes: int, algorithm: str 
     """Reduce to one end, then flood the result back; ``"ktree"``: MeshGEMV's K-tree (K = 2)
     into the middle, then a flood from there to both ends (`movement.allreduce`)."""
     if algorithm == "ktree":
-        from waferscale.fabric.ktree import ktree_reduce_cycles
         if pes <= 1 or wavelets <= 0:
             return 0.0
         done, root = ktree_reduce_cycles(spec, wavelets, pes)
@@ -146,3 +146,103 @@ def halo_cycles(spec: WaferSpec, wavelets: float, radius: int, directions: int =
         return 0.0
     ramp_in = directions * radius * wavelets / spec.ramp_wavelets_per_cycle
     return 1 + ramp_in + spec.hop_cycles + 2 * spec.ramp_cycles
+
+# ----------------------------------------------------------- K-tree (closed form) -----
+# The K-tree reduce of `movement.ktree_reduce` (MeshGEMV's, WaferLLM OSDI'25; HPDC'24's
+# multi-level reduce) in closed form, and the grouping both share.
+def ktree_groups(members: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive groups of ``size`` members (the last may be shorter)."""
+    return [members[i:i + size] for i in range(0, members.size, size)]
+
+
+def ktree_group_size(n: int, levels: int) -> int:
+    """ceil(n ** (1/K)), corrected for float rounding, so that size ** K >= n."""
+    g = max(2, math.ceil(n ** (1.0 / levels) - 1e-9))
+    while g ** levels < n:
+        g += 1
+    return g
+
+
+def leader_index(length: int) -> int:
+    """The member a group reduces into: its middle, so both sides are (almost) equally long."""
+    return (length - 1) // 2
+
+
+def queue_steal(wavelets: Any, arrival: Any, start: Any, end: Any) -> Any:
+    """Cycles a stream of ``wavelets`` that reaches a PE's ramp at ``arrival`` costs the
+    stream the PE's CE is taking in from ``start`` to ``end``.
+
+    The ramp into the CE serves the colours that have data in turn, so the waiting stream's
+    wavelets take every other slot until its CE queue is full (`CE_QUEUE_WAVELETS`); each
+    one it queues while the other still has wavelets to come delays that one by a cycle,
+    in which the CE idles. Measured on the cycle simulator (docs/fabric.md).
+    """
+    queued = np.minimum(CE_QUEUE_WAVELETS, wavelets)
+    overlap = np.minimum(end - 1, arrival + queued) - np.maximum(start, arrival)
+    steal = np.maximum(0.0, np.minimum(queued, overlap))
+    return float(steal) if np.ndim(steal) == 0 else steal
+
+
+def _merge_at_leader(wav: float, arrivals: list[float], ready: float, ce: float
+                     ) -> tuple[float, float, float]:
+    """Streams reaching a leader at ``arrivals``, taken one after the other (shorter side
+    first): each takes the ramp in for ``wav`` cycles and the CE one add per wavelet. A
+    stream that arrives while another is consumed takes ramp slots once, until its queue is
+    full (`queue_steal`). Returns (ready, ce, ramp)."""
+    stolen: set[int] = set()
+    t = ready
+    for i, a in enumerate(arrivals):
+        begin = max(a, t)
+        end = begin + wav
+        for j in range(i + 1, len(arrivals)):
+            if j not in stolen and arrivals[j] < end:
+                steal = queue_steal(wav, arrivals[j], begin, end)
+                end += steal
+                if steal:
+                    stolen.add(j)
+        t = end
+        ce = max(ce, a) + wav
+    return max(t, ce), ce, t
+
+
+def ktree_reduce_cycles(spec: WaferSpec, wavelets: float, n: int, levels: int = 2,
+                        ready: float = 0.0) -> tuple[float, int]:
+    """When `ktree_reduce` leaves the sum on its root, for a line of ``n`` PEs whose
+    partial sums of ``wavelets`` are all ready at ``ready``; and the root's position.
+
+    The same grouping as `ktree_reduce`, evaluated with scalars: a chain stage over h hops
+    adds 2*T_R + h + 1 cycles, a chain streams its wavelets behind the first, and a leader
+    takes its two incoming streams through its ramp one after the other.
+    """
+    if n <= 1 or wavelets <= 0:
+        return ready, 0
+    step = 2 * spec.ramp_cycles + CE_LATENCY
+    members = list(range(n))
+    state = {m: (ready, ready, 0.0) for m in members}     # ready, ce clock, ramp-in clock
+    size = ktree_group_size(n, levels)
+    for _ in range(levels):
+        leaders = []
+        for group in ktree_groups(np.asarray(members), size):
+            c = leader_index(group.size)
+            leader = int(group[c])
+            leaders.append(leader)
+            if group.size == 1:
+                continue
+            arrivals = []
+            for side in (group[: c + 1], group[c:][::-1]):
+                if side.size < 2:
+                    continue
+                emit = state[int(side[0])][0]
+                for prev, cur in zip(side[:-1], side[1:], strict=True):
+                    hops = abs(int(cur) - int(prev))
+                    emit = emit + step + hops * spec.hop_cycles
+                    if int(cur) != leader:     # a member adds and forwards once it is done
+                        emit = max(state[int(cur)][0], emit)
+                arrivals.append(emit)
+            r, ce, _ = state[leader]
+            state[leader] = _merge_at_leader(wavelets, arrivals, r, ce)
+        members = leaders
+        if len(members) == 1:
+            break
+    root = members[0]
+    return state[root][0], root

@@ -8,9 +8,9 @@ that movement uses, with the same timing conventions:
 * `line_permute`: every PE of a line sends its tile to another position of that line (the
   interleaved ring of MeshGEMM, where each PE's ring neighbour is at most two hops away);
 * `chain_into`, `ktree_reduce`, `ktree_reduce_cycles` (re-exported from
-  `waferscale.fabric.ktree`, where they live next to the fabric's primitives so that the
-  cycle simulator's agreement table can run them): a chain reduce over chosen positions of
-  a line, and MeshGEMV's K-tree built from it.
+  `waferscale.fabric.movement`, the runs, and `fabric.timing`, the closed forms, where they
+  live next to the fabric's primitives so that the cycle simulator's agreement table can
+  run them): a chain reduce over chosen positions of a line, and MeshGEMV's K-tree.
 
 Everything is vectorised over the lines of a rectangle; Python loops run over tree levels,
 groups of a level (about sqrt(n) of them) and hop offsets, never over PEs.
@@ -148,11 +148,10 @@ def line_permute(t: MeshTensor, axis: str, dest: np.ndarray, *,
 
 # the chains and the K-tree live with the fabric's primitives (the cycle simulator's
 # agreement table runs them); kernels keep importing them from here
-from waferscale.fabric.ktree import (  # noqa: E402
-    chain_into,
+from waferscale.fabric.movement import chain_into, ktree_reduce  # noqa: E402
+from waferscale.fabric.timing import (  # noqa: E402
     ktree_group_size,
     ktree_groups,
-    ktree_reduce,
     ktree_reduce_cycles,
     leader_index,
 )

@@ -20,7 +20,7 @@ from waferscale.fabric import movement as mv
 from waferscale.fabric.cycle import runs
 from waferscale.fabric.dtypes import move_wavelets
 from waferscale.fabric.grid import Fabric, Rect
-from waferscale.fabric.ktree import ktree_reduce
+from waferscale.fabric.movement import ktree_reduce
 from waferscale.fabric.tensor import MeshTensor
 from waferscale.hardware.spec import WaferSpec, custom_spec
 

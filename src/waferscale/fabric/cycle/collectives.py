@@ -171,10 +171,10 @@ def tree_reduce_phase(sim: CycleSim, pool: ColorPool, arr: str, n: int, axis: st
 def ktree_reduce_phase(sim: CycleSim, pool: ColorPool, arr: str, n: int, axis: str,
                        levels: int = 2, rect: Rect4 | None = None) -> tuple[list[isa.Instr],
                                                                              int]:
-    """MeshGEMV's K-tree (`waferscale.fabric.ktree`): groups of ceil(L**(1/K)) PEs reduce
-    into their middle member by two chains, one from each side, and the group leaders do the
-    same at the next level, ``levels`` times. Returns the instructions and the position of
-    the root (the last leader).
+    """MeshGEMV's K-tree (`waferscale.fabric.movement.ktree_reduce`): groups of
+    ceil(L**(1/K)) PEs reduce into their middle member by two chains, one from each side,
+    and the group leaders do the same at the next level, ``levels`` times. Returns the
+    instructions and the position of the root (the last leader).
 
     A chain's members add what arrives to their own element and forward the sum (as in
     `chain_reduce_phase`); the PEs between two members only pass it on in their routers
@@ -182,7 +182,7 @@ def ktree_reduce_phase(sim: CycleSim, pool: ColorPool, arr: str, n: int, axis: s
     colours for the chains flowing toward higher positions and 2 for the others; a leader
     takes its lower side's sum, then its upper side's.
     """
-    from waferscale.fabric.ktree import ktree_group_size, ktree_groups, leader_index
+    from waferscale.fabric.timing import ktree_group_size, ktree_groups, leader_index
 
     ln = Lines.of(_grid(sim), rect, axis)
     L, x = ln.length, ln.pos
