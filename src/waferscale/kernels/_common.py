@@ -133,3 +133,12 @@ def mask_blocks(kernel: str, mask: np.ndarray | None, shape: tuple[int, int],
 def skip_with_mask(skip: str | None) -> str:
     """A weight mask means zero weights are skipped (on top of any activation skipping)."""
     return "both" if skip in ("a", "both") else "b"
+
+
+def distinct_parts(size: int, limit: int) -> list[int]:
+    """Part counts <= limit that give distinct block sizes ceil(size / parts): for each
+    block size the fewest parts that reach it."""
+    limit = max(1, min(limit, size))
+    tiles = np.unique(np.ceil(size / np.arange(1, limit + 1)).astype(int))
+    parts = np.unique(np.ceil(size / tiles).astype(int))
+    return [int(p) for p in parts if 1 <= p <= limit]

@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from waferscale.errors import KernelError, KernelFitError
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels import gemm, gemv
-from waferscale.kernels._common import check_datapath
+from waferscale.kernels._common import check_datapath, distinct_parts
 
 
 @dataclass(frozen=True)
@@ -44,15 +42,6 @@ class Plan:
                 f"({self.seconds * 1e6:.2f} us)")
 
 
-def _distinct_parts(size: int, limit: int) -> list[int]:
-    """Part counts <= limit that give distinct block sizes ceil(size / parts): for each
-    block size the fewest parts that reach it."""
-    limit = max(1, min(limit, size))
-    tiles = np.unique(np.ceil(size / np.arange(1, limit + 1)).astype(int))
-    parts = np.unique(np.ceil(size / tiles).astype(int))
-    return [int(p) for p in parts if 1 <= p <= limit]
-
-
 def choose_gemm(m: int, k: int, n: int, *, spec: WaferSpec | str | None = None,
                 rect: tuple[int, int] | None = None, dtype: str = "fp32",
                 accumulate: str | None = "fp32",
@@ -63,7 +52,7 @@ def choose_gemm(m: int, k: int, n: int, *, spec: WaferSpec | str | None = None,
     check_datapath(gemm.KERNEL, dtype, accumulate)
     rows, cols = rect or (spec.rows, spec.cols)
     limit = min(rows, cols, m, k, n)
-    candidates = sorted({p for d in (m, k, n) for p in _distinct_parts(d, limit)})
+    candidates = sorted({p for d in (m, k, n) for p in distinct_parts(d, limit)})
     best: gemm.GemmCost | None = None
     considered = 0
     for algorithm in algorithms:
@@ -105,24 +94,10 @@ def choose_gemv(m: int, k: int, n: int, *, spec: WaferSpec | str | None = None,
     spec = get_spec(spec)
     check_datapath(gemv.KERNEL, dtype, accumulate)
     r_max, c_max = rect or (spec.rows, spec.cols)
-    cols = min(c_max, n)
-    best: gemv.GemvCost | None = None
-    considered = 0
-    for algorithm in algorithms:
-        for rows in _distinct_parts(k, r_max):
-            if gemv.sram_bytes(m, k, n, rows, cols, dtype, accumulate or "fp32") \
-                    > spec.sram_bytes:
-                continue
-            c = gemv.cost(m, k, n, algorithm=algorithm, grid=(rows, cols), spec=spec,
-                          dtype=dtype, accumulate=accumulate, skip=skip, levels=levels,
-                          x_density=x_density, w_density=w_density)
-            considered += 1
-            if best is None or (c.cycles, c.grid) < (best.cycles, best.grid):
-                best = c
-    if best is None:
-        raise KernelFitError(
-            f"gemv [{m},{k}]x[{k},{n}] {dtype}: no grid within the {r_max}x{c_max} rectangle "
-            f"fits the {spec.sram_bytes} B SRAM; use a larger rectangle or split W")
+    best, considered = gemv.fastest_grid(spec, m, k, n, rect=(r_max, c_max), dtype=dtype,
+                                         accumulate=accumulate, algorithms=tuple(algorithms),
+                                         skip=skip, levels=levels, x_density=x_density,
+                                         w_density=w_density)
     kb, nb = gemv.blocks(k, best.grid[0]), gemv.blocks(n, best.grid[1])
     return Plan("gemv", best.algorithm, best.grid, (kb, nb), best.sram_bytes, best.cycles,
                 best.seconds, (r_max, c_max), considered, best)

@@ -51,6 +51,7 @@ from waferscale.kernels._common import (
     check_datapath,
     check_nnz,
     check_skip,
+    distinct_parts,
     fabric_accumulate,
     fmac_cycles,
     fmacs_per_cycle,
@@ -435,18 +436,46 @@ def _cost_cycles(spec: WaferSpec, m: int, k: int, n: int, grid: tuple[int, int],
                 accumulate="fp32").cycles
 
 
+def fastest_grid(spec: WaferSpec, m: int, k: int, n: int, *, rect: tuple[int, int],
+                 dtype: str, accumulate: str | None, algorithms: tuple[str, ...] = ALGORITHMS,
+                 skip: str | None = None, levels: int = 2, x_density: float = 1.0,
+                 w_density: float = 1.0) -> tuple[GemvCost, int]:
+    """The fastest (algorithm, rows x cols) for ``[m,k] x [k,n]`` within ``rect`` and how
+    many were priced. Columns are independent lines (the reduction runs down each column),
+    so more columns never cost latency: as many as N and the rectangle allow; the row count
+    trades local FMACs against the reduction's length. A typed error when none fits."""
+    r_max, c_max = rect
+    cols = min(c_max, n)
+    best: GemvCost | None = None
+    considered = 0
+    for algorithm in algorithms:
+        for rows in distinct_parts(k, r_max):
+            if sram_bytes(m, k, n, rows, cols, dtype, accumulate or "fp32") > spec.sram_bytes:
+                continue
+            c = cost(m, k, n, algorithm=algorithm, grid=(rows, cols), spec=spec, dtype=dtype,
+                     accumulate=accumulate, skip=skip, levels=levels, x_density=x_density,
+                     w_density=w_density)
+            considered += 1
+            if best is None or (c.cycles, c.grid) < (best.cycles, best.grid):
+                best = c
+    if best is None:
+        raise KernelFitError(
+            f"gemv [{m},{k}]x[{k},{n}] {dtype}: no grid within the {r_max}x{c_max} rectangle "
+            f"fits the {spec.sram_bytes} B SRAM; use a larger rectangle or split W")
+    return best, considered
+
+
 @functools.lru_cache(maxsize=1 << 14)
 def _choose(spec: WaferSpec, m: int, k: int, n: int, dtype: str, rows: int, cols: int
             ) -> tuple[int, int]:
-    from waferscale.kernels.choose import choose_gemv  # choose imports this module
-
-    return tuple(choose_gemv(m, k, n, spec=spec, rect=(rows, cols), dtype=dtype,
-                             accumulate="fp32", algorithms=("ktree",)).grid)
+    best, _ = fastest_grid(spec, m, k, n, rect=(rows, cols), dtype=dtype, accumulate="fp32",
+                           algorithms=("ktree",))
+    return tuple(best.grid)
 
 
 class Gemv(KernelFamily):
     """The node `fuse_gemv` writes: MeshGEMV (K-tree allreduce, K = 2, fp32 accumulate) on
-    the grid `choose_gemv` picks (all the columns N and the rectangle allow; the row count
+    the grid `fastest_grid` picks (all the columns N and the rectangle allow; the row count
     that balances local FMACs against the reduction)."""
 
     kind = "gemv"
