@@ -19,29 +19,19 @@ a table of bad inputs through it):
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-try:  # Typer >= 0.2x vendors its own click; older ones use click itself
-    from typer._click import exceptions as _cx
-    from typer._click.globals import get_current_context as _current_context
-except ImportError:  # pragma: no cover - depends on the installed Typer
-    from click import exceptions as _cx  # type: ignore[no-redef]
-    from click import get_current_context as _current_context  # type: ignore[no-redef]
-
+from waferscale.cli_contract import DEBUG, _cx, _emit, _fail, _guard, _one_line, console
 from waferscale.errors import WaferscaleError
 from waferscale.hardware import get_spec
 
@@ -51,14 +41,12 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="A wafer-scale AI engine in software.")
-console = Console(stderr=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 SpecOpt = Annotated[str, typer.Option("--spec", help="Preset (wse1, wse2, wse3) or a .toml file.")]
 
 
-#: Set by ``--debug`` (or ``WAFERSCALE_DEBUG=1``): errors print their traceback too.
-DEBUG = bool(os.environ.get("WAFERSCALE_DEBUG"))
+DEBUG.on = bool(os.environ.get("WAFERSCALE_DEBUG"))
 
 
 @app.callback()
@@ -66,89 +54,7 @@ def _root(debug: Annotated[bool, typer.Option(
         "--debug", help="On an error, print the traceback too (also accepted after the "
                         "command).")] = False) -> None:
     """A wafer-scale AI engine in software."""
-    global DEBUG
-    DEBUG = DEBUG or debug
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
-
-def strict_json(data: Any, path: str = "", bad: dict[str, str] | None = None) -> Any:
-    """``data`` with every NaN or infinite float replaced by None (``null``); their paths
-    and what they were go into ``bad``."""
-    bad = {} if bad is None else bad
-    if isinstance(data, np.generic):
-        data = data.item()
-    if isinstance(data, float) and not math.isfinite(data):
-        bad[path or "."] = "NaN" if math.isnan(data) else ("Infinity" if data > 0
-                                                             else "-Infinity")
-        return None
-    if isinstance(data, dict):
-        return {k: strict_json(v, f"{path}.{k}" if path else str(k), bad)
-                for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [strict_json(v, f"{path}[{i}]", bad) for i, v in enumerate(data)]
-    return data
-
-
-def _emit(data: Any) -> None:
-    """One strict JSON document on stdout: a figure that is not a finite number is null,
-    and ``non_finite`` (added to a dict) says which were and what they were."""
-    bad: dict[str, str] = {}
-    clean = strict_json(data, bad=bad)
-    if bad and isinstance(clean, dict):
-        clean["non_finite"] = {k: f"{v}: not a finite number (strict JSON has none); see "
-                                  f"the notes" for k, v in bad.items()}
-    text = json.dumps(clean, indent=2, default=_jsonable, allow_nan=False)
-    sys.stdout.write(text + "\n")
-
-
-def _one_line(text: str, limit: int = 2000) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def _fail(code: int, message: str, kind: str, json_out: bool) -> None:
-    """The error contract's output (module docstring): one line on stderr, and with
-    ``--json`` one JSON document on stdout."""
-    line = _one_line(message)
-    if json_out:
-        _emit({"error": {"message": line, "type": kind, "exit_code": code}})
-    typer.echo(f"error: {line}", err=True)
-
-
-def _json_requested() -> bool:
-    ctx = _current_context(silent=True)
-    return bool(ctx is not None and ctx.params.get("json_out"))
-
-
-def _guard(fn: Callable[[], None]) -> None:
-    """Run a command's body under the error contract (module docstring)."""
-    try:
-        fn()
-    except (typer.Exit, typer.Abort, _cx.ClickException):
-        raise
-    except WaferscaleError as exc:
-        if DEBUG:
-            traceback.print_exc()
-        _fail(2, str(exc), type(exc).__name__, _json_requested())
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        _fail(130, "interrupted (Ctrl-C)", "KeyboardInterrupt", _json_requested())
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug: one line, the traceback only with --debug
-        if DEBUG:
-            traceback.print_exc()
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        _fail(1, f"internal error: {type(exc).__name__}: {_one_line(str(exc), 300)} at "
-                 f"{Path(where.filename).name}:{where.lineno} (a bug in waferscale; run again "
-                 f"with --debug for the traceback)", type(exc).__name__, _json_requested())
-        raise typer.Exit(1) from None
+    DEBUG.on = DEBUG.on or debug
 
 
 def _parse_grid(grid: str) -> tuple[int, int, int]:
@@ -643,9 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     """The ``waferscale`` entry point: runs one command under the error contract (module
     docstring) and returns its exit status. ``argv`` defaults to ``sys.argv[1:]``; tests
     call ``main([...])`` in-process."""
-    global DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
-    DEBUG = bool(os.environ.get("WAFERSCALE_DEBUG")) or "--debug" in args
+    DEBUG.on = bool(os.environ.get("WAFERSCALE_DEBUG")) or "--debug" in args
     args = [a for a in args if a != "--debug"]
     json_out = "--json" in args
     try:
@@ -666,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(130, "interrupted (Ctrl-C)", "KeyboardInterrupt", json_out)
         return 130
     except Exception as exc:  # outside a command's guard: a bug in the CLI itself
-        if DEBUG:
+        if DEBUG.on:
             traceback.print_exc()
         _fail(1, f"internal error: {type(exc).__name__}: {_one_line(str(exc), 300)} (a bug "
                  f"in waferscale; run again with --debug for the traceback)",

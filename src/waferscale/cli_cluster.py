@@ -1,7 +1,7 @@
 """`waferscale scaling` and `waferscale sweep`: clusters of systems on one SwarmX tree.
 
 The main CLI calls `register(app)`. Both commands run under the main CLI's error contract
-(`waferscale.cli._guard`); the work is `report.scaling.scaling_report` and
+(`waferscale.cli_contract._guard`); the work is `report.scaling.scaling_report` and
 `report.sweep.sweep`; this module parses options and prints (quiet under ``--json``: one
 JSON document on stdout; the sweep's progress bar goes to stderr).
 """
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         """Samples/s and scaling efficiency of a training step on 1..N systems (SwarmX
         broadcast and reduction overlapped with compute); where scaling stops being linear
         and why."""
-        from waferscale.cli import _emit, _guard, console
+        from waferscale.cli_contract import _emit, _guard, console
 
         def body() -> None:
             from waferscale.report.scaling import parse_systems, plot_scaling, scaling_report
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
                   json_out: JsonOpt = False) -> None:
         """A grid of training-step estimates (models x seq x spec x systems) as Ray tasks:
         one table (CSV) and JSON."""
-        from waferscale.cli import _emit, _guard, console
+        from waferscale.cli_contract import _emit, _guard, console
 
         def body() -> None:
             from rich.console import Console

@@ -13,7 +13,7 @@ on the meta device and only planned; a factory's model with weights, small enoug
 simulated wafer (`waferscale.generate`) from a random prompt.
 
 The main CLI calls `register(app)`; the command runs under its error contract
-(`waferscale.cli._guard`: a user mistake prints one line ``error: ...`` and exits 2; with
+(`waferscale.cli_contract._guard`: a user mistake prints one line ``error: ...`` and exits 2; with
 ``--json`` stdout carries exactly one strict JSON document, also on error).
 """
 
@@ -123,7 +123,7 @@ def generate_report(model: str, *, prompt_len: int, new_tokens: int, batch: int 
 
 
 def _print(rep: dict[str, Any]) -> None:
-    from waferscale.cli import console
+    from waferscale.cli_contract import console
 
     table = Table(title=f"{rep['model']} on {rep['spec']} ({rep['grid']} PEs, {rep['dtype']}, "
                         f"{rep['mode']})")
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
                      "--estimate", help="plan and time only (meta weights)")] = False,
                  json_out: JsonOpt = False) -> None:
         """LLM inference: prefill and decode with the KV cache, weights resident."""
-        from waferscale.cli import _emit, _guard
+        from waferscale.cli_contract import _emit, _guard
 
         def body() -> None:
             rep = generate_report(model, prompt_len=_count(prompt_len, "--prompt-len"),

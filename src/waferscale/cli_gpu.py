@@ -1,8 +1,9 @@
 """`waferscale gpu`, `waferscale compare` and `waferscale quote`: the GPU-cluster baseline.
 
 The main CLI calls `register(app)`, which adds the three commands; they run under the main
-CLI's error contract (`waferscale.cli._guard`: a user mistake prints one line ``error: ...``
-and exits 2; with ``--json`` stdout carries exactly one strict JSON document, also on error).
+CLI's error contract (`waferscale.cli_contract._guard`: a user mistake prints one line
+``error: ...`` and exits 2; with ``--json`` stdout carries exactly one strict JSON document,
+also on error).
 Numbers and lists are parsed here, not by Typer, so that a malformed value is such a
 one-line error too. The baselines are imported inside the commands: registering them costs
 nothing at start-up.
@@ -86,7 +87,7 @@ def _duration(seconds: float | None) -> str:
 # -- gpu ----------------------------------------------------------------------------------
 def gpu_command(model: str | None, validate: bool, seq: str, gpu: str, node: str | None,
                 gpus_per_node: str | None, nodes: str, stack: str, json_out: bool) -> None:
-    from waferscale.cli import _emit, console
+    from waferscale.cli_contract import _emit, console
 
     if validate:
         from waferscale.baselines.gpu import validation_report
@@ -154,7 +155,7 @@ def compare_command(model: str, seq: str, systems: str, gpu: str, node: str | No
                     gpus_per_node: str | None, nodes: str, stack: str, tokens: str, spec: str,
                     prices: str | None, json_out: bool) -> None:
     from waferscale.baselines.compare import compare_report
-    from waferscale.cli import _emit, console
+    from waferscale.cli_contract import _emit, console
 
     rep = compare_report(model, seq=parse_count(seq, "--seq"),
                          systems=parse_counts(systems, "--systems"), gpu=gpu,
@@ -191,7 +192,7 @@ def quote_command(model: str, tokens: str, seq: str, systems: str, gpus: str | N
                   node: str | None, gpus_per_node: str | None, stack: str, spec: str,
                   prices: str | None, json_out: bool) -> None:
     from waferscale.baselines.compare import quote_report
-    from waferscale.cli import _emit, console
+    from waferscale.cli_contract import _emit, console
 
     rep = quote_report(model, tokens=parse_tokens(tokens), seq=parse_count(seq, "--seq"),
                        systems=parse_count(systems, "--systems"),
@@ -242,7 +243,7 @@ def register(app: typer.Typer) -> None:
             = "1",
             stack: StackOpt = "tuned", json_out: JsonOpt = False) -> None:
         """GPU-cluster model: one model's layout, speed and memory, or --validate."""
-        from waferscale.cli import _guard
+        from waferscale.cli_contract import _guard
         _guard(lambda: gpu_command(model, validate, seq, gpu, node, gpus_per_node, nodes,
                                    stack, json_out))
 
@@ -260,7 +261,7 @@ def register(app: typer.Typer) -> None:
                 spec: SpecOpt = "wse2", prices: PricesOpt = None,
                 json_out: JsonOpt = False) -> None:
         """Wafer vs GPU cluster on the same model and sequence: speed, fit, energy, cost."""
-        from waferscale.cli import _guard
+        from waferscale.cli_contract import _guard
         _guard(lambda: compare_command(model, seq, systems, gpu, node, gpus_per_node, nodes,
                                        stack, tokens, spec, prices, json_out))
 
@@ -276,7 +277,7 @@ def register(app: typer.Typer) -> None:
               stack: StackOpt = "tuned", spec: SpecOpt = "wse2", prices: PricesOpt = None,
               json_out: JsonOpt = False) -> None:
         """Time and cost to train MODEL on --tokens: wafer systems vs GPU cloud."""
-        from waferscale.cli import _guard
+        from waferscale.cli_contract import _guard
         _guard(lambda: quote_command(model, tokens, seq, systems, gpus, gpu, node,
                                      gpus_per_node, stack, spec, prices, json_out))
 

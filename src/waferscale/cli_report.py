@@ -5,7 +5,7 @@
     waferscale report --from result.json [--out report.html] [--json]
 
 The main CLI calls `register(app)`; the command runs under the main CLI's error contract
-(`waferscale.cli._guard`: a user mistake prints one line ``error: ...`` and exits 2; with
+(`waferscale.cli_contract._guard`: a user mistake prints one line ``error: ...`` and exits 2; with
 ``--json`` stdout carries exactly one JSON document, also on error). Long phases show a
 spinner on stderr, nothing under ``--json``. `demo_report` writes the demo's page.
 """
@@ -55,7 +55,7 @@ def report_command(model: str | None, from_: str | None, out: str, seq: int | No
                    compare: bool, systems: str | None, nodes: str | None, gpu: str | None,
                    stack: str | None, tokens: str | None, validation: str | None, spec: str,
                    json_out: bool) -> None:
-    from waferscale.cli import _emit, console
+    from waferscale.cli_contract import _emit, console
     from waferscale.report import html_data
     from waferscale.report.html import check_html_path, write_report
 
@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
             json_out: JsonOpt = False) -> None:
         """One self-contained HTML page: floorplan, link load, stages, timeline, GPU
         comparison, validation and assumptions."""
-        from waferscale.cli import _guard
+        from waferscale.cli_contract import _guard
         _guard(lambda: report_command(model, from_, out, seq, batch, estimate, train, dtype,
                                       compare, systems, nodes, gpu, stack, tokens, validation,
                                       spec, json_out))

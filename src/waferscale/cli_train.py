@@ -1,7 +1,7 @@
 """`waferscale train`: train a model on genomes on the simulated wafer.
 
 The main CLI calls `register(app)`. The command runs under the main CLI's error contract
-(`waferscale.cli._guard`); the work is `waferscale.train.train_on_genomes`, this module
+(`waferscale.cli_contract._guard`); the work is `waferscale.train.train_on_genomes`, this module
 only parses options and prints (a rich progress bar with step, loss and simulated
 samples/s, quiet under ``--json``).
 """
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         """Train MODEL on genomes: forward and backward on the simulated wafer, the
         optimizer in MemoryX; loss and simulated samples/s per step. --systems N splits
         each step's batch over N simulated systems (SwarmX sums their gradients)."""
-        from waferscale.cli import _emit, _guard, console
+        from waferscale.cli_contract import _emit, _guard, console
 
         def body() -> None:
             import contextlib
