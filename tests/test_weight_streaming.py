@@ -186,3 +186,25 @@ def test_meta_training_step_keeps_attention_and_its_backward_on_the_wafer() -> N
     assert not any("attention" in f["op"] for f in rep["fallback_ops"])
     # every parameter's gradient leaves the wafer once (fp32 model: 4 bytes each)
     assert rep["gradient_bytes"] == 4 * rep["parameters"]
+
+
+def test_systems_scale_the_streaming_figures_and_are_checked() -> None:
+    """``systems=N`` (waferscale.compile and the backend's options): N systems data parallel
+    on one SwarmX tree, the same step time plus the tree's latency."""
+    torch.manual_seed(0)
+    m = MLP().eval()
+    x = torch.randn(24, 32)
+    one = waferscale.compile(m, (x,), mode="weight_streaming", max_side=16).report()
+    four = waferscale.compile(m, (x,), mode="weight_streaming", max_side=16,
+                              systems=4).report()
+    assert four["weight_streaming"]["systems"] == 4
+    ratio = four["samples_per_second"] / one["samples_per_second"]
+    assert 3.0 < ratio <= 4.0
+    with pytest.raises(CompileError, match="systems=0"):
+        waferscale.compile(m, (x,), mode="weight_streaming", max_side=16, systems=0)
+    torch._dynamo.reset()
+    before = len(backend.COMPILED)
+    torch.compile(m, backend="waferscale",
+                  options={"mode": "weight_streaming", "max_side": 16, "systems": 2})(x)
+    assert backend.COMPILED[before].report()["weight_streaming"]["systems"] == 2
+    torch._dynamo.reset()

@@ -153,9 +153,14 @@ def _mode(g: Graph, p: Plan, mode: str) -> tuple[str, list[str]]:
 class CompiledModel:
     """A model compiled for the wafer: call it like the model; ``report()`` for figures."""
 
-    def __init__(self, program: Program, example_inputs: Any, remap: Remap | None = None
-                 ) -> None:
+    def __init__(self, program: Program, example_inputs: Any, remap: Remap | None = None,
+                 systems: int = 1) -> None:
+        if not isinstance(systems, int) or isinstance(systems, bool) or systems < 1:
+            raise CompileError(f"systems={systems!r}: give a whole number of systems >= 1")
         self.program = program
+        #: Systems the figures are for: weight streaming runs them data parallel on one
+        #: SwarmX tree (docs/clusters.md); pipelined figures are per system.
+        self.systems = systems
         #: The defective wafer this model runs on (None: a perfect wafer).
         self.remap = remap
         self.last_run: dict[str, Any] | None = None
@@ -223,7 +228,7 @@ class CompiledModel:
         if prog.streaming is not None:
             # stage by stage on the whole wafer: the pipeline's period and fill do not apply
             ws = forward_report(prog.streaming, prog.spec, CS2_SYSTEM, batch=self._batch,
-                                tokens=self._tokens)
+                                tokens=self._tokens, systems=self.systems)
             out["weight_streaming"] = ws
             for key in ("samples_per_second", "tokens_per_second", "bound"):
                 out[key] = ws[key]
@@ -256,7 +261,7 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
             max_side: int | None = None, reserve: list[RectLike] | None = None,
             pin: dict[str, RectLike] | None = None,
             placer_config: FloorplanConfig | None = None,
-            defects: DefectsLike | None = None) -> CompiledModel:
+            defects: DefectsLike | None = None, systems: int = 1) -> CompiledModel:
     """Capture ``model`` with torch.export, lower, plan, place and route it for ``spec``.
 
     ``mode``: 'auto' (pipelined if it fits, else a weight-streaming estimate), 'pipelined'
@@ -272,6 +277,9 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
     `fabric.defective.resolve_remap`). Placement is unchanged (the remap hides the defects
     behind spares); each stage's fabric charges the detours under its rectangle, so values
     are identical and cycles are not lower. Raises `SparesExhaustedError` up front.
+    ``systems``: the report's figures for N systems (weight streaming: data parallel on one
+    SwarmX tree, each system the example's batch; a cluster that runs the values:
+    `waferscale.train.Trainer(systems=N)`).
     """
     t0 = time.perf_counter()
     spec = get_spec(spec)
@@ -290,7 +298,7 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
                        reserve=reserve, pin=pin, placer_config=placer_config)
     if train_note:
         prog = dataclasses.replace(prog, notes=prog.notes + (train_note,))
-    return CompiledModel(prog, example_inputs, remap)
+    return CompiledModel(prog, example_inputs, remap, systems=systems)
 
 
 def _train_mode_note(model: torch.nn.Module) -> str:

@@ -23,7 +23,7 @@ from waferscale.ir import eliminate_dead
 COMPILED: list[Any] = []
 #: The backend's settings: ``spec``, ``max_side`` and ``mode`` (``api.MODES``). Per call,
 #: ``torch.compile(model, backend="waferscale", options={...})`` overrides them.
-_OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto"}
+_OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto", "systems": 1}
 #: Op names that only relabel or lay out a value: a weight seen through them is a weight.
 _WEIGHT_VIEWS = {"t", "view", "_unsafe_view", "reshape", "transpose", "permute", "_to_copy",
                  "clone", "detach", "alias", "expand", "unsqueeze", "squeeze"}
@@ -142,7 +142,7 @@ def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, train
                                mode=opts["mode"])
         if not backward and training:
             _remember_causal_masks(g)
-        compiled = CompiledModel(prog, tuple(example_inputs))
+        compiled = CompiledModel(prog, tuple(example_inputs), systems=opts["systems"])
         COMPILED.append(compiled)
         meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta"
                    for x in example_inputs)
@@ -181,7 +181,8 @@ def backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
     """What torch.compile calls (the package's ``torch_dynamo_backends`` entry point names
     it, so ``backend="waferscale"`` works without importing this module). Dynamo compiles
     a frame again when grad mode changes, so the mode here is the caller's. ``options``:
-    ``spec``, ``max_side``, ``mode`` (``torch.compile(..., options=...)``)."""
+    ``spec``, ``max_side``, ``mode``, ``systems`` (the reports' figures for N systems)
+    (``torch.compile(..., options=...)``)."""
     from torch._dynamo.backends.common import aot_autograd
 
     opts = _options(options)
