@@ -54,7 +54,7 @@ from waferscale.kernels.family import (
 KERNEL = "layer_norm"
 
 
-def _accumulate(dtype: str) -> str | None:
+def accumulate_dtype(dtype: str) -> str | None:
     """16-bit sums run on the mixed fp16 x fp16 -> fp32 datapath."""
     return WORK if dtype != "fp32" else None
 
@@ -96,7 +96,7 @@ def run(x: MeshTensor, weight: np.ndarray | MeshTensor | None = None,
     b, own_b = _place(x, bias, "bias")
     fabric, rect = x.fabric, x.rect
     n = tile_elements(x)
-    acc = _accumulate(x.dtype)
+    acc = accumulate_dtype(x.dtype)
     size = np.float32(x.shape[-1])
     mask = pad_mask(x)
     values = not fabric.timing_only
@@ -159,7 +159,7 @@ def cost(spec: WaferSpec | str | None, shape: Sequence[int], rect_shape: tuple[i
     tile = tile_shape(shape, rect_shape, row_map, col_map)
     n = float(np.prod(tile))
     rows = n / tile[-1]
-    acc = _accumulate(dtype)
+    acc = accumulate_dtype(dtype)
     total = float(op_cycles(spec, n, dtype, "add", writes=0, accumulate=acc))
     total += allreduce_stat_cycles(spec, rows, layout, algorithm)
     total += float(op_cycles(spec, rows, WORK, "mul"))

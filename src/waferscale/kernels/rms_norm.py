@@ -60,14 +60,10 @@ from waferscale.kernels.family import (
     to_np,
     to_torch,
 )
-from waferscale.kernels.norm import param_maps
+from waferscale.kernels.norm import accumulate_dtype, param_maps
 
 KERNEL = "rms_norm"
 
-
-def _accumulate(dtype: str) -> str | None:
-    """16-bit squares are summed on the mixed fp16 x fp16 -> fp32 datapath."""
-    return WORK if dtype != "fp32" else None
 
 
 def _place(x: MeshTensor, weight: np.ndarray | MeshTensor | None
@@ -107,7 +103,7 @@ def run(x: MeshTensor, weight: np.ndarray | MeshTensor | None = None, *, eps: fl
     x32 = x.tiles.astype(np.float32) if values else None
 
     end = local_pass(fabric, rect, n, x.dtype, "fmac", x.ready, writes=0,
-                     accumulate=_accumulate(x.dtype))                 # sum of x * x
+                     accumulate=accumulate_dtype(x.dtype))                 # sum of x * x
     sq = None
     if values:
         # padded elements hold zeros; masking keeps that an invariant of the layout, not
@@ -150,7 +146,7 @@ def cost(spec: WaferSpec | str | None, shape: Sequence[int], rect_shape: tuple[i
     tile = tile_shape(shape, rect_shape, row_map, col_map)
     n = float(np.prod(tile))
     rows = n / tile[-1]
-    total = float(op_cycles(spec, n, dtype, "fmac", writes=0, accumulate=_accumulate(dtype)))
+    total = float(op_cycles(spec, n, dtype, "fmac", writes=0, accumulate=accumulate_dtype(dtype)))
     total += allreduce_stat_cycles(spec, rows, layout, algorithm)
     total += float(op_cycles(spec, rows, WORK, "fmac") + op_cycles(spec, rows, WORK, "rsqrt"))
     total += float(op_cycles(spec, n, dtype, "mul"))
