@@ -64,8 +64,8 @@ def compiled_rows(seq: int) -> list[str]:
             f"{r['utilization']:>6.1%} "
             f"(FLOP {r.get('flop_utilization', 0):.1%}) strips "
             f"{r.get('baseline_utilization', 0):>6.1%} bottleneck {r.get('bottleneck_stage')} "
-            f"{r.get('bottleneck_cycles', 0):,.0f} cyc "
-            f"(strips {r.get('baseline_bottleneck_cycles', 0):,.0f})"
+            f"{r.get('bottleneck_cycles') or 0:,.0f} cyc "
+            f"(strips {r.get('baseline_bottleneck_cycles') or float('inf'):,.0f})"
             f" wire x traffic {r.get('wire_traffic', 0):.3e} peak link {r['peak_link_load']:,.0f}"
             f" colors {r['colors_used']} place {r['place_seconds']:.1f} s"
             f" unfit {r.get('unfit_stages', 0)} stages={len(r['stages'])}")

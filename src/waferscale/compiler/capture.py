@@ -13,7 +13,10 @@ are laid out when the program is loaded, not computed per sample.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -102,14 +105,34 @@ def _shorten(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}{where}"
 
 
+#: Loggers that print a traceback of their own when a model fails to trace (a shape
+#: mismatch in the user's forward): the failure becomes one `CaptureError`, whose cause
+#: keeps that traceback, instead of 20 lines on stderr before it.
+_EXPORT_LOGGERS = ("torch._subclasses.fake_tensor",)
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, before, strict=True):
+            lg.disabled = was
+
+
 def export(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
            ) -> torch.export.ExportedProgram:
     """``torch.export`` + core-ATen decompositions (SDPA kept), with typed errors."""
     args, kwargs = _as_args(example_inputs)
     _check_dtypes(model, (args, kwargs))
     try:
-        ep = torch.export.export(model, args, kwargs, strict=strict)
-        return ep.run_decompositions(decomposition_table())
+        with _quiet(_EXPORT_LOGGERS):
+            ep = torch.export.export(model, args, kwargs, strict=strict)
+            return ep.run_decompositions(decomposition_table())
     except Exception as exc:  # the exporter raises many unrelated classes
         raise CaptureError(
             f"torch.export cannot capture {type(model).__name__}: {_shorten(exc)}; or compile "

@@ -31,14 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from waferscale.compiler.floorplan import (
     Block,
     BlockSramError,
     ConstraintError,
     FloorplanConfig,
     FloorplanResult,
+    Geometry,
     Net,
     PlacementProblem,
+    Quality,
     Routing,
     place_and_route,
     strip_placement,
@@ -337,6 +341,12 @@ def fit_into(spec: WaferSpec, g: Graph, p: Plan, rects: dict[str, Rect],
     return sized, times
 
 
+def _finite(x: float) -> float | None:
+    """A figure as strict JSON takes it: None (null) where it is not finite; the figures
+    beside it say why (``baseline_note``, ``placement_note``)."""
+    return float(x) if math.isfinite(x) else None
+
+
 def busy_pe_cycles(sized: dict[str, Stage]) -> float:
     """PE-cycles the kernels are busy per sample: each stage's ``cost()`` in the rectangle
     it was placed in, times the PEs its kernel uses there (computing or moving its own
@@ -369,6 +379,8 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
     figure is what the pipeline would achieve; `flop_utilization` is the stricter one.
     """
     t0 = time.perf_counter()
+    if not on_wafer(p.stages):
+        return nothing_to_place(spec, reserve=reserve, pin=pin)
     problem, cal = build_problem(g, p, spec, reserve=reserve, pin=pin, max_side=max_side)
     result = place_and_route(problem, config or COMPILE_CONFIG)
     rects = result.rects
@@ -380,7 +392,7 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
         "utilization": work / (spec.pes * period) if period else 0.0,
         "flop_utilization": flop_utilization(spec, p.stages, period),
         "bottleneck_stage": max(times, key=times.get) if times else "",
-        "bottleneck_cycles": period,
+        "bottleneck_cycles": _finite(period),
         "colors_used": result.routing.colors_used,
         "peak_link_load": result.routing.peak_link_load,
         "wire_traffic": result.quality.wire_traffic,
@@ -397,14 +409,59 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
         figures.update(
             baseline_utilization=b_work / (spec.pes * b_period) if b_period else 0.0,
             baseline_bottleneck_stage=max(b_times, key=b_times.get) if b_times else "",
-            baseline_bottleneck_cycles=b_period,
+            baseline_bottleneck_cycles=_finite(b_period),
             baseline_colors_used=result.baseline_routing.colors_used,
             baseline_peak_link_load=result.baseline_routing.peak_link_load,
             baseline_wire_traffic=result.baseline.wire_traffic if result.baseline else 0.0)
+        if not math.isfinite(b_period):
+            figures["baseline_note"] = (
+                f"in strips, {sum(not math.isfinite(t) for t in b_times.values())} kernel(s) "
+                f"do not fit their strip (e.g. {max(b_times, key=b_times.get)}): no strip "
+                f"period (baseline_bottleneck_cycles null)")
     else:
         figures.update(baseline_utilization=0.0, baseline_note="strips do not fit the SRAM")
+    if not math.isfinite(period):
+        figures["placement_note"] = (
+            f"{figures['unfit_stages']} kernel(s) do not fit their placed rectangle (e.g. "
+            f"{figures['bottleneck_stage']}): no period (bottleneck_cycles null)")
     figures["place_seconds"] = time.perf_counter() - t0
     return PlacedProgram(result, rects, offsets, sized, figures)
+
+
+def nothing_to_place(spec: WaferSpec, *, reserve: list[RectLike] | None = None,
+                     pin: dict[str, RectLike] | None = None) -> PlacedProgram:
+    """The placement of a plan with no on-wafer stage: every op relabels or moves data, or
+    runs on the host. That is a valid program (it runs; its figures are the host's and
+    the I/O's), so it gets an empty placement instead of the floorplanner's refusal of a
+    problem without blocks. Pins name no stage here, so any pin is the user's mistake;
+    reserved rectangles are still checked against the wafer."""
+    if pin:
+        raise ConstraintError(f"pin: no on-wafer stage named {', '.join(map(repr, pin))}; "
+                              f"this model has no stage on the wafer (every op is a layout "
+                              f"op or runs on the host)", blocks=list(pin))
+    reserved = [as_rect(r, f"reserve #{i}") for i, r in enumerate(reserve or [])]
+    for i, r in enumerate(reserved):
+        if r.row < 0 or r.col < 0 or r.row + r.rows > spec.rows or r.col + r.cols > spec.cols:
+            raise ConstraintError(f"reserved area #{i} {r} leaves the {spec.rows}x{spec.cols} "
+                                  f"wafer")
+    problem = PlacementProblem.__new__(PlacementProblem)  # its validation refuses no blocks
+    problem.blocks, problem.nets, problem.spec, problem.reserved = [], [], spec, reserved
+    problem.index = {}
+    routing = Routing([], np.zeros((4, 0, 0)), 0, 0, spec.routable_colors)
+    quality = Quality(utilisation=0.0, utilisation_fabric=0.0, bottleneck_cycles=0.0,
+                      bottleneck_block="", wire_traffic=0.0, peak_link_load=0.0,
+                      congestion=0.0, colors_used=0, color_demand_peak=0, pes_used=0,
+                      wall_s=0.0)
+    result = FloorplanResult(problem, COMPILE_CONFIG, Geometry.empty(0), routing, quality, {})
+    figures: dict[str, Any] = {
+        "utilization": 0.0, "flop_utilization": 0.0, "bottleneck_stage": "",
+        "bottleneck_cycles": 0.0, "colors_used": 0, "peak_link_load": 0.0,
+        "wire_traffic": 0.0, "placer_utilization": 0.0, "unfit_stages": 0, "blocks": 0,
+        "nets": 0, "baseline_utilization": 0.0,
+        "placement_note": "no stage runs on the wafer (every op is a layout op or runs on "
+                          "the host): nothing to place",
+        "place_seconds": 0.0}
+    return PlacedProgram(result, {}, {}, {}, figures)
 
 
 def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
@@ -421,6 +478,7 @@ def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
 
 
 __all__ = ["COMPILE_CONFIG", "Calibration", "PlacedProgram", "as_rect", "build_problem",
-           "busy_pe_cycles", "calibrate", "fit_into", "flop_utilization", "out_numel", "place",
+           "busy_pe_cycles", "calibrate", "fit_into", "flop_utilization", "nothing_to_place",
+           "out_numel", "place",
            "place_plan", "read_numel", "routed_offsets", "smallest_square", "stage_time_at",
            "wavelets"]

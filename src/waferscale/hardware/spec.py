@@ -8,6 +8,7 @@ were 96 KB" by changing one field. Each preset value is sourced in docs/hardware
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ class WaferSpec:
     energy_pj_per_hop: float = 0.4
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"spec name must be a non-empty string, got {self.name!r}")
         positive_int = (
             "rows", "cols", "fabric_rows", "fabric_cols", "cores", "sram_bytes", "sram_banks",
             "mem_reads_per_cycle", "mem_writes_per_cycle", "mem_word_bits", "wavelet_bits",
@@ -118,14 +121,17 @@ class WaferSpec:
                           "io_bits_per_s", "power_w")
         for name in positive_float:
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise SpecError(f"spec {self.name!r}: field {name} must be a positive number, "
-                                f"got {value!r}")
+            if not _finite_number(value) or value <= 0:
+                raise SpecError(f"spec {self.name!r}: field {name} must be a positive, finite "
+                                f"number, got {value!r}")
         for name in ("energy_pj_per_flop", "energy_pj_per_sram_access", "energy_pj_per_hop"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise SpecError(f"spec {self.name!r}: field {name} must be a number >= 0, "
-                                f"got {value!r}")
+            if not _finite_number(value) or value < 0:
+                raise SpecError(f"spec {self.name!r}: field {name} must be a finite number "
+                                f">= 0, got {value!r}")
+        if not _finite_number(self.spare_fraction):
+            raise SpecError(f"spec {self.name!r}: field spare_fraction must be a number in "
+                            f"[0, 0.5), got {self.spare_fraction!r}")
         if not 0.0 <= self.spare_fraction < 0.5:
             raise SpecError(f"spec {self.name!r}: field spare_fraction must be in [0, 0.5), "
                             f"got {self.spare_fraction!r}")
@@ -149,7 +155,7 @@ class WaferSpec:
             raise SpecError(f"spec {self.name!r}: field simd must be a SimdWidths")
         for f in dataclasses.fields(self.simd):
             value = getattr(self.simd, f.name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SpecError(f"spec {self.name!r}: field simd.{f.name} must be a positive "
                                 f"integer, got {value!r}")
 
@@ -204,6 +210,13 @@ class WaferSpec:
         return _as_dict(self)
 
 
+def _finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite: a NaN clock passed
+    every ``<= 0`` test and flowed into every figure."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 def _as_dict(spec: WaferSpec) -> dict[str, Any]:
     return dataclasses.asdict(spec)
 
@@ -237,10 +250,13 @@ def spec_from_toml(path: str | Path) -> WaferSpec:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file {path} cannot be read ({type(exc).__name__}: "
+                        f"{exc}); pass a UTF-8 TOML file") from None
     base_name = data.pop("base", None)
     name = data.pop("name", path.stem)
     if base_name is not None:
-        if base_name not in PRESETS:
+        if not isinstance(base_name, str) or base_name not in PRESETS:
             raise SpecError(f"spec file {path}: base {base_name!r} is not a preset; use one of "
                             f"{', '.join(PRESETS)}")
         base = _as_dict(PRESETS[base_name])

@@ -51,7 +51,8 @@ POINTWISE: dict[str, str] = {
     "rsqrt": "rsqrt", "reciprocal": "reciprocal", "sigmoid": "sigmoid", "silu": "silu",
     "gelu": "gelu",
     "erf": "erf", "pow": "mul", "maximum": "max", "minimum": "max", "sqrt": "rsqrt",
-    "abs": "max", "square": "square", "clamp_min": "max", "where": "select",
+    "abs": "max", "square": "square", "clamp_min": "max", "clamp_max": "max",
+    "clamp": "max", "hardtanh": "max", "where": "select",
     "_to_copy": "copy", "copy": "copy", "fill": "copy",
 }
 
@@ -96,6 +97,18 @@ def op_of(node: Node, g: Graph) -> str | None:
         if src is None or not (src.op == "const" or src.meta.get("input_only")):
             return None
     return op
+
+
+def _passes(node: Node) -> tuple[str, ...]:
+    """The elementwise ops a pointwise node costs: one, but a clamp with both bounds (and
+    hardtanh) is a compare-and-keep against each."""
+    op = node.meta["pointwise"]
+    if node.short == "clamp":
+        bounds = list(node.args[1:3]) + [node.kwargs.get("min"), node.kwargs.get("max")]
+        return (op,) * max(1, sum(b is not None for b in bounds))
+    if node.short == "hardtanh":
+        return (op, op)
+    return (op,)
 
 
 def fused_cycles(spec: WaferSpec, elements: float, dtype: str, ops: tuple[str, ...] | list[str],
@@ -213,6 +226,18 @@ def _value(short: str, kwargs: dict[str, Any], vals: list[Any]) -> np.ndarray:
         return np.abs(x)
     if short == "clamp_min":
         return np.maximum(x, y)
+    if short == "clamp_max":
+        return np.minimum(x, y)
+    if short == "clamp":
+        # torch.clamp(x, min, max) = min(max(x, min), max); either bound may be None
+        lo = y if y is not None else kwargs.get("min")
+        hi = vals[2] if len(vals) > 2 else kwargs.get("max")
+        out = x if lo is None else np.maximum(x, lo)
+        return out if hi is None else np.minimum(out, hi)
+    if short == "hardtanh":
+        lo = y if y is not None else kwargs.get("min_val", -1.0)
+        hi = vals[2] if len(vals) > 2 else kwargs.get("max_val", 1.0)
+        return np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
     if short == "where":
         return np.where(x.astype(bool), y, vals[2])
     if short in ("_to_copy", "copy", "fill"):
@@ -227,9 +252,13 @@ def node_value(node: Node, vals: list[Any]) -> np.ndarray:
     """One pointwise node on fp32 operands, rounded to its storage dtype (as PyTorch
     rounds after every op), as fp32: the value step of fused stages and epilogues."""
     with np.errstate(all="ignore"):
-        res = _value(node.short, node.kwargs, vals)
-    return to_storage(np.asarray(res, np.float32), TORCH_TO_FABRIC[node.meta["dtype"]]).astype(
-        np.float32, copy=False)
+        res = np.asarray(_value(node.short, node.kwargs, vals), np.float32)
+    out = to_storage(res, TORCH_TO_FABRIC[node.meta["dtype"]]).astype(np.float32, copy=False)
+    # a 0-d value comes back as shape (1,) from helpers built on np.ascontiguousarray
+    # (ndim >= 1: `round_bf16`, `elementwise._erf`); give it the node's shape back
+    shape = tuple(node.meta.get("shape") or ())
+    return out.reshape(shape) if out.ndim != len(shape) and out.size == math.prod(shape) \
+        else out
 
 
 def _plain(v: Any, shape: tuple[int, ...] | None = None) -> Any:
@@ -261,7 +290,7 @@ class Pointwise(KernelFamily):
     def describe(self, g: Graph, nodes: list[Node], dtype: str
                  ) -> tuple[PointwiseParams, float]:
         t, h = rows_cols(nodes[0].meta["shape"])
-        ops = tuple(n.meta["pointwise"] for n in nodes)
+        ops = tuple(o for n in nodes for o in _passes(n))
         names = {n.name for n in nodes}
         external = {i for n in nodes for i in n.inputs if i not in names}
         return (PointwiseParams(t, h, ops, max(1, len(external))),
