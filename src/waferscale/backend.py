@@ -110,9 +110,12 @@ def _remember_causal_masks(g: Any) -> None:
     facts = _FORWARD_FACTS.get(id(getattr(ctx, "fw_metadata", None)))
     if facts is None:
         return
+    from waferscale.kernels.registry import family
+
     for node in g.calls():
         mask = node.kwargs.get("attn_mask")
-        if node.meta.get("kind") == "attention" and mask is not None:
+        # an attention op its kernel took (not left to the host): its mask is causal
+        if mask is not None and family(node.meta["kind"]).on_wafer:
             facts["causal"].add(mask.name)
 
 
