@@ -110,12 +110,13 @@ def _remember_causal_masks(g: Any) -> None:
     facts = _FORWARD_FACTS.get(id(getattr(ctx, "fw_metadata", None)))
     if facts is None:
         return
-    from waferscale.kernels.registry import family
+    from waferscale.kernels.registry import FAMILIES
 
     for node in g.calls():
         mask = node.kwargs.get("attn_mask")
+        fam = FAMILIES.get(node.meta.get("kind", ""))
         # an attention op its kernel took (not left to the host): its mask is causal
-        if mask is not None and family(node.meta["kind"]).on_wafer:
+        if mask is not None and fam is not None and fam.on_wafer:
             facts["causal"].add(mask.name)
 
 
