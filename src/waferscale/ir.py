@@ -152,6 +152,36 @@ def map_refs_list(outputs: list[Any]) -> list[Ref]:
     return [o for o in outputs if isinstance(o, Ref)]
 
 
+# ------------------------------------------------------------ pattern-matching helpers -----
+# What the kernel families' graph rewrites (`KernelFamily.match`: the loss and RMS-norm
+# matchers) read of the nodes around a candidate pattern.
+def ref_name(x: Any) -> str | None:
+    """The node an argument refers to, None for a literal."""
+    return x.name if isinstance(x, Ref) else None
+
+
+def const_value(g: Graph, x: Any) -> Any:
+    """The Python value of a scalar argument: inline, or a folded 0-d constant (its value,
+    or the literal it was built from when folded on the meta device); None otherwise."""
+    if isinstance(x, (int, float, bool)):
+        return x
+    name = ref_name(x)
+    if name is not None and g.nodes[name].op == "const":
+        if "scalar" in g.nodes[name].meta:       # a literal folded on the meta device
+            return g.nodes[name].meta["scalar"]
+        v = g.constants.get(name)
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type != "meta":
+            return v.item()
+    return None
+
+
+def sole_user(users: dict[str, list[str]], name: str, g: Graph) -> Node | None:
+    """The one call node that reads ``name``, None if it has several or is an output."""
+    us = users.get(name, [])
+    node = g.nodes.get(us[0]) if len(us) == 1 else None    # "<output>" is no node
+    return node if node is not None and node.op == "call" else None
+
+
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -199,5 +229,6 @@ def source_of(stack_trace: str | None) -> tuple[str, str]:
     return "", ""
 
 
-__all__ = ["DTYPE_NAMES", "Graph", "Node", "Ref", "eliminate_dead", "fabric_dtype", "iter_refs",
-           "map_refs", "map_refs_list", "source_of", "tensor_meta"]
+__all__ = ["DTYPE_NAMES", "Graph", "Node", "Ref", "const_value", "eliminate_dead", "fabric_dtype",
+           "iter_refs", "map_refs", "map_refs_list", "ref_name", "sole_user", "source_of",
+           "tensor_meta"]

@@ -27,7 +27,7 @@ from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.tensor import AxisMap, valid_extent
 from waferscale.fabric.timing import reduce_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
-from waferscale.ir import Graph, Node, Ref, eliminate_dead
+from waferscale.ir import Graph, Node, Ref, const_value, eliminate_dead, ref_name, sole_user
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -246,41 +246,22 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
                                              reduction=reduction)
 
 
-def _ref(x: Any) -> str | None:
-    return x.name if isinstance(x, Ref) else None
-
-
-def _const(g: Graph, x: Any) -> Any:
-    """The Python value of a scalar constant argument (inline or a folded 0-d constant)."""
-    if isinstance(x, (int, float, bool)):
-        return x
-    name = _ref(x)
-    if name is not None and g.nodes[name].op == "const":
-        if "scalar" in g.nodes[name].meta:       # a literal folded on the meta device
-            return g.nodes[name].meta["scalar"]
-        v = g.constants.get(name)
-        if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type != "meta":
-            return v.item()
-    return None
-
-
 def _ne_target(g: Graph, x: Any) -> tuple[str, int] | None:
     """``(targets, ignore_index)`` when ``x`` is ``ne(targets, ignore_index)``."""
-    name = _ref(x)
+    name = ref_name(x)
     if name is None:
         return None
     node = g.nodes[name]
-    if node.op != "call" or node.short != "ne" or _ref(node.args[0]) is None:
+    if node.op != "call" or node.short != "ne" or ref_name(node.args[0]) is None:
         return None
-    ii = _const(g, node.args[1])
-    return (_ref(node.args[0]), int(ii)) if isinstance(ii, (int, float)) else None
+    ii = const_value(g, node.args[1])
+    return (ref_name(node.args[0]), int(ii)) if isinstance(ii, (int, float)) else None
 
 
 def _sole(users: dict[str, list[str]], name: str, short: str, g: Graph) -> Node | None:
     """The one user of ``name`` if it is a ``short`` op."""
-    us = users.get(name, [])
-    node = g.nodes.get(us[0]) if len(us) == 1 else None    # "<output>" is no node
-    return node if node is not None and node.op == "call" and node.short == short else None
+    node = sole_user(users, name, g)
+    return node if node is not None and node.short == short else None
 
 
 def _last_dim(dim: Any, rank: int) -> bool:
@@ -295,38 +276,40 @@ def _match(g: Graph, ls: Node, users: dict[str, list[str]]) -> dict[str, Any] | 
     gather = _sole(users, ls.name, "gather", g)
     if gather is None or not _last_dim(gather.args[1], 2):
         return None
-    idx = g.nodes.get(_ref(gather.args[2]) or "")
+    idx = g.nodes.get(ref_name(gather.args[2]) or "")
     if idx is None or idx.short != "unsqueeze":
         return None
-    safe = g.nodes.get(_ref(idx.args[0]) or "")
+    safe = g.nodes.get(ref_name(idx.args[0]) or "")
     if safe is None or safe.short != "where":
         return None
     picked = _ne_target(g, safe.args[0])
-    if picked is None or _ref(safe.args[1]) != picked[0] or _const(g, safe.args[2]) is None:
+    if picked is None or ref_name(safe.args[1]) != picked[0] \
+            or const_value(g, safe.args[2]) is None:
         return None
     targets, ignore_index = picked
     squeeze = _sole(users, gather.name, "squeeze", g)
     neg = _sole(users, squeeze.name, "neg", g) if squeeze else None
     masked = _sole(users, neg.name, "where", g) if neg else None
     if masked is None or _ne_target(g, masked.args[0]) != picked \
-            or _ref(masked.args[1]) != neg.name or _const(g, masked.args[2]) != 0:
+            or ref_name(masked.args[1]) != neg.name or const_value(g, masked.args[2]) != 0:
         return None
     total = _sole(users, masked.name, "sum", g)
     if total is None or total.meta.get("shape") != []:
         return None
     final, reduction = total, "sum"
     div = _sole(users, total.name, "div", g)
-    if div is not None and _ref(div.args[0]) == total.name and _is_count(g, div.args[1], picked):
+    if div is not None and ref_name(div.args[0]) == total.name \
+            and _is_count(g, div.args[1], picked):
         final, reduction = div, "mean"
-    return {"logits": _ref(ls.args[0]), "targets": targets, "ignore_index": ignore_index,
+    return {"logits": ref_name(ls.args[0]), "targets": targets, "ignore_index": ignore_index,
             "reduction": reduction, "final": final, "source": ls}
 
 
 def _is_count(g: Graph, x: Any, picked: tuple[str, int]) -> bool:
     """``x`` is ``sum(ne(targets, ignore_index))`` (cast to float or not)."""
-    node = g.nodes.get(_ref(x) or "")
+    node = g.nodes.get(ref_name(x) or "")
     if node is not None and node.short == "_to_copy":
-        node = g.nodes.get(_ref(node.args[0]) or "")
+        node = g.nodes.get(ref_name(node.args[0]) or "")
     return node is not None and node.short == "sum" and _ne_target(g, node.args[0]) == picked
 
 

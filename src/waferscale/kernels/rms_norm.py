@@ -31,7 +31,7 @@ from waferscale.fabric import MeshTensor
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.tensor import AxisMap
 from waferscale.hardware.spec import WaferSpec, get_spec
-from waferscale.ir import Graph, Node, Ref, eliminate_dead
+from waferscale.ir import Graph, Node, Ref, const_value, eliminate_dead, ref_name, sole_user
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -188,31 +188,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     return y if weight is None else weight * y
 
 
-def _ref(x: Any) -> str | None:
-    return x.name if isinstance(x, Ref) else None
-
-
 def _scalar(g: Graph, x: Any) -> float | None:
-    """A float scalar argument: inline, or a folded 0-d constant (with a value, or the
-    literal it was built from when folded on the meta device)."""
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return float(x)
-    node = g.nodes.get(_ref(x) or "")
-    if node is None or node.op != "const":
-        return None
-    if isinstance(node.meta.get("scalar"), (int, float)):
-        return float(node.meta["scalar"])
-    v = g.constants.get(node.name)
-    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type != "meta":
-        return float(v.item())
-    return None
+    """A float scalar argument (`ir.const_value`, a bool is not one)."""
+    v = const_value(g, x)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _sole(users: dict[str, list[str]], name: str, g: Graph, *targets: str) -> Node | None:
     """The one user of ``name`` if it is a call of one of ``targets`` (ATen overloads)."""
-    us = users.get(name, [])
-    node = g.nodes.get(us[0]) if len(us) == 1 else None    # "<output>" is no node
-    return node if node is not None and node.op == "call" and node.target in targets else None
+    node = sole_user(users, name, g)
+    return node if node is not None and node.target in targets else None
 
 
 def _weight(g: Graph, mul: Node, normed: str, hidden: int) -> str | None:
@@ -220,7 +205,7 @@ def _weight(g: Graph, mul: Node, normed: str, hidden: int) -> str | None:
     1-D constant of ``hidden`` elements and the product has ``normed``'s shape and dtype."""
     if mul.kwargs or len(mul.args) != 2:
         return None
-    a, b = (_ref(v) for v in mul.args)
+    a, b = (ref_name(v) for v in mul.args)
     other = b if a == normed else a if b == normed else None
     node = g.nodes.get(other or "")
     src = g.nodes[normed].meta
@@ -233,7 +218,7 @@ def _weight(g: Graph, mul: Node, normed: str, hidden: int) -> str | None:
 
 def _match(g: Graph, pw: Node, users: dict[str, list[str]]) -> dict[str, Any] | None:
     """The replaced pattern starting at a ``pow(x, 2)``, or None."""
-    x = _ref(pw.args[0]) if pw.args else None
+    x = ref_name(pw.args[0]) if pw.args else None
     shape = pw.meta.get("shape")
     dtype = pw.meta.get("dtype")
     if x is None or len(pw.args) != 2 or _scalar(g, pw.args[1]) != 2.0 or pw.kwargs \
@@ -253,14 +238,14 @@ def _match(g: Graph, pw: Node, users: dict[str, list[str]]) -> dict[str, Any] | 
     if add is None or add.kwargs or len(add.args) != 2:
         return None
     a, b = add.args
-    eps = _scalar(g, b) if _ref(a) == mean.name else _scalar(g, a) \
-        if _ref(b) == mean.name else None
+    eps = _scalar(g, b) if ref_name(a) == mean.name else _scalar(g, a) \
+        if ref_name(b) == mean.name else None
     if eps is None or not eps >= 0:
         return None
     rs = _sole(users, add.name, g, "aten.rsqrt.default")
     normed = _sole(users, rs.name, g, "aten.mul.Tensor") if rs else None
     if normed is None or normed.kwargs or len(normed.args) != 2 \
-            or {_ref(v) for v in normed.args} != {x, rs.name} \
+            or {ref_name(v) for v in normed.args} != {x, rs.name} \
             or normed.meta.get("shape") != shape or normed.meta.get("dtype") != dtype:
         return None
     final, weight = normed, None
