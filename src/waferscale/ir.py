@@ -182,6 +182,15 @@ def sole_user(users: dict[str, list[str]], name: str, g: Graph) -> Node | None:
     return node if node is not None and node.op == "call" else None
 
 
+def rewrite_call(node: Node, target: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 source: Node) -> None:
+    """Turn ``node`` (the last op of a matched pattern) into one call of ``target``: its
+    users and the graph's outputs keep reading it; the source line is the pattern's first
+    op's. The ops it replaces are then dead (`eliminate_dead`)."""
+    node.target, node.fn, node.args, node.kwargs = target, fn, args, {}
+    node.meta.update({k: source.meta[k] for k in ("source", "code") if k in source.meta})
+
+
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -230,5 +239,6 @@ def source_of(stack_trace: str | None) -> tuple[str, str]:
 
 
 __all__ = ["DTYPE_NAMES", "Graph", "Node", "Ref", "const_value", "eliminate_dead", "fabric_dtype",
-           "iter_refs", "map_refs", "map_refs_list", "ref_name", "sole_user", "source_of",
+           "iter_refs", "map_refs", "map_refs_list", "ref_name", "rewrite_call", "sole_user",
+           "source_of",
            "tensor_meta"]

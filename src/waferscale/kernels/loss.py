@@ -27,7 +27,16 @@ from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.tensor import AxisMap, valid_extent
 from waferscale.fabric.timing import reduce_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
-from waferscale.ir import Graph, Node, Ref, const_value, eliminate_dead, ref_name, sole_user
+from waferscale.ir import (
+    Graph,
+    Node,
+    Ref,
+    const_value,
+    eliminate_dead,
+    ref_name,
+    rewrite_call,
+    sole_user,
+)
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -328,11 +337,10 @@ def fuse_cross_entropy(g: Graph) -> int:
         if m is None:
             continue
         final, src = m["final"], m["source"]
-        final.target, final.fn = CROSS_ENTROPY, cross_entropy
-        final.args = (Ref(m["logits"]), Ref(m["targets"]), m["ignore_index"], m["reduction"])
-        final.kwargs = {}
-        final.meta.update(dtype="float32", shape=[],
-                          **{k: src.meta[k] for k in ("source", "code") if k in src.meta})
+        rewrite_call(final, CROSS_ENTROPY, cross_entropy,
+                     (Ref(m["logits"]), Ref(m["targets"]), m["ignore_index"], m["reduction"]),
+                     src)
+        final.meta.update(dtype="float32", shape=[])
         found += 1
     if found:
         eliminate_dead(g)

@@ -31,7 +31,16 @@ from waferscale.fabric import MeshTensor
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.tensor import AxisMap
 from waferscale.hardware.spec import WaferSpec, get_spec
-from waferscale.ir import Graph, Node, Ref, const_value, eliminate_dead, ref_name, sole_user
+from waferscale.ir import (
+    Graph,
+    Node,
+    Ref,
+    const_value,
+    eliminate_dead,
+    ref_name,
+    rewrite_call,
+    sole_user,
+)
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -274,11 +283,9 @@ def fuse_rms_norm(g: Graph) -> int:
         if m is None:
             continue
         final, src = m["final"], m["source"]
-        final.target, final.fn = RMS_NORM, rms_norm
-        final.args = (Ref(m["x"]), None if m["weight"] is None else Ref(m["weight"]),
-                      m["eps"])
-        final.kwargs = {}
-        final.meta.update({k: src.meta[k] for k in ("source", "code") if k in src.meta})
+        rewrite_call(final, RMS_NORM, rms_norm,
+                     (Ref(m["x"]), None if m["weight"] is None else Ref(m["weight"]), m["eps"]),
+                     src)
         users = g.users()        # the rewritten node reads other values now
         found += 1
     if found:
