@@ -34,12 +34,12 @@ from waferscale.compiler.errors import CompileError
 from waferscale.compiler.floorplan import FloorplanConfig
 from waferscale.compiler.inference import DecoderShape, InferencePlan, plan_inference
 from waferscale.hardware.spec import WaferSpec, get_spec
+from waferscale.ir import fabric_dtype
 
 #: The value program's floorplanner settings: its placement changes no value (and no
 #: reported cycle: those come from the inference plan), so a short anneal does.
 VALUE_PLACER = FloorplanConfig(time_limit_s=None, moves_per_block=4, seed=0)
 
-_FABRIC_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 class GenerateError(CompileError):
@@ -80,7 +80,7 @@ class CompiledLM:
         self.grid = grid
         self.shape = DecoderShape.from_model(model, name)
         param = next(model.parameters())
-        self.dtype = dtype or _FABRIC_DTYPES.get(param.dtype, "fp32")
+        self.dtype = dtype or (fabric_dtype(param.dtype) or "fp32")
         self.meta = param.device.type == "meta"
         self._programs: dict[tuple[int, int], Any] = {}
         self.last_generation: dict[str, Any] | None = None

@@ -27,10 +27,10 @@ import torch
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric.dtypes import BYTES
 from waferscale.hardware.spec import WaferSpec
-from waferscale.ir import Graph, Node, Ref, map_refs
+from waferscale.ir import DTYPE_NAMES, Graph, Node, Ref, map_refs
 
 #: Torch dtype names -> fabric storage dtypes (what a stage computes in).
-TORCH_TO_FABRIC = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+TORCH_TO_FABRIC = {str(t).removeprefix("torch."): d for t, d in DTYPE_NAMES.items()}
 FLOAT_DTYPES = tuple(TORCH_TO_FABRIC)
 
 
