@@ -25,7 +25,9 @@ def check_dtype(dtype: str) -> str:
 
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """Round float32 values to the nearest bfloat16 (ties to even), kept as float32."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    arr = np.asarray(x, dtype=np.float32)
+    # ascontiguousarray makes a 0-d array 1-d: the bits are reshaped back to x's shape
+    bits = np.ascontiguousarray(arr).view(np.uint32).reshape(arr.shape)
     rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
     out = ((bits + rounding) & np.uint32(0xFFFF0000)).view(np.float32)
     # NaNs keep their payload high bits instead of rounding into infinity.

@@ -134,7 +134,8 @@ def local_pass(fabric: Fabric, rect: Rect, elements: np.ndarray | float, dtype: 
 
 # ------------------------------------------------------------------- value functions -----
 def _erf(x: np.ndarray) -> np.ndarray:
-    return torch.special.erf(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    return torch.special.erf(torch.from_numpy(np.ascontiguousarray(x))).numpy().reshape(
+        np.shape(x))
 
 
 _SQRT_2_OVER_PI = 0.7978845608028654

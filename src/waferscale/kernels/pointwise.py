@@ -253,12 +253,7 @@ def node_value(node: Node, vals: list[Any]) -> np.ndarray:
     rounds after every op), as fp32: the value step of fused stages and epilogues."""
     with np.errstate(all="ignore"):
         res = np.asarray(_value(node.short, node.kwargs, vals), np.float32)
-    out = to_storage(res, TORCH_TO_FABRIC[node.meta["dtype"]]).astype(np.float32, copy=False)
-    # a 0-d value comes back as shape (1,) from helpers built on np.ascontiguousarray
-    # (ndim >= 1: `round_bf16`, `elementwise._erf`); give it the node's shape back
-    shape = tuple(node.meta.get("shape") or ())
-    return out.reshape(shape) if out.ndim != len(shape) and out.size == math.prod(shape) \
-        else out
+    return to_storage(res, TORCH_TO_FABRIC[node.meta["dtype"]]).astype(np.float32, copy=False)
 
 
 def _plain(v: Any, shape: tuple[int, ...] | None = None) -> Any:
