@@ -142,8 +142,9 @@ def export(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
 
 def _module_path(n: torch.fx.Node) -> str:
     """The innermost module an op was traced in (``gpt_neox.layers.3.mlp.dense_h_to_4h``):
-    what weight streaming reports its timeline by. Backward graphs have none."""
-    stack = n.meta.get("nn_module_stack") or {}
+    what weight streaming reports its timeline by. A backward graph's nodes carry the
+    stack of the forward op they differentiate (aot_autograd's ``fwd_nn_module_stack``)."""
+    stack = n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack") or {}
     if not stack:
         return ""
     path = str(list(stack.values())[-1][0])
