@@ -449,6 +449,28 @@ def _replicate(g: Graph, tags: dict[str, int], n_layers: int, prefix: str,
     return out
 
 
+@contextlib.contextmanager
+def first_blocks(model: torch.nn.Module, prefix: str, keep: int) -> Iterator[None]:
+    """``model`` with only the first ``keep`` layers of its stack at ``prefix`` (and its
+    config's ``num_hidden_layers`` to match) while the block runs; restored after, also
+    on error. Tracing cost grows with the layers traced, so estimates trace a few layers
+    and replicate what one middle layer does (here and in `report.training`)."""
+    parent_path, _, attr = prefix.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    blocks = parent._modules[attr]
+    config = getattr(model, "config", None)
+    cfg_layers = getattr(config, "num_hidden_layers", None)
+    parent._modules[attr] = torch.nn.ModuleList(list(blocks)[:keep])
+    if cfg_layers == len(blocks):
+        config.num_hidden_layers = keep
+    try:
+        yield
+    finally:
+        parent._modules[attr] = blocks
+        if cfg_layers == len(blocks):
+            config.num_hidden_layers = cfg_layers
+
+
 def capture_replicated(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
                        ) -> Graph | None:
     """Capture a model whose decoder is N identical layers by exporting it with 2 of them.
@@ -464,21 +486,10 @@ def capture_replicated(model: torch.nn.Module, example_inputs: Any, *, strict: b
         return None
     prefix, blocks = found
     n_layers = len(blocks)
-    parent_path, _, attr = prefix.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    config = getattr(model, "config", None)
-    cfg_layers = getattr(config, "num_hidden_layers", None)
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
-    parent._modules[attr] = torch.nn.ModuleList(list(blocks)[:2])
-    if cfg_layers == n_layers:
-        config.num_hidden_layers = 2
-    try:
+    with first_blocks(model, prefix, 2):
         ep = export(model, example_inputs, strict=strict)
-    finally:
-        parent._modules[attr] = blocks
-        if cfg_layers == n_layers:
-            config.num_hidden_layers = cfg_layers
     tags = _layer_tags(ep, prefix)
     sig = ep.graph_signature
     param_target = dict(sig.inputs_to_parameters)
@@ -506,5 +517,5 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, strict: bool = False
     return g
 
 
-__all__ = ["capture", "capture_replicated", "decomposition_table", "export",
+__all__ = ["capture", "capture_replicated", "decomposition_table", "export", "first_blocks",
            "fold_constants", "from_exported", "from_fx", "repeated_blocks"]
