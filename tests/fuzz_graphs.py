@@ -8,7 +8,7 @@ estimate mode, timed only) and returns what went wrong, if anything.
 
 The op set is what the wafer lowers (docs/compiler.md's lowering table) plus a few ops
 that fall back to the host, so the fallback path is fuzzed too: linear, matmul / mm / bmm,
-layer norm, activations, softmax / log-softmax over any axis, SDPA (causal or not),
+layer norm, activations, softmax / log-softmax over any axis, SDPA (3-D or 4-D, causal or not),
 embedding, sums (and means), reshape / permute / transpose / slice / cat / expand, clamp,
 scalar and tensor arithmetic, powers, dtype casts, a causal mask from constants; fp32 and
 bf16; sizes 1, odd, prime. Ops are kept in their
@@ -111,7 +111,7 @@ def _candidates(d: Draw, shapes: list[tuple[int, ...]], has_ids: bool) -> list[s
         kinds.append("mm")
     if any(len(s) == 3 for s in shapes):
         kinds.append("bmm")
-    if any(len(s) == 4 for s in shapes):
+    if any(len(s) in (3, 4) for s in shapes):
         kinds += ["sdpa", "sdpa"]
     if has_ids:
         kinds.append("embedding")
@@ -171,7 +171,7 @@ def _op(d: Draw, kind: str, shapes: list[tuple[int, ...]], ids_shape: tuple[int,
         dim = -1 if d.integers(0, 3) else d.integers(0, len(shapes[i]) - 1)
         return ("softmax", i, dim, d.boolean()), shapes[i]
     if kind == "sdpa":
-        i = _pick(d, shapes, lambda s: len(s) == 4)
+        i = _pick(d, shapes, lambda s: len(s) in (3, 4))
         assert i is not None
         s = shapes[i]
         same = [j for j, t in enumerate(shapes) if t == s]

@@ -1443,12 +1443,15 @@ def run_stage(ctx: ExecContext, st: Stage, q: torch.Tensor, k: torch.Tensor,
     runs timing-only on the fabric, which charges the detours of the stage's links; the
     values stay the same as on a perfect wafer."""
     layout = st.params.layout()  # type: ignore[attr-defined]
+    shape = q.shape
+    # SDPA takes any number of leading (batch) dims: [b, s, d] is one head per batch entry
+    q, k, v = (x.reshape(-1, 1, *shape[-2:]) if x.dim() != 4 else x for x in (q, k, v))
     b, h, s, d = q.shape
     if SIMULATE_STAGES and not ctx.timing_only:
         fab = ctx.fabric(st)
         out = run(fab, to_np(q), to_np(k), to_np(v), dtype=st.dtype, causal=True,
                   scale=scale, **layout)
-        return to_torch(out.to_numpy().reshape(b, h, s, d), q.dtype), done(fab)
+        return to_torch(out.to_numpy().reshape(shape), q.dtype), done(fab)
     if SIMULATE_STAGES or ctx.link_extra is not None:
         fab = Fabric(ctx.spec, st.rect[0], st.rect[1], timing_only=True,
                      link_extra=ctx.link_extra.get(st.name) if ctx.link_extra else None)
@@ -1463,7 +1466,7 @@ def run_stage(ctx: ExecContext, st: Stage, q: torch.Tensor, k: torch.Tensor,
                   for x in (q, k, v))
     out = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
                                                            scale=scale)
-    return to_torch(to_storage(out.numpy(), st.dtype), q.dtype), measured
+    return to_torch(to_storage(out.numpy(), st.dtype).reshape(shape), q.dtype), measured
 
 
 class Attention(KernelFamily):
@@ -1477,6 +1480,11 @@ class Attention(KernelFamily):
     def rejects(self, node: Node, g: Graph) -> str | None:
         if not float_out(node) or not causal(node, g):
             return "attention with a non-causal mask or dropout (the kernel is causal, no dropout)"
+        shapes = [shape_of(g, a) for a in node.args[:3]]
+        if len(shapes[0]) < 3 or any(s != shapes[0] for s in shapes) \
+                or node.kwargs.get("enable_gqa"):
+            return ("attention whose q, k and v differ in shape or lack a batch dim (the "
+                    "kernel runs self-attention: [..., seq, head_dim] each)")
         return None
 
     def weight_bytes(self, g: Graph, nodes: list[Node], dtype: str) -> int:
@@ -1487,7 +1495,11 @@ class Attention(KernelFamily):
     def describe(self, g: Graph, nodes: list[Node], dtype: str
                  ) -> tuple[AttentionParams, float]:
         node = nodes[0]
-        b, h, s, d = shape_of(g, node.args[0])
+        *lead, s, d = shape_of(g, node.args[0])
+        # [batch, heads, seq, d], or any other leading dims (a 3-D [batch, seq, d]: one
+        # head per batch entry); the kernel sees batch x heads groups either way
+        b = lead[0]
+        h = math.prod(lead[1:])
         return (AttentionParams(b * h, s, d, b, h, bool(node.meta.get("assumed_causal"))),
                 flops(b * h, s, d))
 
