@@ -416,16 +416,6 @@ def _norm_decode(spec: WaferSpec, shape: DecoderShape, batch: int, p: int, dtype
                                                                    reads=2))
 
 
-def _gemv(spec: WaferSpec, m: int, k: int, n: int, p: int, dtype: str, bias: bool) -> float:
-    """A resident-weight GEMV on the p x p grid (fewer PEs along an axis shorter than p)."""
-    grid = (min(p, k), min(p, n))
-    c = gemv.cost(m, k, n, algorithm="ktree", grid=grid, spec=spec, dtype=dtype,
-                  accumulate="fp32").cycles
-    if bias:
-        c += float(op_cycles(spec, m * blocks(n, grid[1]), "fp32", "add", reads=2))
-    return c
-
-
 def _gemv_work(m: int, k: int, n: int, p: int, dtype: str) -> int:
     grid = (min(p, k), min(p, n))
     kb, nb = blocks(k, grid[0]), blocks(n, grid[1])
@@ -516,48 +506,119 @@ def _prefill(spec: WaferSpec, shape: DecoderShape, batch: int, prompt: int, p: i
     if shape.arch == "gpt2":
         once["positions"] = once["embedding"] + fused_cycles(spec, mb * hb, dtype, ("add",), 2)
     once["final_norm"] = _norm_decode(spec, shape, batch, p, dtype)
-    once["lm_head"] = _gemv(spec, batch, shape.hidden, shape.vocab, p, dtype, False)
+    once["lm_head"] = _gemv_op(spec, "lm_head", batch, shape.hidden, shape.vocab, p,
+                               dtype, False).cycles
     once["sample"] = _sample_cycles(spec, shape, batch, p, sampling)
     return Phase(layer, once, shape.layers), max(works), att
+
+
+@dataclass(frozen=True)
+class Op:
+    """One pass of a decode step, in the order the step runs it.
+
+    ``kernel`` says what runs it: ``gemv`` (`kernels.gemv` on ``grid``, ``gemv = (m, k,
+    n)``, its weight resident), ``kv_attention`` (`kernels.kv_attention` on ``kv``, the
+    layer's cache resident) or ``local`` (norms, rotary, bias and residual adds, the
+    activation, the embedding lookup, sampling: local passes and line reductions priced by
+    the elementwise kernels' closed forms). ``per_layer``: once per layer, with that
+    layer's weights and cache; else once per step. ``cycles`` is the closed form; running
+    the program (`waferscale.generate`) checks it against the fabric's count for the
+    ``gemv`` and ``kv_attention`` ops."""
+
+    name: str
+    kernel: str
+    cycles: float
+    per_layer: bool
+    gemv: tuple[int, int, int] | None = None
+    grid: tuple[int, int] | None = None
+    kv: kv_attention.KvLayout | None = None
+
+
+@dataclass(frozen=True)
+class DecodeProgram:
+    """A decode step at ``context`` positions (the new token included) as the ops the
+    wafer runs: the plan's decode cycles are its ops' cycles, and `waferscale.generate`
+    executes exactly these ops to produce the tokens."""
+
+    ops: tuple[Op, ...]
+    layers: int
+    context: int
+    work_bytes: int
+
+    @property
+    def cycles(self) -> float:
+        return float(sum(o.cycles * (self.layers if o.per_layer else 1) for o in self.ops))
+
+    def phase(self) -> Phase:
+        layer: dict[str, float] = {}
+        once: dict[str, float] = {}
+        for o in self.ops:
+            part = layer if o.per_layer else once
+            part[o.name] = part.get(o.name, 0.0) + o.cycles
+        return Phase(layer, once, self.layers)
+
+
+def _gemv_op(spec: WaferSpec, name: str, m: int, k: int, n: int, p: int, dtype: str,
+             per_layer: bool = True) -> Op:
+    grid = (min(p, k), min(p, n))
+    c = gemv.cost(m, k, n, algorithm="ktree", grid=grid, spec=spec, dtype=dtype,
+                  accumulate="fp32").cycles
+    return Op(name, "gemv", c, per_layer, (m, k, n), grid)
+
+
+@functools.lru_cache(maxsize=1024)
+def decode_program(spec: WaferSpec, shape: DecoderShape, batch: int, context: int, p: int,
+                   dtype: str, sampling: str) -> DecodeProgram:
+    """The ops of one decode step at ``context`` positions on the p x p grid (`Op`)."""
+    hb = blocks(shape.hidden, min(p, shape.hidden))
+    ops: list[Op] = [Op("embedding", "local", _lookup_cycles(spec, shape, batch, p, dtype),
+                        False)]
+    if shape.arch == "gpt2":
+        ops.append(Op("positions", "local", ops[0].cycles + float(
+            op_cycles(spec, batch * hb, dtype, "add", reads=2)), False))
+    ops.append(Op("norm", "local", _norm_decode(spec, shape, batch, p, dtype), True))
+    works = []
+    for name, k, n, bias in shape.matrices():
+        op = _gemv_op(spec, name, batch, k, n, p, dtype)
+        ops.append(op)
+        works.append(_gemv_work(batch, k, n, p, dtype))
+        if bias:
+            ops.append(Op(f"{name}_bias", "local", float(op_cycles(
+                spec, batch * blocks(n, op.grid[1]), "fp32", "add", reads=2)), True))
+        if name == "qkv":
+            lay = _kv_layout(shape, batch, context, p, dtype)
+            if shape.arch == "llama":
+                rot = batch * (shape.group + 1) * lay.dc
+                ops.append(Op("rotary", "local", rotary.pass_cycles(spec, rot, dtype) + float(
+                    op_cycles(spec, lay.dc / 2, WORK, "sin")
+                    + op_cycles(spec, lay.dc / 2, WORK, "cos")), True))
+            att = kv_attention._cost(spec, lay)
+            ops.append(Op("attention", "kv_attention", att.cycles, True, kv=lay))
+            works.append(att.work_bytes)
+        elif name == "o":
+            ops.append(Op("residual", "local",
+                          float(op_cycles(spec, batch * hb, dtype, "add", reads=2)), True))
+            ops.append(Op("norm2", "local", _norm_decode(spec, shape, batch, p, dtype), True))
+        elif name == "up":
+            fb = batch * blocks(shape.ffn, min(p, shape.ffn))
+            ops.append(Op("activation", "local",
+                          fused_cycles(spec, fb, dtype, ("silu", "mul"), 2) if shape.gated
+                          else fused_cycles(spec, fb, dtype, ("gelu_fast",), 1), True))
+        elif name == "down":
+            ops.append(Op("residual2", "local",
+                          float(op_cycles(spec, batch * hb, dtype, "add", reads=2)), True))
+    ops.append(Op("final_norm", "local", _norm_decode(spec, shape, batch, p, dtype), False))
+    ops.append(_gemv_op(spec, "lm_head", batch, shape.hidden, shape.vocab, p, dtype, False))
+    works.append(_gemv_work(batch, shape.hidden, shape.vocab, p, dtype))
+    ops.append(Op("sample", "local", _sample_cycles(spec, shape, batch, p, sampling), False))
+    return DecodeProgram(tuple(ops), shape.layers, context, max(works))
 
 
 def _decode(spec: WaferSpec, shape: DecoderShape, batch: int, context: int, p: int,
             dtype: str, sampling: str) -> tuple[Phase, int]:
     """One decode step at ``context`` positions (the new token included)."""
-    hb = blocks(shape.hidden, min(p, shape.hidden))
-    layer: dict[str, float] = {"norm": _norm_decode(spec, shape, batch, p, dtype)}
-    works = []
-    for name, k, n, bias in shape.matrices():
-        layer[name] = _gemv(spec, batch, k, n, p, dtype, bias)
-        works.append(_gemv_work(batch, k, n, p, dtype))
-        if name == "qkv":
-            lay = _kv_layout(shape, batch, context, p, dtype)
-            if shape.arch == "llama":
-                rot = batch * (shape.group + 1) * lay.dc
-                layer["rotary"] = rotary.pass_cycles(spec, rot, dtype) + float(
-                    op_cycles(spec, lay.dc / 2, WORK, "sin") + op_cycles(spec, lay.dc / 2,
-                                                                         WORK, "cos"))
-            att = kv_attention._cost(spec, lay)
-            layer["attention"] = att.cycles
-            works.append(att.work_bytes)
-        elif name == "o":
-            layer["residual"] = float(op_cycles(spec, batch * hb, dtype, "add", reads=2))
-            layer["norm2"] = _norm_decode(spec, shape, batch, p, dtype)
-        elif name == "up":
-            fb = batch * blocks(shape.ffn, min(p, shape.ffn))
-            layer["activation"] = fused_cycles(spec, fb, dtype, ("silu", "mul"), 2) \
-                if shape.gated else fused_cycles(spec, fb, dtype, ("gelu_fast",), 1)
-        elif name == "down":
-            layer["residual2"] = float(op_cycles(spec, batch * hb, dtype, "add", reads=2))
-    once = {"embedding": _lookup_cycles(spec, shape, batch, p, dtype)}
-    if shape.arch == "gpt2":
-        once["positions"] = once["embedding"] + float(op_cycles(spec, batch * hb, dtype, "add",
-                                                                reads=2))
-    once["final_norm"] = _norm_decode(spec, shape, batch, p, dtype)
-    once["lm_head"] = _gemv(spec, batch, shape.hidden, shape.vocab, p, dtype, False)
-    works.append(_gemv_work(batch, shape.hidden, shape.vocab, p, dtype))
-    once["sample"] = _sample_cycles(spec, shape, batch, p, sampling)
-    return Phase(layer, once, shape.layers), max(works)
+    prog = decode_program(spec, shape, batch, context, p, dtype, sampling)
+    return prog.phase(), prog.work_bytes
 
 
 def parse_grid(text: str | tuple[int, int] | None, spec: WaferSpec) -> tuple[int, int]:
@@ -744,5 +805,5 @@ def plan_inference(shape: DecoderShape, spec: WaferSpec | str | None = "wse2", *
                          fits, "" if fits else why_not, needs, tuple(notes), kernels)
 
 
-__all__ = ["DecoderShape", "InferencePlan", "InferencePlanError", "Phase", "SAMPLING",
-           "parse_grid", "plan_inference"]
+__all__ = ["DecodeProgram", "DecoderShape", "InferencePlan", "InferencePlanError", "Op",
+           "Phase", "SAMPLING", "decode_program", "parse_grid", "plan_inference"]

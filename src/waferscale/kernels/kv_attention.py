@@ -145,6 +145,66 @@ def layout(batch: int, kv_heads: int, group: int, head_dim: int, context: int,
                     dtype)
 
 
+class KvCache:
+    """One layer's keys and values where the PEs hold them, in the layout above.
+
+    Why a class: the cache is the state a decode program keeps between steps, and it must
+    be the layout's own (position slot s on row ``s mod R``, ``s // R`` deep; column c's
+    ``dc`` (head, feature) pairs), so that what a step reads is what its PEs hold.
+    ``tiles[r, c]`` is PE (r, c)'s share, K and V, [2, batch, ell, dc], in the storage
+    dtype. ``capacity`` slots: the context the plan sizes the cache for, or a sliding
+    window, in which case position t takes slot ``t mod capacity`` (a ring: attention sums
+    over its positions in any order, so the oldest position is simply overwritten)."""
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, grid: tuple[int, int],
+                 capacity: int, dtype: str = "fp16") -> None:
+        self.layout = layout(batch, kv_heads, 1, head_dim, capacity, grid, dtype)
+        lay = self.layout
+        self.capacity = capacity
+        self.tiles = np.zeros((lay.rows_used, lay.cols_used, 2, batch, lay.ell, lay.dc),
+                              np.float32)
+        self.length = 0
+
+    @property
+    def held(self) -> int:
+        """Positions a step attends to: all written ones, or the window's last."""
+        return min(self.length, self.capacity)
+
+    @property
+    def bytes_per_pe(self) -> int:
+        return self.layout.cache_bytes()
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Write positions ``length ..`` of ``k``, ``v`` [batch, kv_heads, n, head_dim]
+        into their slots (rounded to the storage dtype)."""
+        lay = self.layout
+        b, kvh, n, d = k.shape
+        if (b, kvh, d) != (lay.batch, lay.kv_heads, lay.head_dim) or v.shape != k.shape:
+            raise KernelShapeError(f"{KERNEL}: k {k.shape}, v {v.shape} do not match the "
+                                   f"cache's {lay.batch} x {lay.kv_heads} heads x "
+                                   f"{lay.head_dim}")
+        width = lay.cols_used * lay.dc
+        both = np.zeros((2, b, n, width), np.float32)
+        for i, x in enumerate((k, v)):
+            flat = np.asarray(x, np.float32).transpose(0, 2, 1, 3).reshape(b, n, kvh * d)
+            both[i, :, :, :kvh * d] = to_storage(flat, lay.dtype)
+        blocks_ = both.reshape(2, b, n, lay.cols_used, lay.dc).transpose(2, 3, 0, 1, 4)
+        for j in range(n):
+            slot = (self.length + j) % self.capacity
+            self.tiles[slot % lay.rows_used, :, :, :, slot // lay.rows_used] = blocks_[j]
+        self.length += n
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """K and V [batch, kv_heads, held, head_dim] gathered from the tiles, slot order."""
+        lay = self.layout
+        s = np.arange(self.held)
+        t = self.tiles[s % lay.rows_used, :, :, :, s // lay.rows_used]  # [n, C, 2, b, dc]
+        flat = t.transpose(2, 3, 0, 1, 4).reshape(2, lay.batch, self.held, -1)
+        kv = flat[..., :lay.features].reshape(2, lay.batch, self.held, lay.kv_heads,
+                                              lay.head_dim).transpose(0, 1, 3, 2, 4)
+        return kv[0], kv[1]
+
+
 def _allreduce(spec: WaferSpec, wavelets: float, n: int, ready: float) -> float:
     """MeshGEMV's K-tree reduce (K = 2) along a line of ``n`` PEs, then the flood from its
     root to the farther end: when the sum is on every PE of the line."""
@@ -254,12 +314,28 @@ def _lines_allreduce(fab: Fabric, rows: int, cols: int, wavelets: float, axis: s
 def run(spec: WaferSpec | str | None, batch: int, kv_heads: int, group: int, head_dim: int,
         context: int, grid: tuple[int, int], *, dtype: str = "fp16",
         q: np.ndarray | None = None, k: np.ndarray | None = None,
-        v: np.ndarray | None = None) -> KvAttentionResult:
+        v: np.ndarray | None = None, cache: KvCache | None = None) -> KvAttentionResult:
     """One decode step on the fabric (module docstring). ``q`` is [batch, kv_heads * group,
     head_dim] (already scaled by 1/sqrt(head_dim)); ``k`` and ``v`` [batch, kv_heads,
-    context, head_dim], the new position last. Without them the run is timing only."""
+    context, head_dim], the new position last. Without them the run is timing only.
+
+    With a ``cache`` (`KvCache`), ``k`` and ``v`` are the new position's [batch, kv_heads,
+    head_dim]: the append pass writes them into their slot, and the step reads every key
+    and value from the cache's tiles (``context`` must be what it then holds)."""
     spec = get_spec(spec)
     lay = layout(batch, kv_heads, group, head_dim, context, grid, dtype)
+    if cache is not None:
+        if q is None or k is None or v is None:
+            raise KernelShapeError(f"{KERNEL}: a step on a cache needs q and the new k, v")
+        cl = cache.layout
+        if (cl.batch, cl.kv_heads, cl.head_dim, cl.rows, cl.cols, cl.dtype) != (
+                batch, kv_heads, head_dim, lay.rows, lay.cols, dtype):
+            raise KernelShapeError(f"{KERNEL}: the cache's layout {cl} is not this step's")
+        cache.append(np.asarray(k)[:, :, None], np.asarray(v)[:, :, None])
+        if cache.held != context:
+            raise KernelShapeError(f"{KERNEL}: the cache holds {cache.held} positions, the "
+                                   f"step was asked for {context}")
+        k, v = cache.read()
     dt = lay.dtype
     b, g, hc, ell, dc = lay.batch, lay.group, lay.hc, lay.ell, lay.dc
     rows, cols = lay.rows_used, lay.cols_used
@@ -337,5 +413,5 @@ def flops(batch: int, heads: int, head_dim: int, context: int) -> float:
     return 4.0 * batch * heads * head_dim * context
 
 
-__all__ = ["KERNEL", "KvAttentionCost", "KvAttentionResult", "KvLayout", "check_fits", "cost",
-           "flops", "layout", "reference", "run"]
+__all__ = ["KERNEL", "KvAttentionCost", "KvAttentionResult", "KvCache", "KvLayout", "check_fits",
+           "cost", "flops", "layout", "reference", "run"]
