@@ -1,6 +1,8 @@
-"""`waferscale.compile_lm(model).generate(...)` gives transformers' tokens (greedy, and
-sampled with the same seed) on tiny Llama, Mistral, Qwen2 and GPT-2 configs, with a
-report of time to first token, prefill / decode tokens/s and SRAM per PE."""
+"""`waferscale.compile_lm(model).generate(...)` and `waferscale.compile(model, ...).generate`
+give transformers' tokens (greedy, and sampled with the same seed) on tiny Llama, Mistral,
+Qwen2 and GPT-2 configs, every decode step through the decode program's kernels on the
+fabric (cycles equal to their closed forms) over a KV cache held in the PEs' layout, with
+a report of time to first token, prefill / decode tokens/s and SRAM per PE."""
 
 from __future__ import annotations
 
@@ -50,6 +52,17 @@ def tiny(kind: str) -> torch.nn.Module:
     return m.eval()
 
 
+class _Logits(torch.nn.Module):
+    """The model's forward as the compiler captures it: ids in, logits out, no cache."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "gpt2"])
 def test_generate_equals_transformers(kind):
     m = tiny(kind)
@@ -59,10 +72,18 @@ def test_generate_equals_transformers(kind):
     got = lm.generate(ids, max_new_tokens=5, do_sample=False)
     assert torch.equal(got, ref)
     assert len(set(ref[:, 7:].flatten().tolist())) > 1       # not one repeated token
-    # the forward ran whole on the wafer: RMS norm, rotary, SwiGLU, GQA attention, ...
-    assert lm.program(2, 11).report()["fallback_ops"] == []
+    # the forward compiles whole for the wafer: RMS norm, rotary, SwiGLU, GQA attention, ...
+    assert waferscale.compile(_Logits(m), (ids,), mode="estimate").report()["fallback_ops"] == []
     rep = lm.report()
     assert rep["forward_runs"] == 5 and rep["tokens_generated"] == 5
+    # 4 decode steps ran the program: its kernels' fabric cycles are their closed forms,
+    # and the steps' cycles are the plan's
+    run = rep["decode_run"]
+    assert run["steps"] == 4 and run["fabric_cost_agreement"] == 1.0
+    assert run["step_cycles"] == pytest.approx(run["plan_step_cycles"])
+    plan = lm.plan(2, 7, 5)
+    assert rep["decode_seconds_per_token"] == pytest.approx(plan.seconds_per_token)
+    assert rep["kv_cache_bytes_per_pe"] == plan.sram["kv_cache"]
     assert rep["sampling"] == "greedy" and rep["batch"] == 2 and rep["prompt_len"] == 7
     for key in ("ttft_seconds", "decode_tokens_per_second", "prefill_tokens_per_second",
                 "weights_bytes_per_pe", "kv_cache_bytes_per_pe"):
@@ -95,3 +116,42 @@ def test_generate_refuses_what_it_cannot_serve():
     with pytest.raises(GenerateError, match="meta"):
         meta.generate(ids, max_new_tokens=2)
     assert meta.plan(1, 4096, 128).fits
+
+
+def test_compiled_model_generates_like_transformers():
+    """`waferscale.compile(model, inputs).generate(...)`: the public API's own route."""
+    m = tiny("llama")
+    ids = torch.randint(1, VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
+    cm = waferscale.compile(m, {"input_ids": ids, "use_cache": False}, mode="estimate")
+    out = cm.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, m.generate(ids, max_new_tokens=4, do_sample=False))
+    assert cm.last_generation["decode_run"]["steps"] == 3
+
+
+def test_sliding_window_is_honoured_and_gqa_heads_are_shared():
+    """Mistral with a window shorter than the context: the cache is a ring of the window's
+    slots and the tokens are transformers' (which differ from full causal attention's); the
+    cache holds the key/value heads only (grouped-query: 2 for 4 query heads)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def mistral(window):
+        torch.manual_seed(0)
+        m = MistralForCausalLM(MistralConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=64,
+            initializer_range=0.2, sliding_window=window))
+        m.config._attn_implementation = "sdpa"
+        return m.eval()
+
+    ids = torch.randint(1, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+    windowed, full = mistral(3), mistral(None)
+    ref = windowed.generate(ids, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(ref, full.generate(ids, max_new_tokens=6, do_sample=False))
+    lm = waferscale.compile_lm(windowed)
+    assert torch.equal(lm.generate(ids, max_new_tokens=6, do_sample=False), ref)
+    rep = lm.report()
+    # every step attends to the window's 3 positions: the same cycles each step
+    assert len(set(rep["decode_run"]["step_cycles"])) == 1
+    att = next(o for o in lm.decode_program(2, 14).ops if o.name == "attention")
+    assert att.kv.context == 3 and att.kv.features == 2 * 8 and att.kv.group == 2
+    assert rep["kv_cache_bytes_per_pe"] == 2 * (2 * 2 * 1 * att.kv.dc * 4)   # layers x K,V

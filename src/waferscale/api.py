@@ -154,7 +154,7 @@ class CompiledModel:
     """A model compiled for the wafer: call it like the model; ``report()`` for figures."""
 
     def __init__(self, program: Program, example_inputs: Any, remap: Remap | None = None,
-                 systems: int = 1) -> None:
+                 systems: int = 1, module: torch.nn.Module | None = None) -> None:
         if not isinstance(systems, int) or isinstance(systems, bool) or systems < 1:
             raise CompileError(f"systems={systems!r}: give a whole number of systems >= 1")
         self.program = program
@@ -163,7 +163,11 @@ class CompiledModel:
         self.systems = systems
         #: The defective wafer this model runs on (None: a perfect wafer).
         self.remap = remap
+        #: The compiled module, kept for `generate` (None for graphs from torch.compile).
+        self.module = module
         self.last_run: dict[str, Any] | None = None
+        self.last_generation: dict[str, Any] | None = None
+        self._lm: Any = None
         self._batch, self._tokens = _batch_tokens(example_inputs)
 
     @property
@@ -183,6 +187,24 @@ class CompiledModel:
         if self.program.graph.out_spec is not None:
             return pytree.tree_unflatten(outs, self.program.graph.out_spec)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int | None = None,
+                 **kwargs: Any) -> Any:
+        """transformers' ``generate`` for a compiled causal LM, run on this wafer: the same
+        tokens (greedy, or sampled with the same seed), prefill and decode with the KV cache
+        resident (`waferscale.generate.CompiledLM`, imported on first use; it imports
+        nothing of this module, so the dependency runs one way); figures in
+        ``last_generation``."""
+        from waferscale.generate import CompiledLM, GenerateError
+
+        if self.module is None:
+            raise GenerateError("generate() needs the module: compile it with "
+                                "waferscale.compile(model, example_inputs)")
+        if self._lm is None:
+            self._lm = CompiledLM(self.module, spec=self.program.spec)
+        out = self._lm.generate(input_ids, max_new_tokens, **kwargs)
+        self.last_generation = self._lm.report()
+        return out
 
     def time_only(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run every kernel on a timing-only fabric (clocks, no values) and report."""
@@ -298,7 +320,7 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
                        reserve=reserve, pin=pin, placer_config=placer_config)
     if train_note:
         prog = dataclasses.replace(prog, notes=prog.notes + (train_note,))
-    return CompiledModel(prog, example_inputs, remap, systems=systems)
+    return CompiledModel(prog, example_inputs, remap, systems=systems, module=model)
 
 
 def _train_mode_note(model: torch.nn.Module) -> str:

@@ -750,11 +750,12 @@ def plan_inference(shape: DecoderShape, spec: WaferSpec | str | None = "wse2", *
                                    f"columns ({kl.dc} features x up to {kl.ell} positions "
                                    f"per PE), K-tree allreduces")
     # decode steps (the first token comes out of the prefill): cycles depend on the context
-    # only through the positions per PE
+    # only through the cache rows in use and the positions per PE
     steps: list[tuple[int, float]] = []
-    cache: dict[int, float] = {}
+    cache: dict[tuple[int, int], float] = {}
     for c in range(prompt_len + 1, context):      # token i (1..N-1) sees P + i positions
-        key = _kv_layout(shape, batch, c, p, dtype).ell
+        lay = _kv_layout(shape, batch, c, p, dtype)
+        key = (lay.rows_used, lay.ell)
         if key not in cache:
             cache[key] = _decode(spec, shape, batch, c, p, dtype, sampling)[0].cycles
         steps.append((c, cache[key]))
