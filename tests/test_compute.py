@@ -7,6 +7,7 @@ from waferscale.errors import DtypeError, ShapeError, SramOverflowError
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric import compute as cp
 from waferscale.fabric.dtypes import round_bf16
+from waferscale.fabric.tensor import count_nonzero_last
 from waferscale.hardware import custom_spec
 
 SPEC = custom_spec(rows=16, cols=16)
@@ -107,3 +108,15 @@ def test_bad_operands():
         cp.elementwise(np.add, [a, b])
     with pytest.raises(DtypeError):
         MeshTensor.from_numpy(f, np.ones((4, 4)), dtype="int8")
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 8, 9, 16, 300])
+def test_count_nonzero_last_is_numpys(k):
+    """The packed popcount gives `np.count_nonzero` per PE: zeros, -0.0 and NaN included."""
+    x = np.random.default_rng(k).standard_normal((3, 5, k)).astype(np.float32)
+    x[x < 0.3] = 0.0
+    x.flat[::7] = -0.0
+    x.flat[::11] = np.nan
+    want = np.count_nonzero(x, axis=-1).astype(float)
+    np.testing.assert_array_equal(count_nonzero_last(x), want)
+    np.testing.assert_array_equal(count_nonzero_last(x.astype(np.float16)), want)

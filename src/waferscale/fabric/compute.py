@@ -48,13 +48,15 @@ def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op:
     elements = skip_zeros_of.nnz() if skip_zeros_of is not None else first.valid
     cycles = vector_cycles(fabric.spec, elements, dtype, op, reads=len(inputs), writes=1,
                            element_bytes=BYTES[dtype])
+    mem_bytes = elements * (len(inputs) + 1)
+    mem_bytes *= BYTES[dtype]
     end = fabric.execute(first.rect, cycles, _ready(inputs), flops=elements * flops_per_element,
-                         mem_bytes=elements * (len(inputs) + 1) * BYTES[dtype])
+                         mem_bytes=mem_bytes)
     tiles = None
     if not fabric.timing_only:
         work = compute_dtype(dtype)
         tiles = to_storage(fn(*[t.tiles.astype(work, copy=False) for t in inputs]), dtype)
-    return first.like(tiles, end, dtype=dtype, name=name)
+    return first.like(tiles, end, dtype=dtype, name=name, own_ready=True)
 
 
 def fmac(acc: MeshTensor, a: MeshTensor, b: MeshTensor | float, *,
@@ -63,7 +65,10 @@ def fmac(acc: MeshTensor, a: MeshTensor, b: MeshTensor | float, *,
     operands = [acc, a] + ([b] if isinstance(b, MeshTensor) else [])
 
     def body(acc_t: np.ndarray, a_t: np.ndarray, *rest: np.ndarray) -> np.ndarray:
-        return acc_t + a_t * (rest[0] if rest else np.asarray(b, dtype=a_t.dtype))
+        # a * b + acc into one temporary: IEEE addition commutes, so the values are those
+        # of acc + a * b without a second tile-sized array
+        product = np.multiply(a_t, rest[0] if rest else np.asarray(b, dtype=a_t.dtype))
+        return np.add(product, acc_t, out=product)
 
     return elementwise(body, operands, "fmac", flops_per_element=2.0,
                        skip_zeros_of=a if skip_zeros else None)

@@ -119,12 +119,47 @@ def path_extra(fabric: Fabric, view: View, port: int) -> np.ndarray:
     """Cumulative detour cycles along each line: extra[p] = sum of link extras before p."""
     extra = view(fabric.link_extra[port])
     cum = np.zeros((extra.shape[0], extra.shape[1] + 1))
-    if extra.any():  # a defect-free fabric has no detours: the sums stay zeros
+    if fabric.detours and extra.any():  # no detours anywhere: the sums stay zeros
         np.cumsum(extra, axis=1, out=cum[:, 1:])
     return cum
 
 
 # ---------------------------------------------------------------------------- shift --------
+def _shift_setup(t: MeshTensor, direction: str, distance: int) -> tuple[str, bool, int]:
+    if direction not in DIRECTIONS:
+        raise ShapeError(f"shift direction {direction!r}: use east, west, south or north")
+    axis, _, reverse = DIRECTIONS[direction]
+    length = t.rect.cols if axis == "row" else t.rect.rows
+    if not 0 < distance < length:
+        raise GridError(f"shift distance {distance} must be between 1 and {length - 1} on a "
+                        f"line of {length} PEs")
+    return axis, reverse, length
+
+
+def _part(wav: np.ndarray, uniform: float | None, lo: int, hi: int) -> np.ndarray | float:
+    """Positions lo..hi-1 of a [lines, length] wavelet array, or its one value if uniform
+    (a scalar operand saves reading a full array in every update it takes part in)."""
+    return wav[:, lo:hi] if uniform is None else uniform
+
+
+def _load_span(fabric: Fabric, view: View, port: int, start: np.ndarray,
+               load: np.ndarray | float, lo: int, hi: int, positive: bool) -> None:
+    """`load_links` for links lo..hi-1 only (the others carry nothing), exact for integral
+    loads: the same clock update, the hop count summed without the zeros."""
+    clock = view(fabric.port_clock[port])[:, lo:hi]
+    if positive:
+        np.maximum(clock, start, out=clock)
+        clock += load
+    else:
+        load = np.broadcast_to(load, clock.shape)
+        np.copyto(clock, np.maximum(clock, start) + load, where=load > 0)
+    counted = view(fabric.port_wavelets[port])[:, lo:hi]
+    counted += load
+    # whole numbers: the total is the same in any order, so a uniform load is one product
+    fabric.wavelet_hops += float(load * clock.size) if np.ndim(load) == 0 \
+        else float(np.sum(np.broadcast_to(load, clock.shape)))
+
+
 def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
           ) -> MeshTensor:
     """Every PE sends its tile ``distance`` PEs toward ``direction``.
@@ -132,17 +167,108 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
     Non-cyclic: PEs with no sender receive zeros. Cyclic: the tiles that fall off the end
     travel back along the line to the other end (a mesh has no wrap-around links), which
     is why plain Cannon's algorithm is slow on a mesh.
+
+    The clocks and counters are those of `shift_reference`, operation for operation; this
+    version works on the spans of the line that send, carry or receive instead of masks
+    over whole lines, takes a uniform tile size as a scalar, writes the new ready times in
+    place, and (for whole-number wavelet counts, where any summation order is exact) reads
+    the one-hop link loads straight from the counts instead of through a prefix sum.
     """
-    if direction not in DIRECTIONS:
-        raise ShapeError(f"shift direction {direction!r}: use east, west, south or north")
-    axis, _, reverse = DIRECTIONS[direction]
+    axis, reverse, length = _shift_setup(t, direction, distance)
+    fabric, spec = t.fabric, t.fabric.spec
+    info = t.wavelet_info()
+    d, m = distance, length - distance
+    if not (d == 1 and info.integral):
+        return shift_reference(t, direction, distance, cyclic)
+    view = line_view(t.rect, axis, reverse)
+    local, unlocal = local_view(axis, reverse)
+    port, back = line_port(axis, reverse), line_port(axis, not reverse)
+    wav, w = local(t.wavelets()), info.uniform
+    ready = local(t.ready)
+    # senders: every PE but the last (cyclic: all); `send` with its mask
+    senders = length if cyclic else m
+    ramp = view(fabric.port_clock[RAMP_OUT])
+    start = np.maximum(ready, ramp)
+    start[:, :senders] += 1
+    np.add(start[:, :senders], _part(wav, w, 0, senders), out=ramp[:, :senders])
+    view(fabric.port_wavelets[RAMP_OUT])[:, :senders] += _part(wav, w, 0, senders)
+    # one hop: the link leaving position q carries q's tile, the last link nothing
+    begin = start.min(axis=1, keepdims=True)
+    _load_span(fabric, view, port, begin, _part(wav, w, 0, m), 0, m, info.positive)
+    out_ready = np.empty(t.rect.shape)
+    arrive = local(out_ready)
+    heads = arrive[:, d:]
+    np.add(start[:, :m], spec.ramp_cycles, out=heads)
+    heads += d * spec.hop_cycles
+    if fabric.detours:
+        extra = path_extra(fabric, view, port)
+        heads += extra[:, d:length]
+        heads -= extra[:, :m]
+    first = d
+    if cyclic:
+        # the wrap flow goes back over every link of the line, to position 0
+        back_view = line_view(t.rect, axis, not reverse)
+        _load_span(fabric, back_view, back, begin, _part(wav, w, m, length), 0, length - 1,
+                   info.positive)
+        wrap = arrive[:, :d]
+        np.add(start[:, m:], spec.ramp_cycles, out=wrap)
+        wrap += m * spec.hop_cycles
+        if fabric.detours:
+            back_extra = path_extra(fabric, back_view, back)
+            wrap += back_extra[:, length - 1:length] - back_extra[:, 0:1]
+        first = 0
+    _deliver_span(fabric, view, arrive[:, first:], _roll_part(wav, w, d, first),
+                  min(d, m), first)
+    if not cyclic:
+        arrive[:, :d] = ready[:, :d]
+    tiles = None
+    if t.tiles is not None:
+        moved = local(t.tiles)
+        out = np.empty_like(moved) if cyclic else np.zeros_like(moved)
+        out[:, d:] = moved[:, :m]
+        if cyclic:
+            out[:, :d] = moved[:, m:]
+        tiles = unlocal(out)
+    return t.like(tiles, out_ready, own_ready=True)
+
+
+def _roll_part(wav: np.ndarray, uniform: float | None, d: int, first: int
+               ) -> np.ndarray | float:
+    """Wavelets arriving at positions first.. of a shift by ``d`` (the senders' counts)."""
+    if uniform is not None:
+        return uniform
+    rolled = np.empty_like(wav)
+    rolled[:, d:] = wav[:, :wav.shape[1] - d]
+    rolled[:, :d] = wav[:, wav.shape[1] - d:]
+    return rolled[:, first:]
+
+
+def _deliver_span(fabric: Fabric, view: View, heads: np.ndarray, wavelets: np.ndarray | float,
+                  serial: float, first: int) -> None:
+    """`deliver` to positions first.. of every line, all of which receive; the completion
+    times overwrite ``heads`` (the same operations in the same order)."""
+    spec = fabric.spec
+    ramp = view(fabric.port_clock[RAMP_IN])[:, first:]
+    freed = np.maximum(heads, ramp)
+    freed += wavelets if spec.ramp_wavelets_per_cycle == 1 \
+        else np.divide(wavelets, spec.ramp_wavelets_per_cycle)
+    heads += serial * (wavelets - 1)
+    heads += 1
+    np.maximum(freed, heads, out=heads)
+    heads += spec.ramp_cycles
+    ramp[...] = freed
+    counted = view(fabric.port_wavelets[RAMP_IN])[:, first:]
+    counted += wavelets
+
+
+def shift_reference(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
+                    ) -> MeshTensor:
+    """`shift` written plainly with masks over whole lines: the reference the fast version
+    is tested against, and the path for multi-hop shifts and fractional wavelet counts."""
+    axis, reverse, length = _shift_setup(t, direction, distance)
     fabric, spec = t.fabric, t.fabric.spec
     view = line_view(t.rect, axis, reverse)
     local, unlocal = local_view(axis, reverse)
-    length = t.rect.cols if axis == "row" else t.rect.rows
-    if not 0 < distance < length:
-        raise GridError(f"shift distance {distance} must be between 1 and {length - 1} on a "
-                        f"line of {length} PEs")
     d = distance
     port, back = line_port(axis, reverse), line_port(axis, not reverse)
     wav = local(t.wavelets())

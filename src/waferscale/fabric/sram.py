@@ -40,16 +40,17 @@ class SramAllocator:
             shape = np.shape(nbytes)
         need = np.broadcast_to(np.asarray(nbytes, dtype=np.int64), shape)
         region = self.used[row:row + shape[0], col:col + shape[1]]
-        after = region + need
-        top = int(after.max()) if after.size else 0
+        # in place, then undone on overflow: one pass instead of a copy and a write-back
+        region += need
+        top = int(region.max()) if region.size else 0
         if top > self.capacity:
-            r, c = np.unravel_index(int(np.argmax(after - self.capacity)), shape)
+            r, c = np.unravel_index(int(np.argmax(region - self.capacity)), shape)
+            region -= need
             free = int(self.capacity - region[r, c])
             raise SramOverflowError(
                 f"SRAM overflow at PE (row {row + r}, col {col + c}): tensor {name!r} needs "
                 f"{int(need[r, c])} B but only {free} B of {self.capacity} B are free; "
                 f"spread it over more PEs or free other tensors")
-        region[...] = after
         self.high_water = max(self.high_water, top)
         # a read-only array of the right shape (tensors share one per layout) is kept as is
         if isinstance(nbytes, np.ndarray) and not nbytes.flags.writeable \

@@ -16,6 +16,7 @@ and only the shape, the per-PE element counts and the clocks exist.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -30,7 +31,35 @@ AxisMap = int | None | Literal["partial"]
 #: Per-layout arrays shared (read-only) by every tensor of that layout; bounded.
 _VALID_CACHE: dict[tuple[object, ...], np.ndarray] = {}
 _BYTES_CACHE: dict[tuple[object, ...], np.ndarray] = {}
+#: `WaveletInfo` of each cached ``valid`` array, by the same layout key.
+_INFO_CACHE: dict[tuple[object, ...], WaveletInfo] = {}
 _CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class WaveletInfo:
+    """What the movement primitives' fast paths need to know about a wavelet-count array.
+
+    ``integral``: every count is a whole number (below 2**53), so sums of counts are exact in
+    float64 in any order and a fast path may add them up differently from the reference.
+    ``uniform``: the one value every PE holds, or None; lets a fast path add a scalar.
+    ``positive``: no PE has zero wavelets, so no "only where something is sent" mask is
+    needed.
+    """
+
+    integral: bool
+    uniform: float | None
+    positive: bool
+
+    @classmethod
+    def of(cls, counts: np.ndarray) -> WaveletInfo:
+        if counts.size == 0:
+            return cls(True, None, True)
+        lo, hi = float(counts.min()), float(counts.max())
+        with np.errstate(invalid="ignore"):
+            integral = bool(-2.0 ** 53 < lo and hi < 2.0 ** 53
+                            and np.array_equal(np.floor(counts), counts))
+        return cls(integral, lo if lo == hi else None, lo > 0)
 
 
 def _block(n: int, parts: int) -> int:
@@ -43,13 +72,35 @@ def valid_extent(n: int, parts: int) -> np.ndarray:
     return np.clip(n - np.arange(parts) * t, 0, t)
 
 
+def count_nonzero_last(values: np.ndarray) -> np.ndarray:
+    """Nonzeros along the last axis as float64: ``np.count_nonzero(values, axis=-1)``.
+
+    NumPy's per-row count over a short last axis (a PE's tile) runs element by element,
+    slower than the FMAC it prices; here the != 0 flags are packed eight to a uint64 word
+    and counted with ``np.bitwise_count`` (one popcount per word), then the words summed.
+    """
+    k = values.shape[-1]
+    flat = values.reshape(-1, k)
+    if k == 1:
+        return (flat[:, 0] != 0).astype(np.float64).reshape(values.shape[:-1])
+    width = -(-k // 8) * 8
+    flags = np.zeros((flat.shape[0], width), dtype=bool)
+    np.not_equal(flat, 0, out=flags[:, :k])
+    words = np.bitwise_count(flags.view(np.uint64))
+    total = words[:, 0].astype(np.float64)
+    for j in range(1, words.shape[1]):
+        total += words[:, j]
+    return total.reshape(values.shape[:-1])
+
+
 class MeshTensor:
     """Global ``shape`` distributed over ``rect`` of ``fabric`` by ``(row_map, col_map)``."""
 
     def __init__(self, fabric: Fabric, rect: Rect, shape: tuple[int, ...], dtype: str,
                  row_map: AxisMap, col_map: AxisMap, tiles: np.ndarray | None,
                  ready: np.ndarray | float = 0.0, name: str | None = None,
-                 nnz: np.ndarray | None = None, allocate: bool = True) -> None:
+                 nnz: np.ndarray | None = None, allocate: bool = True,
+                 own_ready: bool = False) -> None:
         self.fabric = fabric
         self.rect = rect
         self.shape = tuple(int(s) for s in shape)
@@ -62,13 +113,18 @@ class MeshTensor:
             raise ShapeError(f"tiles of shape {tiles.shape} do not match rectangle {rect} and "
                              f"tile shape {self.tile_shape}")
         self.tiles = tiles
-        if isinstance(ready, np.ndarray) and ready.shape == rect.shape:
+        if own_ready and isinstance(ready, np.ndarray) and ready.shape == rect.shape \
+                and ready.dtype == np.float64:
+            self.ready = ready                    # a fresh array the primitive hands over
+        elif isinstance(ready, np.ndarray) and ready.shape == rect.shape:
             self.ready = ready.astype(float)      # a copy: callers may reuse theirs
         else:
             self.ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape).copy()
         self.name = name or fabric.fresh_name("t")
         self._nnz_override = nnz
+        self._info: WaveletInfo | None = None
         self.valid = self._valid_elements()
+        self._info = _INFO_CACHE.get(self._layout_key())
         self.allocated = False
         if allocate:
             fabric.sram.alloc(self.name, rect.row, rect.col, self.bytes_per_pe())
@@ -109,17 +165,19 @@ class MeshTensor:
              shape: tuple[int, ...] | None = None, row_map: AxisMap | str = "same",
              col_map: AxisMap | str = "same", dtype: str | None = None,
              name: str | None = None, nnz: np.ndarray | None = None,
-             allocate: bool = True) -> MeshTensor:
+             allocate: bool = True, own_ready: bool = False) -> MeshTensor:
         """A new tensor derived from this one (same layout unless told otherwise).
 
         ``allocate=False`` for a view of memory that is already charged (a slice of a tile).
+        ``own_ready=True``: ``ready`` is a fresh float64 array nobody else holds, kept without
+        a copy (the primitives' own results; a full-wafer copy per primitive adds up).
         """
         return MeshTensor(
             self.fabric, rect or self.rect, shape or self.shape, dtype or self.dtype,
             self.row_map if row_map == "same" else row_map,
             self.col_map if col_map == "same" else col_map,
             tiles, ready, name or self.fabric.fresh_name(self.name.split("#")[0]), nnz,
-            allocate)
+            allocate, own_ready)
 
     # -- layout --------------------------------------------------------------------------
     def _check_maps(self) -> None:
@@ -150,13 +208,26 @@ class MeshTensor:
             tile[self.col_map] = _block(self.shape[self.col_map], self.rect.cols)
         return tuple(tile)
 
+    @property
+    def valid(self) -> np.ndarray:
+        """Elements each PE really holds (kernels may replace it, e.g. by packed wavelets)."""
+        return self._valid
+
+    @valid.setter
+    def valid(self, value: np.ndarray) -> None:
+        self._valid = value
+        self._info = None
+
+    def _layout_key(self) -> tuple[object, ...]:
+        return (self.rect.shape, self.shape, self.tile_shape, self.row_map, self.col_map)
+
     def _valid_elements(self) -> np.ndarray:
         """Elements each PE really holds (edge blocks hold fewer when sizes do not divide).
 
         A pure function of the layout, and kernels make thousands of tensors with the same
         one (every step of a GEMM), so it is computed once per layout and shared read-only.
         """
-        key = (self.rect.shape, self.shape, self.tile_shape, self.row_map, self.col_map)
+        key = self._layout_key()
         cached = _VALID_CACHE.get(key)
         if cached is not None:
             return cached
@@ -170,7 +241,9 @@ class MeshTensor:
         valid.flags.writeable = False
         if len(_VALID_CACHE) > _CACHE_LIMIT:
             _VALID_CACHE.clear()
+            _INFO_CACHE.clear()
         _VALID_CACHE[key] = valid
+        _INFO_CACHE[key] = WaveletInfo.of(valid)
         return valid
 
     def bytes_per_pe(self) -> np.ndarray:
@@ -263,13 +336,19 @@ class MeshTensor:
             return np.broadcast_to(self._nnz_override, self.rect.shape).astype(float)
         if self.tiles is None:
             return self.valid
-        flat = self.tiles.reshape(*self.rect.shape, -1)
-        return np.count_nonzero(flat, axis=-1).astype(float)
+        return count_nonzero_last(self.tiles.reshape(*self.rect.shape, -1))
 
     def wavelets(self) -> np.ndarray:
         """Wavelets one PE's tile occupies on a link (`dtypes.elements_per_wavelet`)."""
         per = elements_per_wavelet(self.dtype)
         return self.valid if per == 1 else np.ceil(self.valid / per)
+
+    def wavelet_info(self) -> WaveletInfo:
+        """`WaveletInfo` of `wavelets`: cached per layout, computed once after a kernel
+        replaces ``valid``."""
+        if self._info is None or elements_per_wavelet(self.dtype) != 1:
+            self._info = WaveletInfo.of(self.wavelets())
+        return self._info
 
     def free(self) -> None:
         """Release this tensor's SRAM (its values stay readable)."""

@@ -133,7 +133,8 @@ def vector_cycles(spec: WaferSpec, elements: np.ndarray | float, dtype: str, op:
     per_element = max(1.0 / width,
                       reads * element_bytes / (spec.mem_reads_per_cycle * word),
                       writes * element_bytes / (spec.mem_writes_per_cycle * word))
-    return np.ceil(elements * per_element)
+    cycles = elements * per_element
+    return np.ceil(cycles, out=cycles) if isinstance(cycles, np.ndarray) else np.ceil(cycles)
 
 
 def halo_cycles(spec: WaferSpec, wavelets: float, radius: int, directions: int = 4) -> float:
