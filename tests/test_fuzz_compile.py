@@ -322,3 +322,20 @@ def test_sdpa_of_differing_shapes_falls_back() -> None:
     cm = waferscale.compile(_Sdpa(), (q, k, k))
     assert "differ in shape" in cm.report()["fallback_ops"][0]["reason"]
     _same(cm, _Sdpa(), q, k, k)
+
+
+# ------------------------------------------------------------------ leaky ReLU ------------
+class _Leaky(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, 0.1) + F.leaky_relu(x) + F.leaky_relu(x, 2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_leaky_relu_is_pointwise(dtype: torch.dtype) -> None:
+    """Was a host fallback: a multiply by the slope and a select by sign, fused (a slope
+    above 1 too, where ``max(x, a x)`` would be wrong)."""
+    x = torch.randn(5, 7, dtype=dtype)
+    cm = waferscale.compile(_Leaky(), (x,))
+    assert cm.report()["fallback_ops"] == []
+    assert torch.equal(cm(x), _Leaky()(x))
+    assert cm.report()["stages"][0]["algorithm"].count("mul+max") == 3

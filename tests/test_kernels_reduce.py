@@ -74,3 +74,23 @@ def test_bad_layouts_are_typed_errors():
         rd.run(t, 0)
     with pytest.raises(KernelShapeError, match=r"\[rows, cols\]"):
         rd.cost(SPEC, (2, 3, 4), (2, 2), 0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("layout", [((37, 23), 4, 5), ((10, 3), 1, 1)])
+def test_means_match_numpy_and_cost(layout, axis, dtype):
+    """A mean: the fp32 sum divided by the count before the one rounding (as PyTorch
+    divides its fp32 accumulator), and one division pass per result in the clocks."""
+    shape, rows, cols = layout
+    count = shape[axis]
+    f = Fabric(SPEC, rows, cols)
+    x = MeshTensor.from_numpy(f, RNG.standard_normal(shape).astype(np.float32), dtype=dtype)
+    got = rd.run(x, axis, count=count).to_numpy().astype(np.float32)
+    held = x.to_numpy().astype(np.float32)
+    ref = rd.reference(held, axis, count)
+    scale = np.abs(held).sum(axis=axis, keepdims=True) / count
+    assert np.all(np.abs(got - ref) <= 1e-5 * scale + EPS[dtype] * np.abs(ref) + 1e-6)
+    expected = rd.cost(SPEC, shape, (rows, cols), axis, dtype=dtype, count=count)
+    assert expected > rd.cost(SPEC, shape, (rows, cols), axis, dtype=dtype)
+    assert f.elapsed() == pytest.approx(expected, rel=0.01)

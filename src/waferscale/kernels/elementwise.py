@@ -19,6 +19,7 @@ PyTorch's CPU kernels do for fp16 / bf16).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from waferscale.fabric import Fabric, MeshTensor, Rect
 from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import BYTES, STORAGE, to_storage
 from waferscale.fabric.tensor import AxisMap, valid_extent
-from waferscale.fabric.timing import allreduce_cycles, vector_cycles
+from waferscale.fabric.timing import allreduce_cycles, transfer_cycles, vector_cycles
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.ir import Graph, Node
 from waferscale.kernels.family import (
@@ -41,7 +42,6 @@ from waferscale.kernels.family import (
     StageRun,
     done,
     float_out,
-    rows_cols,
     shape_of,
     to_torch,
 )
@@ -525,14 +525,35 @@ def softmax_cost(spec: WaferSpec | str | None, shape: Sequence[int],
                + float(op_cycles(spec, n, dtype, "mul", reads=2))))
 
 
+def relayout_cycles(spec: WaferSpec, elements: int, rect_shape: tuple[int, int]) -> float:
+    """Gathering ``elements`` values (the whole tensor) along another axis than the one the
+    producer left last, on an r x c rectangle: each PE's share streams across at most the
+    rectangle's width plus height, as the compiler charges a permute (`plan.move_cycles`).
+    A row kernel over a middle axis (a softmax over dim 1, a sum over middle dims) pays it
+    once to read its input rows and is otherwise the same kernel."""
+    r, c = rect_shape
+    return float(transfer_cycles(spec, -(-elements // max(1, r * c)), max(1, r + c - 2)))
+
+
+def moved_rows(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """``x`` with ``dims`` moved last (in order), the others first in theirs: the [kept,
+    reduced] rows a row kernel sweeps when its axes are not the trailing ones."""
+    rank = x.dim()
+    picked = [d % rank for d in dims]
+    return x.permute([a for a in range(rank) if a not in picked] + picked)
+
+
 # ------------------------------------------------------------------ the softmax stage -----
 @dataclass(frozen=True)
 class SoftmaxParams(StageParams):
-    """A (log-)softmax over the last axis of a [tokens, hidden] activation."""
+    """A (log-)softmax over the last axis of a [tokens, hidden] activation; ``dim`` the
+    axis of the original tensor when it is not the last (gathered first:
+    `relayout_cycles`)."""
 
     tokens: int
     hidden: int
     log: bool
+    dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.hidden < 1:
@@ -549,22 +570,27 @@ def softmax_sram_bytes(p: SoftmaxParams, dtype: str, r: int, c: int) -> int:
 
 
 class Softmax(RowFamily):
-    """``aten._softmax`` / ``aten._log_softmax`` over the last axis, in the input's dtype."""
+    """``aten._softmax`` / ``aten._log_softmax`` in the input's dtype: over the last axis,
+    or over another one as the same kernel on the rows gathered along it (a relayout in
+    and out, `relayout_cycles`)."""
 
     kind = "softmax"
     targets = frozenset({"_softmax", "_log_softmax"})
 
     def rejects(self, node: Node, g: Graph) -> str | None:
-        if not float_out(node) or node.args[1] not in (-1, len(node.meta["shape"]) - 1) \
-                or node.args[2]:
-            return ("softmax over an axis other than the last, or half_to_float (run it in "
-                    "the input's dtype over the last axis)")
+        if not float_out(node) or node.args[2] or not node.meta["shape"]:
+            return ("softmax with half_to_float or of a 0-d value (run it in the input's "
+                    "dtype)")
         return None
 
     def describe(self, g: Graph, nodes: list[Node], dtype: str
                  ) -> tuple[SoftmaxParams, float]:
-        t, h = rows_cols(shape_of(g, nodes[0].args[0]))
-        return SoftmaxParams(t, h, log=nodes[0].short == "_log_softmax"), 5.0 * t * h
+        shape = shape_of(g, nodes[0].args[0])
+        dim = nodes[0].args[1] % len(shape)
+        n = shape[dim]
+        t = math.prod(shape) // n
+        return (SoftmaxParams(t, n, log=nodes[0].short == "_log_softmax",
+                              dim=None if dim == len(shape) - 1 else dim), 5.0 * t * n)
 
     def extent(self, p: SoftmaxParams) -> tuple[int, int]:
         return p.tokens, p.hidden
@@ -574,20 +600,28 @@ class Softmax(RowFamily):
 
     def cycles(self, spec: WaferSpec, p: SoftmaxParams, dtype: str,
                rect: tuple[int, int]) -> float:
-        return softmax_cost(spec, [p.tokens, p.hidden], rect, dtype=dtype, log=p.log)
+        return softmax_cost(spec, [p.tokens, p.hidden], rect, dtype=dtype, log=p.log) \
+            + self._moves(spec, p, rect)
+
+    @staticmethod
+    def _moves(spec: WaferSpec, p: SoftmaxParams, rect: tuple[int, int]) -> float:
+        """Over a middle axis: the input gathered into rows and the output put back."""
+        return 0.0 if p.dim is None else 2 * relayout_cycles(spec, p.tokens * p.hidden, rect)
 
     def algorithm(self, p: SoftmaxParams) -> str:
-        return ("log-" if p.log else "") + "max/exp/sum, chain allreduce"
+        over = "" if p.dim is None else f" over dim {p.dim} (relayout in and out)"
+        return ("log-" if p.log else "") + "max/exp/sum, chain allreduce" + over
 
     def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
+        p: SoftmaxParams = st.params  # type: ignore[assignment]
         x = ctx.value(node.args[0])
         fab = ctx.fabric(st)
-        h = x.shape[-1]
-        t = x.numel() // h
-        out = softmax(ctx.mesh(fab, x, (t, h), st.dtype), log=st.params.log)  # type: ignore[attr-defined]
+        rows = x if p.dim is None else x.movedim(p.dim, -1)
+        out = softmax(ctx.mesh(fab, rows, (p.tokens, p.hidden), st.dtype), log=p.log)
         if not ctx.timing_only:
-            ctx.env[node.name] = to_torch(out.to_numpy().reshape(x.shape), x.dtype)
-        return done(fab)
+            y = to_torch(out.to_numpy().reshape(rows.shape), x.dtype)
+            ctx.env[node.name] = y if p.dim is None else y.movedim(-1, p.dim).contiguous()
+        return done(fab, self._moves(ctx.spec, p, st.rect))
 
 
 FAMILY = Softmax()

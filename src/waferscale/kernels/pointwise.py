@@ -52,7 +52,7 @@ POINTWISE: dict[str, str] = {
     "gelu": "gelu",
     "erf": "erf", "pow": "mul", "maximum": "max", "minimum": "max", "sqrt": "rsqrt",
     "abs": "max", "square": "square", "clamp_min": "max", "clamp_max": "max",
-    "clamp": "max", "hardtanh": "max", "where": "select",
+    "clamp": "max", "hardtanh": "max", "leaky_relu": "max", "where": "select",
     "_to_copy": "copy", "copy": "copy", "fill": "copy",
 }
 
@@ -101,8 +101,11 @@ def op_of(node: Node, g: Graph) -> str | None:
 
 def _passes(node: Node) -> tuple[str, ...]:
     """The elementwise ops a pointwise node costs: one, but a clamp with both bounds (and
-    hardtanh) is a compare-and-keep against each."""
+    hardtanh) is a compare-and-keep against each, and a leaky ReLU a multiply by the slope
+    then a select by sign (`max(x, a x)` only holds for slopes up to 1)."""
     op = node.meta["pointwise"]
+    if node.short == "leaky_relu":
+        return ("mul", op)
     if node.short == "clamp":
         bounds = list(node.args[1:3]) + [node.kwargs.get("min"), node.kwargs.get("max")]
         return (op,) * max(1, sum(b is not None for b in bounds))
@@ -238,6 +241,9 @@ def _value(short: str, kwargs: dict[str, Any], vals: list[Any]) -> np.ndarray:
         lo = y if y is not None else kwargs.get("min_val", -1.0)
         hi = vals[2] if len(vals) > 2 else kwargs.get("max_val", 1.0)
         return np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
+    if short == "leaky_relu":
+        slope = np.float32(y if y is not None else kwargs.get("negative_slope", 0.01))
+        return np.where(x > 0, x, x * slope)
     if short == "where":
         return np.where(x.astype(bool), y, vals[2])
     if short in ("_to_copy", "copy", "fill"):

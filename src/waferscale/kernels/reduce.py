@@ -11,7 +11,11 @@ its PE columns (what the producing kernel leaves).
 - ``axis=0`` (over rows): each PE adds its tile's rows into one partial row, then a reduce
   down each PE column leaves the sums on the rectangle's first PE row.
 
-Sums are kept in fp32 and stored in the input's dtype.
+Sums are kept in fp32 and stored in the input's dtype. A mean (``aten.mean``) is the same
+sum divided by the count in fp32 before the one rounding (one more pass per result, as
+PyTorch divides the fp32 accumulator). A sum or mean over other dims than leading or
+trailing ones is the ``axis=1`` kernel on the input gathered into [kept, reduced] rows,
+which costs a relayout first (`elementwise.relayout_cycles`).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from waferscale.kernels.elementwise import (
     allreduce_stat_cycles,
     check_dtype,
     local_pass,
+    moved_rows,
     op_cycles,
     pad_mask,
+    relayout_cycles,
     stat_tensor,
     tile_shape,
 )
@@ -62,9 +68,9 @@ def _check(shape: tuple[int, ...], axis: int, row_map: object, col_map: object) 
                                f"columns, got ({row_map!r}, {col_map!r}); relayout first")
 
 
-def run(x: MeshTensor, axis: int, *, algorithm: str = "chain") -> MeshTensor:
+def run(x: MeshTensor, axis: int, *, algorithm: str = "chain", count: int = 1) -> MeshTensor:
     """``x.sum(axis, keepdim=True)``: [rows, 1] on every PE column, or [1, cols] on the
-    rectangle's first PE row."""
+    rectangle's first PE row; divided by ``count`` in fp32 when it is not 1 (a mean)."""
     check_dtype(KERNEL, x.dtype)
     _check(x.shape, axis, x.row_map, x.col_map)
     fabric, rect = x.fabric, x.rect
@@ -79,42 +85,52 @@ def run(x: MeshTensor, axis: int, *, algorithm: str = "chain") -> MeshTensor:
         layout = RowLayout.of(KERNEL, x.shape, rect.shape, 0, 1)
         part = None if tiles is None else tiles.sum(-1, keepdims=True)
         summed = allreduce_stat(stat_tensor(x, layout, 1, part, end), layout, algorithm)
-        return _result(summed, (x.shape[0], 1), x.dtype, "row_sum")
+        return _result(summed, (x.shape[0], 1), x.dtype, "row_sum", count, float(tr))
     part = None if tiles is None else tiles.sum(-2, keepdims=True)
     # padded to whole tiles: every PE sends a full buffer (SPMD), as `stat_tensor` does
     partial = MeshTensor(fabric, rect, (1, tc * rect.cols), WORK, "partial", 1, part, end,
                          fabric.fresh_name("col_partial"))
     summed = mv.reduce(partial, "col", algorithm, root="first")
     partial.free()
-    return _result(summed, (1, x.shape[1]), x.dtype, "col_sum")
+    return _result(summed, (1, x.shape[1]), x.dtype, "col_sum", count, float(tc))
 
 
-def _result(summed: MeshTensor, shape: tuple[int, int], dtype: str, name: str) -> MeshTensor:
-    """The sums in ``dtype`` under the real (unpadded) shape, same tiles and PEs."""
-    tiles = None if summed.tiles is None else to_storage(summed.tiles, dtype)
+def _result(summed: MeshTensor, shape: tuple[int, int], dtype: str, name: str, count: int,
+            per_pe: float) -> MeshTensor:
+    """The sums (over ``count`` when not 1: one division pass over the ``per_pe`` results
+    a PE holds) in ``dtype`` under the real (unpadded) shape, same tiles and PEs."""
+    ready, tiles = summed.ready, summed.tiles
+    if count != 1:
+        ready = local_pass(summed.fabric, summed.rect, per_pe, WORK, "div", ready)
+        tiles = None if tiles is None else tiles / np.float32(count)
+    tiles = None if tiles is None else to_storage(tiles, dtype)
     out = MeshTensor(summed.fabric, summed.rect, shape, dtype, summed.row_map,
-                     summed.col_map, tiles, summed.ready, summed.fabric.fresh_name(name))
+                     summed.col_map, tiles, ready, summed.fabric.fresh_name(name))
     summed.free()
     return out
 
 
 def cost(spec: WaferSpec | str | None, shape: tuple[int, int], rect_shape: tuple[int, int],
-         axis: int, *, dtype: str = "fp32", algorithm: str = "chain") -> float:
-    """Closed form of `run`: the local pass plus the fabric reduction."""
+         axis: int, *, dtype: str = "fp32", algorithm: str = "chain", count: int = 1) -> float:
+    """Closed form of `run`: the local pass plus the fabric reduction (and the division
+    of a mean)."""
     spec = get_spec(spec)
     check_dtype(KERNEL, dtype)
     _check(tuple(shape), axis, 0, 1)
     tr, tc = tile_shape(tuple(shape), rect_shape, 0, 1)
     local = float(op_cycles(spec, float(tr * tc), WORK, "add", writes=0))
+    div = float(op_cycles(spec, float(tr if axis == 1 else tc), WORK, "div")) \
+        if count != 1 else 0.0
     if axis == 1:
         layout = RowLayout.of(KERNEL, tuple(shape), rect_shape, 0, 1)
-        return local + allreduce_stat_cycles(spec, float(tr), layout, algorithm)
-    return local + reduce_cycles(spec, float(tc), rect_shape[0], algorithm)
+        return local + allreduce_stat_cycles(spec, float(tr), layout, algorithm) + div
+    return local + reduce_cycles(spec, float(tc), rect_shape[0], algorithm) + div
 
 
-def reference(x: np.ndarray, axis: int) -> np.ndarray:
-    """NumPy oracle (fp32 sum)."""
-    return x.astype(np.float32).sum(axis=axis, keepdims=True, dtype=np.float32)
+def reference(x: np.ndarray, axis: int, count: int = 1) -> np.ndarray:
+    """NumPy oracle (fp32 sum, divided by ``count`` in fp32)."""
+    s = x.astype(np.float32).sum(axis=axis, keepdims=True, dtype=np.float32)
+    return s if count == 1 else s / np.float32(count)
 
 
 __all__ = ["KERNEL", "cost", "reference", "run"]
@@ -123,35 +139,49 @@ __all__ = ["KERNEL", "cost", "reference", "run"]
 # ------------------------------------------------------------------ the stage family ------
 @dataclass(frozen=True)
 class ReduceParams(StageParams):
-    """A sum over axis ``axis`` of the input seen as [rows, cols] (`reduce_layout`)."""
+    """A sum over axis ``axis`` of the input seen as [rows, cols] (`reduce_layout`);
+    ``count`` the divisor of a mean (1 for a sum); ``moved`` the reduced dims when they are
+    neither leading nor trailing (the input is gathered into [kept, reduced] rows)."""
 
     rows: int
     cols: int
     axis: int
+    count: int = 1
+    moved: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.rows < 1 or self.cols < 1 or self.axis not in (0, 1):
+        if self.rows < 1 or self.cols < 1 or self.axis not in (0, 1) or self.count < 1:
             raise KernelShapeError(f"reduce of [{self.rows}, {self.cols}] over axis "
-                                   f"{self.axis}: sizes must be >= 1 and the axis 0 or 1")
+                                   f"{self.axis} (count {self.count}): sizes and the count "
+                                   f"must be >= 1 and the axis 0 or 1")
 
 
-def reduce_layout(node: Node, g: Graph) -> tuple[int, int, int] | None:
-    """``(rows, cols, axis)`` of a sum over leading or trailing dims, seen as a sum over
-    axis 0 or 1 of the input flattened to [rows, cols] (the kernel's layout); None for
-    other dims, a ``dtype`` argument or a 0-d input."""
+def _picked(node: Node, g: Graph) -> list[int] | None:
+    """The reduced dims of a sum or mean, sorted (every dim when none are given); None for
+    a ``dtype`` argument, a 0-d input or dims that are not a list."""
     shape = list(g.nodes[node.inputs[0]].meta.get("shape") or [])
     rank = len(shape)
     dims = node.args[1] if len(node.args) > 1 else None
     if rank == 0 or node.kwargs.get("dtype") is not None or \
             (dims is not None and not isinstance(dims, (list, tuple))):
         return None
-    picked = sorted({d % rank for d in dims}) if dims else list(range(rank))
+    return sorted({d % rank for d in dims}) if dims else list(range(rank))
+
+
+def reduce_layout(node: Node, g: Graph) -> tuple[int, int, int] | None:
+    """``(rows, cols, axis)`` of a sum or mean seen as a sum over axis 0 or 1 of the input
+    flattened to [rows, cols] (the kernel's layout): leading dims are axis 0, trailing
+    ones axis 1, any other set axis 1 of the input gathered into [kept, reduced] rows
+    (`ReduceParams.moved`). None for a ``dtype`` argument or a 0-d input."""
+    picked = _picked(node, g)
+    if picked is None:
+        return None
+    shape = list(g.nodes[node.inputs[0]].meta["shape"])
     k = len(picked)
-    if k < rank and picked == list(range(rank - k, rank)):
-        return math.prod(shape[:rank - k]), math.prod(shape[rank - k:]), 1
+    reduced = math.prod(shape[d] for d in picked)
     if picked == list(range(k)):
-        return math.prod(shape[:k]), math.prod(shape[k:]), 0
-    return None
+        return reduced, math.prod(shape) // reduced, 0
+    return math.prod(shape) // reduced, reduced, 1
 
 
 def stage_sram_bytes(p: ReduceParams, dtype: str, r: int, c: int) -> int:
@@ -161,20 +191,29 @@ def stage_sram_bytes(p: ReduceParams, dtype: str, r: int, c: int) -> int:
 
 
 class Reduce(RowFamily):
-    """``aten.sum`` over leading or trailing dims (a training graph's bias gradients)."""
+    """``aten.sum`` and ``aten.mean`` over any dims (bias gradients, pooled features, a
+    standalone mean): the sum kernel, a division for a mean, a relayout for middle dims."""
 
     kind = "reduce"
-    targets = frozenset({"sum"})
+    targets = frozenset({"sum", "mean"})
 
     def rejects(self, node: Node, g: Graph) -> str | None:
         return super().rejects(node, g) or (
-            None if reduce_layout(node, g) is not None else "no wafer kernel for this op")
+            None if reduce_layout(node, g) is not None
+            else "a sum or mean with a dtype argument, or of a 0-d value")
 
     def describe(self, g: Graph, nodes: list[Node], dtype: str) -> tuple[ReduceParams, float]:
-        layout = reduce_layout(nodes[0], g)
-        assert layout is not None, "lowering checked the layout"
+        node = nodes[0]
+        layout = reduce_layout(node, g)
+        picked = _picked(node, g)
+        assert layout is not None and picked is not None, "lowering checked the layout"
         rows, cols, axis = layout
-        return ReduceParams(rows, cols, axis), float(rows * cols)
+        rank = len(g.nodes[node.inputs[0]].meta["shape"])
+        trailing = picked == list(range(rank - len(picked), rank))
+        return ReduceParams(rows, cols, axis,
+                            count=(rows if axis == 0 else cols) if node.short == "mean" else 1,
+                            moved=None if axis == 0 or trailing else tuple(picked)), \
+            float(rows * cols)
 
     def extent(self, p: ReduceParams) -> tuple[int, int]:
         return p.rows, p.cols
@@ -184,19 +223,28 @@ class Reduce(RowFamily):
 
     def cycles(self, spec: WaferSpec, p: ReduceParams, dtype: str,
                rect: tuple[int, int]) -> float:
-        return cost(spec, (p.rows, p.cols), rect, p.axis, dtype=dtype)
+        return cost(spec, (p.rows, p.cols), rect, p.axis, dtype=dtype, count=p.count) \
+            + self._move(spec, p, rect)
+
+    @staticmethod
+    def _move(spec: WaferSpec, p: ReduceParams, rect: tuple[int, int]) -> float:
+        return 0.0 if p.moved is None else relayout_cycles(spec, p.rows * p.cols, rect)
 
     def algorithm(self, p: ReduceParams) -> str:
-        return f"sum over {'rows' if p.axis == 0 else 'columns'}, chain reduce"
+        what = "mean" if p.count != 1 else "sum"
+        over = f"dims {list(p.moved)} (relayout first)" if p.moved is not None \
+            else "rows" if p.axis == 0 else "columns"
+        return f"{what} over {over}, chain reduce"
 
     def execute(self, ctx: ExecContext, st: Stage, node: Node) -> StageRun:
         p: ReduceParams = st.params  # type: ignore[assignment]
         fab = ctx.fabric(st)
         x = ctx.value(node.args[0])
-        out = run(ctx.mesh(fab, x, (p.rows, p.cols), st.dtype), p.axis)
+        rows = x if p.moved is None or ctx.timing_only else moved_rows(x, p.moved)
+        out = run(ctx.mesh(fab, rows, (p.rows, p.cols), st.dtype), p.axis, count=p.count)
         if not ctx.timing_only:
             ctx.env[node.name] = to_torch(out.to_numpy().reshape(node.meta["shape"]), x.dtype)
-        return done(fab)
+        return done(fab, self._move(ctx.spec, p, st.rect))
 
 
 FAMILY = Reduce()
