@@ -90,6 +90,23 @@ def sparse_wavelets(nnz: np.ndarray | float, dtype: str) -> np.ndarray:
     return np.asarray(nnz, dtype=float) * wavelets_per_nonzero(dtype) + 1.0
 
 
+def densest_block(density: float, block: int, count: int) -> float:
+    """Expected nonzero fraction of the densest of ``count`` blocks of ``block`` elements
+    cut from an unstructured mask of mean ``density``.
+
+    Why: a ring GEMM's synchronous step holds every block of the weight on some PE at once
+    (each step is a permutation of the blocks), so with zero skipping every step lasts as
+    long as the densest block's sends and FMACs. Unstructured pruning keeps each weight
+    independently [A], so a block's nonzeros are binomial; the maximum of ``count`` of them
+    is taken at the Gaussian tail, mean + sigma * sqrt(2 ln count), capped at a full block.
+    """
+    if block <= 0 or count <= 1 or density <= 0.0 or density >= 1.0:
+        return density
+    mean = density * block
+    sigma = math.sqrt(block * density * (1.0 - density))
+    return min(1.0, (mean + sigma * math.sqrt(2.0 * math.log(count))) / block)
+
+
 def blocks(n: int, parts: int) -> int:
     """Block size when ``n`` is cut into ``parts`` equal padded blocks."""
     return math.ceil(n / parts)

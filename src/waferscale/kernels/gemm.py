@@ -61,6 +61,7 @@ from waferscale.kernels._common import (
     check_datapath,
     check_nnz,
     check_skip,
+    densest_block,
     fabric_accumulate,
     fmac_cycles,
     fmacs_per_cycle,
@@ -705,7 +706,10 @@ class Epilogue:
 class GemmParams(StageParams):
     """[m, k] x [k, n] (``batch`` of them for a bmm), and once sized: q x q ``grid``s,
     ``tiling`` = group rows x group cols, an mm's M rows split in ``msplit`` chunks of
-    ``mrows`` (weights replicated per group)."""
+    ``mrows`` (weights replicated per group). ``skip``: zero activations are skipped (the
+    operand comes from a ReLU); ``b_density``: the nonzero fraction of the weight, counted
+    from its values when the graph holds them (1 when dense or unknown); ``skip_weights``:
+    sizing found sending only the nonzero weights faster than sending them dense."""
 
     op: str
     batch: int
@@ -714,6 +718,8 @@ class GemmParams(StageParams):
     n: int
     bias: bool = False
     skip: bool = False
+    b_density: float = 1.0
+    skip_weights: bool = False
     epilogue: tuple[Epilogue, ...] = ()
     prologue: LayerNormParams | None = None
     grid: int | None = None
@@ -738,6 +744,13 @@ class GemmParams(StageParams):
         tiles = 1 + sum(c.streamed for c in self.epilogue) if self.epilogue else 0
         return self.bias, self.prologue is not None, tiles
 
+    def skips(self, weights: bool | None = None) -> str | None:
+        """The kernel's ``skip`` for zero activations and (``weights``, by default what
+        sizing chose) zero weights."""
+        w = self.skip_weights if weights is None else weights
+        return {(False, False): None, (True, False): "a", (False, True): "b",
+                (True, True): "both"}[(self.skip, w)]
+
 
 def _relu_fed(g: Graph, x: Any) -> bool:
     """Whether a GEMM's activation comes (through layout nodes) from a ReLU."""
@@ -754,6 +767,25 @@ def _relu_fed(g: Graph, x: Any) -> bool:
             continue
         return False
     return False
+
+
+def _weight_density(g: Graph, x: Any) -> float:
+    """Nonzero fraction of a GEMM's weight operand when it is a constant the graph holds
+    real values of (through layout nodes: an nn.Linear's ``t``); 1.0 otherwise (an
+    activation, or weights on the meta device: no values to count)."""
+    name = x.name if isinstance(x, Ref) else None
+    while name is not None:
+        node = g.nodes[name]
+        if node.op != "call":
+            break
+        if not is_layout(node):
+            return 1.0
+        refs = [i for i in node.inputs if g.nodes[i].op != "const" or i in g.constants]
+        name = refs[0] if refs else None
+    t = g.constants.get(name) if name is not None else None
+    if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
+        return 1.0
+    return float(torch.count_nonzero(t)) / t.numel()
 
 
 def _grid_candidates(m: int, k: int, n: int, limit: int) -> list[int]:
@@ -806,8 +838,8 @@ def stage_extra_bytes(p: GemmParams, dtype: str, q: int, mg: int) -> int:
 
 @functools.lru_cache(maxsize=65536)
 def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: str | None,
-             density: float, extras: tuple[bool, bool, int] = (False, False, 0)
-             ) -> tuple[float, int] | None:
+             density: float, extras: tuple[bool, bool, int] = (False, False, 0),
+             b_density: float = 1.0) -> tuple[float, int] | None:
     """(cycles, SRAM bytes per PE) of MeshGEMM [m,k]x[k,n] on a q x q grid with the
     stage's ``extras`` (`_extra_bytes`), or None when it does not fit (q > min(m, k, n) or
     over the SRAM). Cached: the floorplanner asks ``time_at`` for thousands of rectangles
@@ -818,8 +850,11 @@ def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: 
         -(-m // q), -(-k // q), -(-n // q), BYTES[dtype], extras)
     if sram > spec.sram_bytes:
         return None
+    if skip in ("b", "both"):
+        # measured weight density: the densest of the q x q blocks sets every step
+        b_density = densest_block(b_density, -(-k // q) * -(-n // q), q * q)
     c = cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
-             accumulate="fp32", skip=skip, a_density=density)
+             accumulate="fp32", skip=skip, a_density=density, b_density=b_density)
     return float(c.cycles), int(sram)
 
 
@@ -850,7 +885,7 @@ def row_split(m: int, groups: int) -> tuple[int, int]:
 def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int, cols: int,
                  area: float, side_cap: int, bounded: bool, split: bool, dtype: str,
                  skip: str | None, density: float,
-                 extras: tuple[bool, bool, int] = (False, False, 0)
+                 extras: tuple[bool, bool, int] = (False, False, 0), b_density: float = 1.0
                  ) -> tuple[float, int, int, int, int, int, int, int] | None:
     """The fastest side-by-side layout of a GEMM stage in a ``rows x cols`` rectangle (or
     about ``area`` PEs when not ``bounded``): (cycles per entry x rounds, PEs, grid q,
@@ -876,21 +911,21 @@ def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int,
             slots_r, slots_c, slots = gr, gc, gr * gc
         if split and batch == 1:
             mg, used = row_split(m, min(slots, max(1, m // q)))
-            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras)
+            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras, b_density)
             if got is None and mg > q:
                 # too many rows for the SRAM: chunks of the most rows that fit, the groups
                 # taking them in rounds (a weight-stationary stream of token rows)
                 fit = _rows_that_fit(spec, k, n, q, dtype, extras)
                 if fit >= 1:
                     mg, used = row_split(m, -(-m // max(q, fit)))
-                    got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras)
+                    got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras, b_density)
             if got is None:
                 continue
             gr, gc = batched_tiling(min(used, slots), q, slots_r * q, slots_c * q)
             rounds = -(-used // (gr * gc))
         else:
             mg, used = m, 1
-            got = _gemm_at(spec, m, k, n, q, dtype, skip, density, extras)
+            got = _gemm_at(spec, m, k, n, q, dtype, skip, density, extras, b_density)
             if got is None:
                 continue
             if bounded:
@@ -991,7 +1026,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
     p = int(prm.grid or st.rect[0])
     gr, gc = prm.tiling
     slots = max(1, gr * gc)
-    skip = "a" if prm.skip else None
+    skip = prm.skips()
     a3 = a if a.dim() == 3 else a.unsqueeze(0)
     b3 = b if b.dim() == 3 else b.unsqueeze(0)
     # an mm/addmm whose M rows the plan split over the groups: entry i = rows chunk i
@@ -1033,11 +1068,18 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
                 continue
             hops = fab.wavelet_hops
             if timing_only:
+                # zero weights skipped: each block's nonzeros counted from the weight's
+                # values when it has them (a meta weight runs dense blocks)
+                mask = None
+                if prm.skip_weights and bi.device.type != "meta":
+                    mask = to_np(bi) != 0
                 res = run(tuple(ai.shape), tuple(bi.shape), grid=p, fabric=fab,
-                          dtype=st.dtype, accumulate="fp32", skip=skip, origin=origin)
+                          dtype=st.dtype, accumulate="fp32",
+                          skip=skip if mask is not None else prm.skips(False), mask=mask,
+                          origin=origin)
             else:
                 an = to_np(ai)
-                if skip:
+                if prm.skip:
                     nnz, total = nnz + int(np.count_nonzero(an)), total + an.size
                 res = run(an, to_np(bi), grid=p, fabric=fab, dtype=st.dtype,
                           accumulate="fp32", skip=skip, origin=origin)
@@ -1047,7 +1089,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         cycles += slowest
         peak = max(peak, int(fab.sram.peak()))
         busy.append(fab.stats()["busy_fraction"])
-    if skip and total:
+    if prm.skip and total:
         density = nnz / total
     peak += stage_extra_bytes(prm, st.dtype, p, mg)
     measured = StageRun(cycles + extra_cycles(ctx.spec, prm, st.dtype, p, mg, rounds), peak,
@@ -1080,7 +1122,8 @@ class Gemm(KernelFamily):
         a, b = shape_of(g, a_arg), shape_of(g, b_arg)
         batch, m, k, n = (1, a[0], a[1], b[1]) if short != "bmm" else (a[0], a[1], a[2], b[2])
         return (GemmParams(short, batch, m, k, n, bias=short == "addmm",
-                           skip=_relu_fed(g, a_arg)), 2.0 * batch * m * k * n)
+                           skip=_relu_fed(g, a_arg), b_density=_weight_density(g, b_arg)),
+                2.0 * batch * m * k * n)
 
     def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
              bounds: tuple[int, int] | None) -> tuple[GemmParams, Sizing]:
@@ -1090,30 +1133,43 @@ class Gemm(KernelFamily):
         p: GemmParams = st.params  # type: ignore[assignment]
         dt = st.dtype
         batch, m, k, n = p.batch, p.m, p.k, p.n
-        skip = "a" if p.skip else None
-        dens = RELU_DENSITY if skip else 1.0
+        dens = RELU_DENSITY if p.skip else 1.0
         split = p.splits_rows
         extras = p.extras()
-        if bounds is not None:
-            best = _gemm_layout(spec, batch, m, k, n, bounds[0], bounds[1], 0.0, side_cap,
-                                True, split, dt, skip, dens, extras)
-            where = f"{bounds[0]}x{bounds[1]}"
-        else:
+
+        def layout(skip: str | None, b_density: float
+                   ) -> tuple[float, int, int, int, int, int, int, int] | None:
+            if bounds is not None:
+                return _gemm_layout(spec, batch, m, k, n, bounds[0], bounds[1], 0.0,
+                                    side_cap, True, split, dt, skip, dens, extras, b_density)
             side = max(1, min(side_cap, int(math.sqrt(max(area, 1)))))
-            best = _gemm_layout(spec, batch, m, k, n, side, side, area, side_cap, False,
-                                split, dt, skip, dens, extras)
-            if best is None:
+            got = _gemm_layout(spec, batch, m, k, n, side, side, area, side_cap, False,
+                               split, dt, skip, dens, extras, b_density)
+            if got is None:
                 full = max(1, min(side_cap, m, k, n))
-                best = _gemm_layout(spec, batch, m, k, n, full, full, float(full * full),
-                                    side_cap, False, split, dt, skip, dens, extras)
-            where = f"~{area:.0f}-PE"
+                got = _gemm_layout(spec, batch, m, k, n, full, full, float(full * full),
+                                   side_cap, False, split, dt, skip, dens, extras, b_density)
+            return got
+
+        where = f"{bounds[0]}x{bounds[1]}" if bounds is not None else f"~{area:.0f}-PE"
+        best = layout(p.skips(False), 1.0)
+        skip_weights = False
+        if p.b_density < 1.0:
+            # zero weights: the runtime never multiplies by them when sending only the
+            # nonzeros (value, index) is faster than sending the dense blocks
+            sparse = layout(p.skips(True), p.b_density)
+            if sparse is not None and (best is None or sparse[:2] < best[:2]):
+                best, skip_weights = sparse, True
         if best is None:
             raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
                               f"{where} rectangle fits the {spec.sram_bytes} B SRAM")
         total, _, q, gr, gc, mg, used, sram = best
         rounds = -(-(used if split else batch) // (gr * gc))
-        sized = dataclasses.replace(p, grid=q, tiling=(gr, gc), msplit=used, mrows=mg)
+        sized = dataclasses.replace(p, grid=q, tiling=(gr, gc), msplit=used, mrows=mg,
+                                    skip_weights=skip_weights)
         algorithm = "meshgemm"
+        if skip_weights:
+            algorithm += f" (zero weights skipped, density {p.b_density:.2f})"
         if batch > 1:
             algorithm += f" x{batch} on {gr}x{gc} groups of {q}x{q} ({rounds} per group)"
         elif used > 1:
