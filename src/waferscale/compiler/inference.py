@@ -458,6 +458,33 @@ def _lookup_cycles(spec: WaferSpec, shape: DecoderShape, tokens: int, p: int, dt
     return multicast_cycles(spec, _wavelets(tokens * hb, dtype), min(p, shape.vocab))
 
 
+def _prefill_attention(spec: WaferSpec, shape: DecoderShape, batch: int, prompt: int, p: int,
+                       dtype: str) -> tuple[attn.Layout, int]:
+    """The prefill's flash attention (its fastest layout in ``spec``'s SRAM) and the number
+    of window chunks it runs as (1: causal over the whole prompt).
+
+    Grouped-query: one attention group per (sequence, query head); a group's K/V blocks are
+    its key/value head's, read where they are (the relayout sends each K/V head once,
+    multicast to its query heads' bands). With a sliding window ``w`` shorter than the
+    prompt, the prompt is cut into ``c = ceil(P / w)`` chunks and chunk j's queries attend
+    over chunks j-1 and j (2w tokens, the band of the window inside them), each chunk one
+    more group: ``c`` causal attentions of 2w tokens instead of one of P, taken when it is
+    faster."""
+    groups = batch * shape.heads
+    full = attn.choose_layout(spec, groups, prompt, shape.head_dim, max_rows=p, max_cols=p,
+                              dtype=dtype, rotary_pct=0.0)
+    w = shape.sliding_window
+    if not w or prompt <= 2 * w:
+        return full, 1
+    chunks = -(-prompt // w)
+    try:
+        chunked = attn.choose_layout(spec, groups * chunks, 2 * w, shape.head_dim,
+                                     max_rows=p, max_cols=p, dtype=dtype, rotary_pct=0.0)
+    except KernelError:
+        return full, 1
+    return (chunked, chunks) if chunked.cycles < full.cycles else (full, 1)
+
+
 def _prefill(spec: WaferSpec, shape: DecoderShape, batch: int, prompt: int, p: int,
              dtype: str, sampling: str, resident: int) -> tuple[Phase, int, str]:
     """Prefill cycles, the largest working set (bytes per PE) and the attention layout."""
@@ -479,19 +506,25 @@ def _prefill(spec: WaferSpec, shape: DecoderShape, batch: int, prompt: int, p: i
                 layer["rotary"] = rotary.pass_cycles(spec, rot, dtype) + float(
                     op_cycles(spec, rot / 2, WORK, "sin") + op_cycles(spec, rot / 2, WORK,
                                                                        "cos"))
-            kv_elems = 2.0 * t * shape.kv_heads * shape.head_dim
+            kept = min(prompt, shape.sliding_window or prompt)    # a window keeps its last
+            kv_elems = 2.0 * batch * kept * shape.kv_heads * shape.head_dim
             layer["kv_cache_write"] = _relayout(spec, kv_elems, p, dtype)
             free = _free_spec(spec, resident + act)
             if free is None:
                 raise InferencePlanError("no SRAM left for attention beside the resident "
                                          "weights and KV cache")
-            lay = attn.choose_layout(free, batch * shape.heads, prompt, shape.head_dim,
-                                     max_rows=p, max_cols=p, dtype=dtype, rotary_pct=0.0)
-            qkv_heads = 3 * shape.heads * shape.head_dim
-            layer["attention_relayout"] = _relayout(spec, t * qkv_heads, p, dtype) \
+            lay, chunks = _prefill_attention(free, shape, batch, prompt, p, dtype)
+            # into the attention layout: Q per query head; K and V once per key/value head
+            # (multicast to the bands of its query heads), and with window chunks once more
+            # for the next chunk
+            kv_copies = 2 if chunks > 1 else 1
+            into = t * (shape.heads + 2 * kv_copies * shape.kv_heads) * shape.head_dim
+            layer["attention_relayout"] = _relayout(spec, into, p, dtype) \
                 + _relayout(spec, t * shape.heads * shape.head_dim, p, dtype)
             layer["attention"] = lay.cycles
-            att = (f"{lay.rows}x{lay.cols}, fold {lay.fold}, kv {lay.kv}, split {lay.split}")
+            att = (f"{lay.rows}x{lay.cols}, fold {lay.fold}, kv {lay.kv}, split {lay.split}"
+                   + (f", {chunks} window chunks of {2 * shape.sliding_window} tokens"
+                      if chunks > 1 else ""))
             layer["residual"] = fused_cycles(spec, mb * hb, dtype, ("add",), 2)
         elif name == "o":
             layer["norm2"] = _norm_prefill(spec, shape, t, p, dtype)
@@ -789,14 +822,19 @@ def plan_inference(shape: DecoderShape, spec: WaferSpec | str | None = "wse2", *
                      f"{spec.io_bits_per_s / 1e12:g} Tb/s system I/O between them, "
                      f"bandwidth only: the link latency is not modelled)")
     if shape.sliding_window and context > shape.sliding_window:
-        notes.append(f"sliding window {shape.sliding_window}: decode attends to the last "
-                     f"{shape.sliding_window} positions (cache sized to it); prefill computes "
-                     f"full causal attention (an over-estimate)")
+        w = shape.sliding_window
+        how = ("in window chunks (each chunk's queries over it and the chunk before: "
+               f"{2 * w} tokens per chunk)" if "window chunks" in att else
+               "causal over the whole prompt, the window masked inside it (chunking is not "
+               "faster here)")
+        notes.append(f"sliding window {w}: decode attends to the last {w} positions (the "
+                     f"cache is a ring of {w} slots); prefill attention runs {how}")
     if shape.group > 1:
         notes.append(f"grouped-query attention ({shape.group} query heads per key/value "
-                     f"head): decode keeps one cache per key/value head; the prefill "
-                     f"attention kernel is multi-head, so keys and values are expanded per "
-                     f"query head there (an over-estimate of its traffic)")
+                     f"head): the KV cache holds the {shape.kv_heads} key/value heads and "
+                     f"the decode kernel reads each for its {shape.group} query heads; in "
+                     f"prefill each K/V head is sent once into the attention layout, "
+                     f"multicast to its query heads' bands (no expanded copies)")
     notes.append("weights stored once, blocked over the grid in the GEMV layout; MeshGEMM's "
                  "skews of the weights before and after each prefill product are charged")
     sram = {"weights": weights, "kv_cache": kv, "working": work,
