@@ -208,8 +208,14 @@ def test_long_sequences_pick_pos10240_configs():
     assert genslm_config_file("genslm-250m", 10240) == "neox-250m-pos10240.json"
     model = build_genslm("genslm-25m", device="meta", seq_len=4096)
     assert model.config.max_position_embeddings == 10240
-    with pytest.raises(WorkloadError, match="no long-sequence config"):
-        build_genslm("genslm-2.5b", device="meta", seq_len=4096)
+    # 2.5B and 25B: the base config with 10,240 rotary positions, the same parameters
+    long, base = (build_genslm("genslm-2.5b", device="meta", seq_len=s) for s in (4096, 2048))
+    assert long.config.max_position_embeddings == 10240
+    assert base.config.max_position_embeddings == 2048
+    assert sum(p.numel() for p in long.parameters()) == sum(
+        p.numel() for p in base.parameters())
+    with pytest.raises(WorkloadError, match="exceeds"):
+        build_genslm("genslm-25b", device="meta", seq_len=10241)
     with pytest.raises(WorkloadError, match="exceeds"):
         build_genslm("genslm-25m", device="meta", seq_len=10241)
     with pytest.raises(WorkloadError, match="unknown"):

@@ -20,7 +20,7 @@ on a share of it, and what a stage streams is read off the graph:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from waferscale.compiler.plan import Plan, moves_of, on_wafer, size_stage, with_moves
 from waferscale.fabric.dtypes import BYTES
@@ -51,6 +51,8 @@ class StreamPlan:
     saved_bytes: int
     working_bytes: int
     wafer_sram_bytes: int
+    #: ``saved_bytes`` by the layer that produced each kept activation (`_layer`)
+    saved_by_layer: tuple[tuple[str, int], ...] = ()
 
     @property
     def weight_bytes(self) -> int:
@@ -93,7 +95,8 @@ def _streamed_inputs(g: Graph, nodes: tuple[str, ...], dtype: str) -> int:
 
 def _layer(g: Graph, nodes: tuple[str, ...]) -> str:
     """The model's layer a stage belongs to (``meta['module']``: the innermost module path
-    the exporter recorded), or ``""`` when the graph has none (a backward graph)."""
+    the tracer recorded; in a backward graph, the forward op's), or ``""`` when no node
+    has one."""
     for n in nodes:
         path = g.nodes[n].meta.get("module") or ""
         parts = path.split(".")
@@ -104,6 +107,65 @@ def _layer(g: Graph, nodes: tuple[str, ...]) -> str:
         if path:
             return parts[-1]
     return ""
+
+
+def _fill_layer_gaps(rows: list[StreamStage]) -> list[StreamStage]:
+    """Unlabelled stages between two stages of one layer belong to it: ops the tracer
+    records no module for (a backward's gradient sums of the residual) run inside the
+    layer they sit in."""
+    out = list(rows)
+    i = 0
+    while i < len(out):
+        if out[i].layer:
+            i += 1
+            continue
+        j = i
+        while j < len(out) and not out[j].layer:
+            j += 1
+        if 0 < i and j < len(out) and out[i - 1].layer == out[j].layer:
+            out[i:j] = [replace(s, layer=out[j].layer) for s in out[i:j]]
+        i = j
+    return out
+
+
+def replicate_layers(sp: StreamPlan, n_layers: int) -> StreamPlan | None:
+    """The plan of an ``n_layers`` model from the plan of its first three layers.
+
+    A stack of identical layers streams the same stages for every layer (same kernels,
+    shapes, weights and gradients), so layer 1 of three, a middle layer with a layer on
+    each side, stands for layers 1..n-2; the third layer is the last one. Stages keep
+    their order: a backward plan, which meets the layers last first, gets the copies in
+    that order too. None when the plan does not hold exactly three labelled layers, each
+    in one contiguous run (the caller then traces the whole model).
+    """
+    labels = [s.layer for s in sp.stages]
+    runs: dict[str, tuple[int, int]] = {}
+    for i, label in enumerate(labels):
+        if label in runs and runs[label][1] != i:
+            if label.startswith("layer "):
+                return None
+            continue
+        lo = runs[label][0] if label in runs else i
+        runs[label] = (lo, i + 1)
+    if sorted(k for k in runs if k.startswith("layer ")) != ["layer 0", "layer 1", "layer 2"]:
+        return None
+    lo, hi = runs["layer 1"]
+    middle = sp.stages[lo:hi]
+    forward = runs["layer 0"][0] < lo
+    order = range(1, n_layers - 1) if forward else range(n_layers - 2, 0, -1)
+    copies = tuple(replace(s, name=s.name if k == 1 else f"{s.name}_l{k}", layer=f"layer {k}")
+                   for k in order for s in middle)
+    last = f"layer {n_layers - 1}"
+    stages = tuple(replace(s, layer=last) if s.layer == "layer 2" else s
+                   for s in sp.stages[:lo]) + copies + tuple(
+        replace(s, layer=last) if s.layer == "layer 2" else s for s in sp.stages[hi:])
+    by_layer = dict(sp.saved_by_layer)
+    extra = (n_layers - 3) * by_layer.get("layer 1", 0)
+    saved = [(last if k == "layer 2" else k, v) for k, v in sp.saved_by_layer]
+    if "layer 1" in by_layer:
+        saved += [(f"layer {k}", by_layer["layer 1"]) for k in range(2, n_layers - 1)]
+    return replace(sp, stages=stages, saved_bytes=sp.saved_bytes + extra,
+                   saved_by_layer=tuple(saved))
 
 
 def plan_streaming(g: Graph, p: Plan, spec: WaferSpec, max_side: int | None = None
@@ -133,10 +195,15 @@ def plan_streaming(g: Graph, p: Plan, spec: WaferSpec, max_side: int | None = No
             (st.cost_cycles + st.move_cycles) if wafer else st.cost_cycles,
             st.weight_bytes + _streamed_inputs(g, st.nodes, st.dtype) if wafer else 0,
             grads.get(st.name, 0), wafer))
-    saved = sum(int(n.meta.get("out_bytes", 0)) for n in g.nodes.values()
-                if n.meta.get("saved"))
+    rows = _fill_layer_gaps(rows)
+    saved: dict[str, int] = {}
+    for n in g.nodes.values():
+        if n.meta.get("saved"):
+            label = _layer(g, (n.name,))
+            saved[label] = saved.get(label, 0) + int(n.meta.get("out_bytes", 0))
     working = max((s.sram_per_pe * s.pes for s in on_wafer(wplan.stages)), default=0)
-    return wplan, StreamPlan(tuple(rows), saved, int(working), spec.pes * spec.sram_bytes)
+    return wplan, StreamPlan(tuple(rows), sum(saved.values()), int(working),
+                             spec.pes * spec.sram_bytes, tuple(saved.items()))
 
 
-__all__ = ["StreamPlan", "StreamStage", "plan_streaming"]
+__all__ = ["StreamPlan", "StreamStage", "plan_streaming", "replicate_layers"]

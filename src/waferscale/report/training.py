@@ -22,8 +22,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from waferscale import backend
+from waferscale.compiler.capture import first_blocks, repeated_blocks
 from waferscale.compiler.errors import CompileError
-from waferscale.compiler.streaming import StreamPlan
+from waferscale.compiler.streaming import StreamPlan, replicate_layers
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
 from waferscale.runtime.swarmx import check_systems
@@ -59,19 +60,24 @@ def capture_training_step(model: torch.nn.Module, example: dict[str, Any], *,
                           ) -> list[Any]:
     """Compile one forward + backward of ``model`` (a causal LM called with ``labels=``)
     in weight-streaming mode; the compiled graphs (`api.CompiledModel`), in order."""
+    with _as_cpu_if_meta(model, example) as example:
+        return _traced_step(model, example, spec, max_side)
+
+
+def _traced_step(model: torch.nn.Module, example: dict[str, Any], spec: str,
+                 max_side: int | None) -> list[Any]:
     torch._dynamo.reset()
     before = len(backend.COMPILED)
     step = torch.compile(model, backend="waferscale",
                          options={"mode": "weight_streaming", "spec": spec,
                                   "max_side": max_side})
     model.train()
-    with _as_cpu_if_meta(model, example) as example:
-        out = step(**example)
-        loss = out.loss if hasattr(out, "loss") else out
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise CompileError("a training step needs a scalar loss: call the model with "
-                               "labels= (a causal LM) or return the loss")
-        loss.backward()
+    out = step(**example)
+    loss = out.loss if hasattr(out, "loss") else out
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise CompileError("a training step needs a scalar loss: call the model with "
+                           "labels= (a causal LM) or return the loss")
+    loss.backward()
     graphs = backend.COMPILED[before:]
     del backend.COMPILED[before:]
     torch._dynamo.reset()
@@ -89,20 +95,55 @@ class StepPlans:
     info: dict[str, Any]
 
 
-def capture_plans(model: torch.nn.Module, example: dict[str, Any], *, spec: str = "wse2"
-                  ) -> StepPlans:
+def _replicated_step(model: torch.nn.Module, example: dict[str, Any], spec: str
+                     ) -> tuple[list[Any], StreamPlan, StreamPlan, int] | None:
+    """One training step traced with three of the model's identical layers, its plans
+    grown to all of them (`compiler.streaming.replicate_layers`); None when the model has
+    no such stack or its plans do not show three separable layers.
+
+    Why: dynamo and aot_autograd cost time and memory per op traced, so a 64-layer step
+    costs about 20 times a 3-layer one, while the layers' stages are the same (checked
+    against whole traces in tests/test_capture_replicate.py)."""
+    found = repeated_blocks(model)
+    if found is None or len(found[1]) <= 3:
+        return None
+    prefix, blocks = found
+    with first_blocks(model, prefix, 3):
+        graphs = _traced_step(model, example, spec, None)
+    fw, bw = training_plans([c.program for c in graphs])
+    fw_n, bw_n = replicate_layers(fw, len(blocks)), replicate_layers(bw, len(blocks))
+    if fw_n is None or bw_n is None:
+        return None
+    return graphs, fw_n, bw_n, len(blocks)
+
+
+def capture_plans(model: torch.nn.Module, example: dict[str, Any], *, spec: str = "wse2",
+                  replicate: bool | None = None) -> StepPlans:
     """Capture one training step of ``model`` and return its streaming plans (the slow
     part: tracing and planning); the timelines (`training_report`) are then cheap, for
-    any system count (`report.scaling`)."""
+    any system count (`report.scaling`). ``replicate``: trace three of the model's
+    identical layers and replicate the middle one (`_replicated_step`); ``None``
+    (default) does so for meta-device models, which are only estimated."""
     t0 = time.perf_counter()
-    graphs = capture_training_step(model, example, spec=spec)
+    if replicate is None:
+        replicate = any(p.device.type == "meta" for p in model.parameters())
+    with _as_cpu_if_meta(model, example) as example:
+        grown = _replicated_step(model, example, spec) if replicate else None
+        if grown is not None:
+            graphs, fw, bw, n_layers = grown
+            traced = f"3 of {n_layers} identical layers traced; layer 1's plan stands for " \
+                     f"layers 1-{n_layers - 2}"
+        else:
+            graphs = _traced_step(model, example, spec, None)
+            fw, bw = training_plans([c.program for c in graphs])
+            traced = "every layer traced"
     wspec = get_spec(spec)
-    fw, bw = training_plans([c.program for c in graphs])
     backward = sum(1 for c in graphs if any(n.meta.get("param_grad")
                                             for n in c.program.graph.nodes.values()))
     info = dict(spec=wspec.name,
                 graphs={"forward": len(graphs) - backward, "backward": backward},
                 parameters=sum(p.numel() for p in model.parameters()),
+                traced=traced,
                 fallback_ops=[f for c in graphs for f in c.program.fallback_ops()],
                 compile_seconds=time.perf_counter() - t0,
                 notes=sorted({n for c in graphs for n in c.program.notes}))

@@ -102,9 +102,13 @@ def timeline(sp: StreamPlan, spec: WaferSpec, system: SystemSpec, *, systems: in
 def merged(plans: list[StreamPlan]) -> StreamPlan:
     """The graphs of one pass (dynamo may split a model) run one after another."""
     stages = tuple(s for p in plans for s in p.stages)
+    saved: dict[str, int] = {}
+    for p in plans:
+        for label, b in p.saved_by_layer:
+            saved[label] = saved.get(label, 0) + b
     return StreamPlan(stages, sum(p.saved_bytes for p in plans),
                       max((p.working_bytes for p in plans), default=0),
-                      plans[0].wafer_sram_bytes if plans else 0)
+                      plans[0].wafer_sram_bytes if plans else 0, tuple(saved.items()))
 
 
 def training_plans(programs: list[Program]) -> tuple[StreamPlan, StreamPlan]:

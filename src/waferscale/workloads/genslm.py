@@ -19,7 +19,12 @@ import torch
 
 from waferscale.errors import WorkloadError
 from waferscale.workloads.fasta import Record, data_path
-from waferscale.workloads.presets import BASE_POSITIONS, GENSLM_PRESETS, MODEL_NAMES
+from waferscale.workloads.presets import (
+    BASE_POSITIONS,
+    GENSLM_PRESETS,
+    LONG_POSITIONS,
+    MODEL_NAMES,
+)
 from waferscale.workloads.tokenizer import CodonTokenizer
 
 if TYPE_CHECKING:
@@ -56,20 +61,16 @@ def genslm_config_file(name: str, seq_len: int | None = None) -> str:
     """The shipped JSON for a model and sequence length.
 
     Sequences longer than 2,048 tokens need the ``pos10240`` config, which upstream
-    publishes for 25M and 250M only; a longer ``seq_len`` than any config allows is an error
-    rather than a silently extended position table.
+    publishes for 25M and 250M only; for 2.5B and 25B the base config is read and
+    `genslm_config` extends its positions (see there). A longer ``seq_len`` than 10,240 is
+    an error rather than a silently extended position table.
     """
     _check_name(name)
     preset = GENSLM_PRESETS[name]
     if seq_len is not None and seq_len < 1:
         raise WorkloadError(f"seq_len must be positive, got {seq_len}")
-    if seq_len is None or seq_len <= BASE_POSITIONS:
+    if seq_len is None or seq_len <= BASE_POSITIONS or preset.long_config is None:
         return preset.config
-    if preset.long_config is None:
-        raise WorkloadError(
-            f"{name} has {BASE_POSITIONS} positions and no long-sequence config; "
-            f"seq_len {seq_len} needs genslm-25m or genslm-250m (up to 10240)"
-        )
     return preset.long_config
 
 
@@ -93,6 +94,12 @@ def genslm_config(
     for key in _LEGACY_KEYS:
         raw.pop(key, None)
     raw.update(GENSLM_PRESETS[name].corrections)
+    if seq_len is not None and seq_len > BASE_POSITIONS and \
+            GENSLM_PRESETS[name].long_config is None:
+        # The upstream pos10240 files differ from the base ones in this key alone, and
+        # GPT-NeoX's rotary positions have no parameters, so the long model has the base
+        # model's weights; GenSLM ran 2.5B and 25B at 10,240 (docs/genslm.md).
+        raw["max_position_embeddings"] = LONG_POSITIONS
     raw["use_cache"] = False
     config = GPTNeoXConfig(**raw)
     config.dtype = dtype

@@ -12,6 +12,8 @@ from types import MappingProxyType
 
 #: Positions of the base GenSLM configs; longer sequences need the ``pos10240`` files.
 BASE_POSITIONS = 2048
+#: Positions of the long-sequence configs: a whole SARS-CoV-2 genome in codons.
+LONG_POSITIONS = 10240
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,9 @@ class GenslmPreset:
     """One GenSLM model size.
 
     ``config`` is the shipped GPT-NeoX JSON; ``long_config`` the variant with 10,240
-    positions (``None`` where upstream published none). ``upstream_name`` is the name
+    positions (``None`` where upstream published none: the base config with its
+    ``max_position_embeddings`` raised to 10,240, the one key the published pairs differ
+    in). ``upstream_name`` is the name
     GenSLM gives the model (a parameter count); ``params`` is what the shipped config
     really builds, after ``corrections`` (config keys ``build_genslm`` overrides because
     the published value cannot be built). ``note`` says why the two counts differ.
