@@ -30,8 +30,8 @@ from waferscale.errors import WaferscaleError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
-#: Above these a model with weights is planned, not simulated (the value run compiles the
-#: forward for the whole prefix and runs it once per token on the fabric simulator).
+#: Above these a model with weights is planned, not simulated (the value run prefills the
+#: prompt on the host and runs every decode step's kernels on the fabric simulator).
 SIMULATE_PARAMS_LIMIT = 20_000_000
 SIMULATE_TOKENS_LIMIT = 64
 
