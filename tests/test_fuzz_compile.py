@@ -255,6 +255,20 @@ def test_placement_figures_are_strict_json() -> None:
     _strict(rep)
 
 
+def test_program_dumps_is_strict_json() -> None:
+    """Was: ``Program.dumps`` wrote ``Infinity``/``NaN`` (any non-finite figure or meta
+    value), which strict parsers reject. Now null, with the path and what it was under
+    ``non_finite``."""
+    cm = waferscale.compile(_LinearRelu().eval(), (torch.randn(4, 8),))
+    node = next(iter(cm.program.graph.nodes.values()))
+    node.meta["probe_inf"], node.meta["probe_nan"] = math.inf, math.nan
+    text = cm.program.dumps()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the document"))
+    assert doc["nodes"][0]["meta"]["probe_inf"] is None
+    assert doc["non_finite"]["nodes[0].meta.probe_inf"].startswith("Infinity")
+    assert doc["non_finite"]["nodes[0].meta.probe_nan"].startswith("NaN")
+
+
 # ------------------------------------------------------------------ the tolerance ----------
 def test_compare_accepts_ill_conditioned_bf16_and_catches_wrong_values() -> None:
     """A layer norm over a softmax row in bf16 amplifies rounding noise (rows nearly

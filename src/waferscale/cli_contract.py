@@ -9,15 +9,12 @@ main CLI that registers them import it, not each other.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 from rich.console import Console
 
@@ -28,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as _cx  # type: ignore[no-redef]
     from click import get_current_context as _current_context  # type: ignore[no-redef]
 
+from waferscale import strict_json
 from waferscale.errors import WaferscaleError
 
 console = Console(stderr=False)
@@ -42,42 +40,10 @@ class _Debug:
 DEBUG = _Debug()
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
-
-def strict_json(data: Any, path: str = "", bad: dict[str, str] | None = None) -> Any:
-    """``data`` with every NaN or infinite float replaced by None (``null``); their paths
-    and what they were go into ``bad``."""
-    bad = {} if bad is None else bad
-    if isinstance(data, np.generic):
-        data = data.item()
-    if isinstance(data, float) and not math.isfinite(data):
-        bad[path or "."] = "NaN" if math.isnan(data) else ("Infinity" if data > 0
-                                                             else "-Infinity")
-        return None
-    if isinstance(data, dict):
-        return {k: strict_json(v, f"{path}.{k}" if path else str(k), bad)
-                for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [strict_json(v, f"{path}[{i}]", bad) for i, v in enumerate(data)]
-    return data
-
-
 def _emit(data: Any) -> None:
     """One strict JSON document on stdout: a figure that is not a finite number is null,
     and ``non_finite`` (added to a dict) says which were and what they were."""
-    bad: dict[str, str] = {}
-    clean = strict_json(data, bad=bad)
-    if bad and isinstance(clean, dict):
-        clean["non_finite"] = {k: f"{v}: not a finite number (strict JSON has none); see "
-                                  f"the notes" for k, v in bad.items()}
-    text = json.dumps(clean, indent=2, default=_jsonable, allow_nan=False)
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(strict_json.dumps(data, indent=2) + "\n")
 
 
 def _one_line(text: str, limit: int = 2000) -> str:

@@ -12,11 +12,11 @@ figures, both recorded in ``dumps()``. A program is a frozen value, built once b
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from waferscale import strict_json
 from waferscale.compiler.lower import fallbacks
 from waferscale.compiler.place import PlacedProgram, read_numel
 from waferscale.compiler.plan import Plan
@@ -88,7 +88,9 @@ class Program:
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=1, default=str)
+        """The program as strict JSON: a non-finite figure (an infinite period, a NaN in
+        a node's meta) is null, named with what it was under ``non_finite``."""
+        return strict_json.dumps(self.to_json(), indent=1)
 
 
 def route(g: Graph, plan: Plan, placed: PlacedProgram | None) -> tuple[Route, ...]:
