@@ -69,3 +69,42 @@ def test_second_fault_in_a_row_exhausts_spares():
 def test_bad_fault_is_rejected(fault):
     with pytest.raises(DefectError, match="fault field"):
         run_with_faults(SPEC, U0, UP, VEL, 4, 2, fault)
+
+
+def test_simultaneous_faults_recover_in_one_recomputation():
+    """Was: three faults in one step were recovered one after another (9 steps recomputed
+    instead of 3); they are detected together, so one remap and one recomputation."""
+    faults = [Fault(1, 1, 4), Fault(4, 7, 4), Fault(9, 3, 4)]
+    u, rep = run_with_faults(SPEC, U0, UP, VEL, 7, 2, faults)
+    assert rep["steps_recomputed"] == 1 and len(rep["recoveries"]) == 1
+    assert rep["recoveries"][0]["faults"] == 3 and rep["recoveries"][0]["cores_failed"] == 3
+    assert {f["recovery"] for f in rep["faults"]} == {0} and rep["defects_after"] == 3
+    assert rep["cycles_lost"] == rep["recoveries"][0]["cycles_lost"]
+    assert rep["max_error"] == 0.0
+    assert np.array_equal(u, stencil.run(Fabric(SPEC, 12, 12), U0, UP, VEL, 7).u)
+    assert rep["cycles"] == pytest.approx(rep["cycles_fault_free"] + rep["cycles_lost"]
+                                          + rep["detour_extra_cycles"])
+
+
+def test_repeated_fault_on_a_pe_takes_one_spare():
+    """Was: the same PE reported twice consumed a second spare (the second report read
+    the spare the first had moved the PE to). With one spare per row, two reports of PE
+    (5, 5) at step 1 used to exhaust row 5; now they are one failed core."""
+    u, rep = run_with_faults(SPEC, U0, UP, VEL, 4, 2, [Fault(5, 5, 1), Fault(5, 5, 1)])
+    assert rep["defects_after"] == 1 and rep["recoveries"][0]["cores_failed"] == 1
+    assert [f["duplicate"] for f in rep["faults"]] == [False, True]
+    assert rep["faults"][0]["physical"] == rep["faults"][1]["physical"]
+    assert rep["steps_recomputed"] == 2 and rep["max_error"] == 0.0
+
+
+def test_later_fault_on_a_remapped_pe_is_the_spare_failing():
+    """A PE that fails again at a later step now sits on the spare: that core failed, so
+    it takes another spare (row 5 has one: exhausted), unlike a duplicate report."""
+    with pytest.raises(SparesExhaustedError):
+        run_with_faults(SPEC, U0, UP, VEL, 4, 2, [Fault(5, 5, 1), Fault(5, 5, 3)])
+
+
+def test_defect_map_with_failed_counts_new_cores_only():
+    dmap = DefectMap.from_coords(SPEC, [(9, 2)])
+    out, new = dmap.with_failed([(9, 2), (3, 4), (3, 4)])
+    assert new == 1 and out.n_defects == 2 and dmap.n_defects == 1

@@ -26,6 +26,7 @@ Geometry (see docs/defects.md for the full argument):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -149,6 +150,16 @@ class DefectMap:
                                  f"coords must lie in [0, {shape[0]}) x [0, {shape[1]})")
         arr[pts[:, 0], pts[:, 1]] = True
         return cls(arr, spec.name, model=provenance.pop("model", "manual"), **provenance)
+
+    def with_failed(self, cores: Sequence[Sequence[int]] | np.ndarray) -> tuple[DefectMap, int]:
+        """This map with the physical ``cores`` (row, col) also defective, and how many of
+        them are new. A core already marked (a fault reported twice, or on a core retired
+        earlier) changes nothing: the spare it took is not taken again."""
+        pts = np.asarray(cores, dtype=np.int64).reshape(-1, 2)
+        arr = np.array(self.defective)
+        before = int(np.count_nonzero(arr))
+        arr[pts[:, 0], pts[:, 1]] = True
+        return dataclasses.replace(self, defective=arr), int(np.count_nonzero(arr)) - before
 
     # -- facts ----------------------------------------------------------------------------
     @property

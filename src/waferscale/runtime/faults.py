@@ -16,6 +16,11 @@ checkpoint/restart one, made cheap by the spares:
    logical rectangle is unchanged, so the program's data layout is too; only link costs
    change (a new `Fabric` with the new ``link_extra``). If the row's spares are used up the
    remap raises `SparesExhaustedError` and so does this run: there is nothing to resume on.
+   Faults during the same step are detected together at its end: one remap for all of
+   them and one recomputation (three faults in one step redo the segment once, not three
+   times). The same PE reported twice in a step is one failed core: it takes one spare
+   (`DefectMap.with_failed` counts only newly failed cores). A fault on a PE at a later
+   step, after that PE was moved to a spare, is the new core failing and takes another.
 4. The run resumes from the checkpoint. Values do not depend on link latencies, so the final
    field is bit-identical to a run that never saw the fault; the report proves it.
 
@@ -98,9 +103,11 @@ def run_with_faults(spec: WaferSpec | str | None, u0: np.ndarray, u_prev0: np.nd
     ``faults``: one `Fault`, several, or ``None`` to draw one from ``seed`` (no fault if
     ``seed`` is also ``None``). ``defect_map``: the manufacturing defects the run starts
     with (default: a perfect wafer). Returns the final ``u`` and a plain-JSON report:
-    per fault its PE, physical core, step, the checkpoint resumed from, steps recomputed
-    and cycles lost; overall the cycles with and without faults, the extra cycles the new
-    detours cost, and the max error against the fault-free run (0 when recovery is right).
+    per fault its PE, physical core, step, the checkpoint resumed from, the steps
+    recomputed and cycles lost by its recovery (shared by the faults of one step:
+    ``recovery`` indexes ``recoveries``; ``duplicate`` marks a PE reported twice);
+    overall the cycles with and without faults, the extra cycles the new detours cost,
+    and the max error against the fault-free run (0 when recovery is right).
     Raises `SparesExhaustedError` when a failed core cannot be remapped.
     """
     spec = get_spec(spec)
@@ -125,36 +132,46 @@ def run_with_faults(spec: WaferSpec | str | None, u0: np.ndarray, u_prev0: np.nd
     baseline = _segmented(spec, remap, start, vel, steps, checkpoint_every)
 
     cp, records, checkpoints = start, [], [0]
+    recoveries: list[dict[str, Any]] = []
     defects_before = remap.n_defects
     while cp.step < steps:
         n = min(checkpoint_every, steps - cp.step)
         if pending and pending[0].step < cp.step + n:
-            fault = pending.pop(0)
-            k = fault.step - cp.step + 1          # steps run until the fault is detected
+            step = pending[0].step
+            group = [f for f in pending if f.step == step]    # detected together
+            pending = pending[len(group):]
+            k = step - cp.step + 1                # steps run until the faults are detected
             fabric = fabric_from_remap(spec, remap, y, x)
             lost = stencil.run(fabric, cp.u, cp.u_prev, vel, k).cycles
-            pr, pc = (int(v) for v in remap.logical_to_physical[fault.row, fault.col])
-            defective = np.array(dmap.defective)
-            defective[pr, pc] = True
-            dmap = dataclasses.replace(dmap, defective=defective)
+            cores = [tuple(int(v) for v in remap.logical_to_physical[f.row, f.col])
+                     for f in group]
+            dmap, new = dmap.with_failed(cores)
             remap = Remap.from_defects(dmap, spec)      # SparesExhaustedError propagates
-            records.append({"pe": [fault.row, fault.col], "physical": [pr, pc],
-                            "step": fault.step, "checkpoint_step": cp.step,
-                            "steps_recomputed": k, "cycles_lost": lost,
-                            "cycles_kept": cp.cycles})
+            first = len(records)
+            for f, (pr, pc) in zip(group, cores, strict=True):
+                records.append({"pe": [f.row, f.col], "physical": [pr, pc], "step": f.step,
+                                "checkpoint_step": cp.step, "steps_recomputed": k,
+                                "cycles_lost": lost, "cycles_kept": cp.cycles,
+                                "recovery": len(recoveries),
+                                "duplicate": [f.row, f.col] in (r["pe"] for r in
+                                                               records[first:])})
+            recoveries.append({"step": step, "checkpoint_step": cp.step, "faults": len(group),
+                               "cores_failed": new, "steps_recomputed": k,
+                               "cycles_lost": lost})
             cp = dataclasses.replace(cp, cycles=cp.cycles + lost)
             continue
         cp, _ = _advance(spec, remap, cp, vel, n)
         checkpoints.append(cp.step)
 
-    lost_total = sum(r["cycles_lost"] for r in records)
+    lost_total = sum(r["cycles_lost"] for r in recoveries)
     report: dict[str, Any] = {
         "faults": records,
         "fault": records[0] if records else None,
+        "recoveries": recoveries,
         "checkpoint_every": checkpoint_every,
         "checkpoints": checkpoints,
         "steps": steps,
-        "steps_recomputed": sum(r["steps_recomputed"] for r in records),
+        "steps_recomputed": sum(r["steps_recomputed"] for r in recoveries),
         "cycles": cp.cycles,
         "cycles_fault_free": baseline.cycles,
         "cycles_lost": lost_total,
