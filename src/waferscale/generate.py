@@ -489,6 +489,27 @@ def _serve(run: _Run, *args: Any, **kw: Any) -> Any:
     return CausalLMOutputWithPast(logits=torch.from_numpy(logits)[:, None])
 
 
+def fabric_check(program: DecodeProgram, spec: WaferSpec | str | None
+                 ) -> dict[str, tuple[float, float]]:
+    """Every GEMV and KV-attention op of a decode ``program`` run timing-only on the fabric
+    (no weights needed: any size, e.g. a preset's step): ``{op: (fabric cycles, closed
+    form)}``. `generate` makes the same comparison with values at every step it runs."""
+    spec = get_spec(spec)
+    out: dict[str, tuple[float, float]] = {}
+    for op in program.ops:
+        if op.kernel == "gemv" and op.gemv is not None and op.grid is not None:
+            m, k, n = op.gemv
+            res = gemv.run((m, k), (k, n), grid=op.grid, spec=spec, dtype=program.dtype,
+                           accumulate="fp32")
+            out[op.name] = (res.cycles, op.cycles)
+        elif op.kernel == "kv_attention" and op.kv is not None:
+            lay = op.kv
+            att = kv_attention.run(spec, lay.batch, lay.kv_heads, lay.group, lay.head_dim,
+                                   lay.context, (lay.rows, lay.cols), dtype=lay.dtype)
+            out[op.name] = (att.cycles, op.cycles)
+    return out
+
+
 def compile_lm(model: torch.nn.Module, *, spec: WaferSpec | str | None = "wse2",
                grid: str | tuple[int, int] | None = None, dtype: str | None = None,
                name: str | None = None) -> CompiledLM:
@@ -496,4 +517,4 @@ def compile_lm(model: torch.nn.Module, *, spec: WaferSpec | str | None = "wse2",
     return CompiledLM(model, spec=spec, grid=grid, dtype=dtype, name=name)
 
 
-__all__ = ["CompiledLM", "GenerateError", "compile_lm"]
+__all__ = ["CompiledLM", "GenerateError", "compile_lm", "fabric_check"]

@@ -577,6 +577,7 @@ class DecodeProgram:
     layers: int
     context: int
     work_bytes: int
+    dtype: str
 
     @property
     def cycles(self) -> float:
@@ -644,7 +645,7 @@ def decode_program(spec: WaferSpec, shape: DecoderShape, batch: int, context: in
     ops.append(_gemv_op(spec, "lm_head", batch, shape.hidden, shape.vocab, p, dtype, False))
     works.append(_gemv_work(batch, shape.hidden, shape.vocab, p, dtype))
     ops.append(Op("sample", "local", _sample_cycles(spec, shape, batch, p, sampling), False))
-    return DecodeProgram(tuple(ops), shape.layers, context, max(works))
+    return DecodeProgram(tuple(ops), shape.layers, context, max(works), dtype)
 
 
 def _decode(spec: WaferSpec, shape: DecoderShape, batch: int, context: int, p: int,
