@@ -353,3 +353,20 @@ def test_leaky_relu_is_pointwise(dtype: torch.dtype) -> None:
     assert cm.report()["fallback_ops"] == []
     assert torch.equal(cm(x), _Leaky()(x))
     assert cm.report()["stages"][0]["algorithm"].count("mul+max") == 3
+
+
+# ------------------------------------------------------------------ complex operands -------
+class _ComplexAbs(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.complex(x, 2 * x).abs() + torch.fft.rfft(x).abs().sum()
+
+
+def test_float_result_of_a_complex_operand_is_not_pointwise() -> None:
+    """Was a wrong answer (no error): ``abs`` of a complex tensor has a float result, so it
+    was taken as a wafer pointwise op and computed on the real part alone (NumPy's
+    complex-to-float cast drops the imaginary part). The PEs hold no complex values: it
+    runs on the host."""
+    x = torch.randn(3, 4)
+    cm = waferscale.compile(_ComplexAbs(), (x,))
+    assert "aten.abs.default" in [f["op"] for f in cm.report()["fallback_ops"]]
+    _same(cm, _ComplexAbs(), x)

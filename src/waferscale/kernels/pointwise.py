@@ -81,6 +81,10 @@ def op_of(node: Node, g: Graph) -> str | None:
     op = POINTWISE.get(node.short)
     if op is None or not float_out(node):
         return None
+    if any(str(g.nodes[i].meta.get("dtype")).startswith("complex") for i in node.inputs):
+        # a float result of a complex operand (``abs``, a real/imaginary part): the PEs
+        # hold no complex values, and the real part alone is not the answer
+        return None
     if node.short == "gelu" and node.kwargs.get("approximate", "none") == "tanh":
         return "gelu_fast"
     if node.short == "_to_copy":
