@@ -13,9 +13,11 @@ its place in that link's round-robin order; the lowest rotated place per link wi
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
-from waferscale.fabric.cycle.queues import Queues
+from waferscale.fabric.cycle.queues import NEVER, Queues
 from waferscale.fabric.cycle.routing import Channels
 
 _BIG = np.int64(1 << 40)
@@ -23,8 +25,18 @@ _BIG = np.int64(1 << 40)
 _LOWEST = np.array([(m & -m).bit_length() - 1 if m else 0 for m in range(32)], dtype=np.int64)
 
 
+def jit() -> ModuleType:
+    """The compiled kernels, imported on first use (numba's import is not free)."""
+    from waferscale.fabric.cycle import jit as compiled
+
+    return compiled
+
+
 class Router:
     """Vectorised arbitration and transfer over the compiled link table."""
+
+    #: step with the compiled loop (`jit.router_step`); tests switch it off to compare
+    compiled = True
 
     def __init__(self, ch: Channels, queues: Queues) -> None:
         self.ch, self.q = ch, queues
@@ -48,6 +60,7 @@ class Router:
         self.occupancy = 0          # wavelets held in router channels
         self.moved = 0              # link transfers so far (a progress measure)
         self.trace: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None
+        self._scratch: tuple[np.ndarray, ...] | None = None
 
     def _unique(self, keys: np.ndarray) -> bool:
         """Whether ``keys`` has no repeats (stamps a scratch array, no sort)."""
@@ -56,7 +69,31 @@ class Router:
         return bool(np.count_nonzero(self.mark[keys] == order) == keys.size)
 
     def step(self, t: int) -> int:
-        """Advance all links by one cycle; return the number of wavelets moved."""
+        """Advance all links by one cycle; return the number of wavelets moved.
+
+        The compiled loop (`jit.router_step`) unless a trace is recorded; both are the same
+        arbitration, the NumPy one is the reference and records the trace.
+        """
+        if self.occupancy == 0:
+            return 0
+        if self.trace is not None or not self.compiled:
+            return self.step_numpy(t)
+        if self._scratch is None:
+            self._scratch = (np.zeros(self.ch.nch * 5, dtype=np.int64),
+                             np.zeros(self.ch.nch * 5, dtype=np.int64),
+                             np.zeros(self.ch.nch * 5, dtype=np.int64),
+                             np.zeros(self.q.n, dtype=np.uint8))
+        q = self.q
+        moved, held = jit().router_step(
+            t, self.ch.nch, q.hrdy, q.awake, q.pend, q.tx, q.cnt, q.cap, q.head, q.val, q.rdy,
+            q.lat, q.feeders, q.shift, q.mask, NEVER, self.slot_dst, self.slot_link,
+            self.slot_rank, self.link_width, self.rr, self.best, *self._scratch)
+        self.occupancy += held
+        self.moved += moved
+        return moved
+
+    def step_numpy(self, t: int) -> int:
+        """`step` in vectorised NumPy: the reference, and the path that records traces."""
         if self.occupancy == 0:
             return 0
         q, nch = self.q, self.ch.nch
