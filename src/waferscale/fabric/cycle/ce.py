@@ -36,10 +36,6 @@ IDLE, BUSY, FABRIC_STALL, MEMORY_STALL = range(4)
 class ComputeEngines:
     """SPMD execution state of every PE's compute engine."""
 
-    #: step batched vector ops with the compiled loop (`jit.group_step`); tests switch it
-    #: off to compare with the NumPy step
-    compiled = True
-
     def __init__(self, spec: WaferSpec, config: CycleConfig, prog: Program, code: Compiled,
                  routes: RouteTable, ch: Channels, queues: Queues, router: Router) -> None:
         self.spec, self.config, self.prog, self.code = spec, config, prog, code

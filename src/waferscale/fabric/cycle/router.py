@@ -35,8 +35,11 @@ def jit() -> ModuleType:
 class Router:
     """Vectorised arbitration and transfer over the compiled link table."""
 
-    #: step with the compiled loop (`jit.router_step`); tests switch it off to compare
-    compiled = True
+    #: step with the compiled loop (`jit.router_step`) on grids of at least this many PEs;
+    #: smaller ones (most tests, the CLI's checks) skip numba's import and cache load, about
+    #: a second, which their few thousand requests a cycle would not win back. Tests set
+    #: it to 0 or to None (never) to compare the two steps.
+    compiled_from_pes: int | None = 1024
 
     def __init__(self, ch: Channels, queues: Queues) -> None:
         self.ch, self.q = ch, queues
@@ -76,7 +79,8 @@ class Router:
         """
         if self.occupancy == 0:
             return 0
-        if self.trace is not None or not self.compiled:
+        if self.trace is not None or self.compiled_from_pes is None \
+                or self.ch.pes < self.compiled_from_pes:
             return self.step_numpy(t)
         if self._scratch is None:
             self._scratch = (np.zeros(self.ch.nch * 5, dtype=np.int64),
