@@ -130,21 +130,24 @@ class OpGroup:
             go = cand[self._ports(ce, self.pe[cand]) > 0]
             self._spend(ce, self.pe[go])
             return go
-        granted = []
-        rest = cand
+        # rounds over positions in ``cand`` (sorted), each granting the first remaining
+        # candidate of every PE; a mask keeps the grants in launch order without a sort
+        pe_of = self.pe[cand]
+        granted = np.zeros(cand.size, dtype=bool)
+        rest = np.arange(cand.size)
         while rest.size:
-            pes = self.pe[rest]
+            pes = pe_of[rest]
             order = np.arange(rest.size)
             self.mark[pes[::-1]] = order[::-1]
             first = self.mark[pes] == order
-            head = rest[first]
-            ok = head[self._ports(ce, self.pe[head]) > 0]
-            if ok.size == 0:
+            head_pes = pes[first]
+            ok = self._ports(ce, head_pes) > 0
+            if not np.count_nonzero(ok):
                 break
-            self._spend(ce, self.pe[ok])
-            granted.append(ok)
+            self._spend(ce, head_pes[ok])
+            granted[rest[first][ok]] = True
             rest = rest[~first]
-        return np.sort(np.concatenate(granted)) if granted else cand[:0]
+        return cand[granted]
 
     def step(self, ce: Engines, t: int) -> Finished:
         q, pe, prog = ce.q, self.pe, self.prog
