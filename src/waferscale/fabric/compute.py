@@ -46,10 +46,17 @@ def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op:
     fabric = first.fabric
     dtype = dtype or first.dtype
     elements = skip_zeros_of.nnz() if skip_zeros_of is not None else first.valid
+    # nonzero counts are whole numbers; so is ``valid`` when its layout's info says so
+    # (the counts of wavelets are the elements, one per wavelet)
+    integral = skip_zeros_of is not None or first.wavelet_info().integral
     cycles = vector_cycles(fabric.spec, elements, dtype, op, reads=len(inputs), writes=1,
-                           element_bytes=BYTES[dtype])
-    mem_bytes = elements * (len(inputs) + 1)
-    mem_bytes *= BYTES[dtype]
+                           element_bytes=BYTES[dtype], integral=integral)
+    per_element_bytes = (len(inputs) + 1) * BYTES[dtype]
+    if integral:      # whole numbers: one product is exactly the two the reference takes
+        mem_bytes = elements * per_element_bytes
+    else:
+        mem_bytes = elements * (len(inputs) + 1)
+        mem_bytes *= BYTES[dtype]
     end = fabric.execute(first.rect, cycles, _ready(inputs), flops=elements * flops_per_element,
                          mem_bytes=mem_bytes)
     tiles = None

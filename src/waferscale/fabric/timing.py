@@ -121,11 +121,13 @@ def stream_cycles(spec: WaferSpec, wavelets: float, d_rows: int, d_cols: int, ro
 
 def vector_cycles(spec: WaferSpec, elements: np.ndarray | float, dtype: str, op: str,
                   reads: int = 2, writes: int = 1, accumulate: str | None = None,
-                  element_bytes: int = 4) -> np.ndarray:
+                  element_bytes: int = 4, integral: bool = False) -> np.ndarray:
     """Cycles of one vector instruction over ``elements`` on each PE.
 
     The rate is the SIMD width of (dtype, op), unless the SRAM ports are slower: ``reads``
     and ``writes`` memory operands per element against the spec's ports and word size.
+    ``integral``: the caller knows the counts are whole numbers, so at one element per
+    cycle they are the cycles themselves (returned as they are, not copied).
     """
     elements = np.asarray(elements, dtype=float)
     width = spec.simd.width(dtype, op, accumulate)
@@ -133,6 +135,8 @@ def vector_cycles(spec: WaferSpec, elements: np.ndarray | float, dtype: str, op:
     per_element = max(1.0 / width,
                       reads * element_bytes / (spec.mem_reads_per_cycle * word),
                       writes * element_bytes / (spec.mem_writes_per_cycle * word))
+    if integral and per_element == 1.0:
+        return elements
     cycles = elements * per_element
     return np.ceil(cycles, out=cycles) if isinstance(cycles, np.ndarray) else np.ceil(cycles)
 
