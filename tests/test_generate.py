@@ -80,6 +80,7 @@ def test_generate_equals_transformers(kind):
     # and the steps' cycles are the plan's
     run = rep["decode_run"]
     assert run["steps"] == 4 and run["fabric_cost_agreement"] == 1.0
+    assert run["step_cycles"] == pytest.approx(run["program_step_cycles"])
     assert run["step_cycles"] == pytest.approx(run["plan_step_cycles"])
     plan = lm.plan(2, 7, 5)
     assert rep["decode_seconds_per_token"] == pytest.approx(plan.seconds_per_token)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,12 @@ from waferscale.kernels import gemv, kv_attention
 class GenerateError(CompileError):
     """A generation request this engine cannot serve (padding in the prompt, a cache
     passed in, a model built without weights, no ``max_new_tokens``)."""
+
+
+#: How a layer multiplies: (op name, x [..., K], W [K, N], bias or None) -> [..., N].
+MatMul = Callable[[str, np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
+#: How a layer attends: (layer, q [b, heads, n, d], k, v [b, kv_heads, n, d]) -> like q.
+Attend = Callable[[int, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------ the weights -----------
@@ -178,6 +185,8 @@ class _Run:
     def _rotary(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """x [b, n, heads, d] at positions ``pos`` [n]: rotate-half rotary."""
         w = self.lm.weights
+        if w.cos is None or w.sin is None:
+            raise GenerateError(f"{self.shape.name}: no rotary tables were loaded")
         cos, sin = w.cos[pos][None, :, None], w.sin[pos][None, :, None]
         half = x.shape[-1] // 2
         rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -191,8 +200,8 @@ class _Run:
         return self._r(0.5 * u * (1.0 + np.tanh(c * (u + np.float32(0.044715) * u ** 3))))
 
     # -- one layer, shared by prefill and decode (they differ in matmul and attention)
-    def _layer(self, i: int, x: np.ndarray, pos: np.ndarray, matmul: Any, attend: Any
-               ) -> np.ndarray:
+    def _layer(self, i: int, x: np.ndarray, pos: np.ndarray, matmul: MatMul,
+               attend: Attend) -> np.ndarray:
         """x [b, n, hidden] through layer i."""
         s, lw = self.shape, self.lm.weights.layers[i]
         b, n, _ = x.shape
@@ -216,7 +225,7 @@ class _Run:
             x = x + w.positions[pos][None]
         return self._r(x)
 
-    def _logits(self, x: np.ndarray, matmul: Any) -> np.ndarray:
+    def _logits(self, x: np.ndarray, matmul: MatMul) -> np.ndarray:
         w = self.lm.weights
         return matmul("lm_head", self._norm(x, w.final), w.lm_head, None)
 
@@ -248,7 +257,10 @@ class _Run:
         prog = decode_program(self.lm.spec, s, self.batch, position + 1, self.p, self.dtype,
                               self.lm.sampling)
         gemvs = {o.name: o for o in prog.ops if o.kernel == "gemv"}
-        att = next((o for o in prog.ops if o.kernel == "kv_attention"), None)
+        att = next(o for o in prog.ops if o.kernel == "kv_attention")
+        lay = att.kv
+        if lay is None:
+            raise GenerateError("the decode program's attention op has no cache layout")
         record = {"fabric": 0.0, "closed_form_of_fabric_ops": 0.0,
                   "local": float(sum(o.cycles * (prog.layers if o.per_layer else 1)
                                      for o in prog.ops if o.kernel == "local"))}
@@ -271,8 +283,6 @@ class _Run:
             return self._r(y if bias is None else y + bias)
 
         def attend(i: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-            assert att is not None and att.kv is not None
-            lay = att.kv
             res = kv_attention.run(self.lm.spec, self.batch, s.kv_heads, s.group, s.head_dim,
                                    lay.context, (lay.rows, lay.cols), dtype=self.dtype,
                                    q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0],
@@ -443,6 +453,7 @@ class CompiledLM:
                 "fabric_cycles_closed_form": closed,
                 "fabric_cost_agreement": fab / closed if closed else 1.0,
                 "local_cycles_closed_form": sum(s["local"] for s in steps),
+                "program_step_cycles": [s["closed_form_cycles"] for s in steps],
                 "plan_step_cycles": [c for _, c in plan.decode_steps],
             }
         rep["measured"] = ("decode: the program's GEMV and KV-attention kernels run on the "
