@@ -45,6 +45,7 @@ import numpy as np
 from waferscale.errors import SpecError
 from waferscale.fabric.timing import vector_cycles
 from waferscale.hardware.spec import WaferSpec
+from waferscale.kernels.overhead import OVERHEADS, Overheads
 
 RADIUS = 4
 DIRECTIONS = 4
@@ -62,9 +63,8 @@ class Assumptions:
     """The constants of the schedule that no source publishes (docs/stencil.md, table
     "Assumptions", gives the reasoning of each).
 
-    ``task_activation_cycles``: a task from its activation bit to its last scalar
-    instruction (picking it, a few scalar instructions: counters, conditions).
-    ``dsd_setup_cycles``: building the descriptors of one vector instruction and issuing it.
+    ``task_activation_cycles``, ``dsd_setup_cycles``: the per-instruction overheads
+    (`overhead.Overheads`, whose table they default to).
     ``turn_alignment``: which PEs are roots at the same turn. "aligned": every direction's
     ring is set from the PE's fabric coordinate (x mod 5 for east and west, y mod 5 for
     south and north), so a PE roots its east and west turns together; "mirrored": west and
@@ -75,8 +75,8 @@ class Assumptions:
     ``bank_conflicts``: charge SRAM bank conflicts (`bank_stall`).
     """
 
-    task_activation_cycles: float = 10.0
-    dsd_setup_cycles: float = 4.0
+    task_activation_cycles: float = OVERHEADS.task_activation_cycles
+    dsd_setup_cycles: float = OVERHEADS.dsd_setup_cycles
     turn_alignment: str = "aligned"
     single_issue: bool = True
     bank_conflicts: bool = True
@@ -419,6 +419,9 @@ def solve(spec: WaferSpec, nz: int, assumptions: Assumptions = ASSUMED) -> Sched
                              + per_direction_recv * handoff) for b in chunks)
         period = sum(phases) + sum(serial)
     cells = float(nz)
+    fixed = Overheads(t_act, t_dsd)
+    tasks = TASKS_PER_CHUNK * len(chunks) + TASKS_PER_STEP
+    dsds = len(chunks) * (2 * DIRECTIONS + control + 1) + fmac.count + fsub.count + 1
     busy_parts = {
         "receive FMULs": recv * recv_op.count * cells if a.single_issue else 0.0,
         "send FMOVs": send * send_op.count * cells if a.single_issue else 0.0,
@@ -426,9 +429,8 @@ def solve(spec: WaferSpec, nz: int, assumptions: Assumptions = ASSUMED) -> Sched
         "z FMACs": fmac.count * cycles(fmac, cells),
         "update FSUB": fsub.count * cycles(fsub, cells),
         "zeroing FMOV": cycles(zero, cells),
-        "task activations": (TASKS_PER_CHUNK * len(chunks) + TASKS_PER_STEP) * t_act,
-        "DSD set-ups": t_dsd * (len(chunks) * (2 * DIRECTIONS + control + 1) + fmac.count
-                                + fsub.count + 1),
+        "task activations": fixed.cycles(tasks, 0),
+        "DSD set-ups": fixed.cycles(0, dsds),
         "control wavelets": len(chunks) * control * send,
     }
     busy = sum(busy_parts.values())
@@ -437,10 +439,7 @@ def solve(spec: WaferSpec, nz: int, assumptions: Assumptions = ASSUMED) -> Sched
                  if a.single_issue else task_work for b in chunks)
     return Schedule(nz, chunks, period, phases, tuple(serial), tuple(serial_stall), work,
                     busy, memory,
-                    max(0.0, period - busy - memory), busy_parts, handoff,
-                    TASKS_PER_CHUNK * len(chunks) + TASKS_PER_STEP,
-                    len(chunks) * (2 * DIRECTIONS + control + 1) + fmac.count + fsub.count + 1,
-                    a)
+                    max(0.0, period - busy - memory), busy_parts, handoff, tasks, dsds, a)
 
 
 __all__ = ["ASSUMED", "Assumptions", "OPS", "Schedule", "bank_stall", "cell_counts",
