@@ -11,7 +11,7 @@ from waferscale.errors import (
     KernelFitError,
     KernelShapeError,
 )
-from waferscale.hardware import custom_spec
+from waferscale.hardware import custom_spec, get_spec
 from waferscale.kernels import gemm
 from waferscale.kernels.choose import choose_gemm
 
@@ -60,9 +60,25 @@ def test_cost_equals_fabric_cycles(algorithm, p, shape, dtype, acc):
                    accumulate=acc)
     est = gemm.cost(m, k, n, algorithm=algorithm, grid=p, spec=SPEC, dtype=dtype,
                     accumulate=acc)
-    assert est.cycles == pytest.approx(run.cycles, rel=0.01)
+    # cost() takes every MeshGEMM route at its worst hop count (2); the interleaved ring's
+    # two one-hop links at its ends save the run a cycle when block arrivals bound the steps
+    assert est.cycles == pytest.approx(run.cycles, rel=0.01, abs=1.0)
     assert run.fabric.elapsed() <= run.cycles
-    assert est.efficiency == pytest.approx(run.efficiency, rel=0.01)
+    assert est.efficiency == pytest.approx(run.efficiency, rel=0.02)
+
+
+def test_meshgemm_forwarding_hides_the_delivery_at_720():
+    # WaferLLM 7.2: a 2K GEMM keeps > 70 % efficiency at 720^2. Its 3x3x3 fp16 tiles take
+    # 14 cycles of FMACs; both blocks leaving together at each step boundary would take 18
+    # to arrive (one ramp, 10 wavelets): forwarding each block as it arrives overlaps them
+    spec = get_spec("wse2").replace(clock_hz=1.1e9)
+    c = gemm.cost(2048, 2048, 2048, algorithm="meshgemm", grid=720, spec=spec,
+                  dtype="fp16", accumulate="fp32")
+    assert c.latency_cycles > c.compute_cycles
+    assert c.cycles == pytest.approx(c.latency_cycles + 719 * c.compute_cycles, abs=1.0)
+    assert c.efficiency > 0.70
+    assert gemm.sram_bytes(64, 64, 64, 4, "fp32", "fp32", "meshgemm") \
+        > gemm.sram_bytes(64, 64, 64, 4, "fp32", "fp32", "cannon")
 
 
 def test_timing_only_run_advances_clocks_like_a_valued_run():

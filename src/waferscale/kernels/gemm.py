@@ -15,11 +15,13 @@ multiplies one A block by one B block on its compute engine.
   ring successor per operand).
 
 Steps (the same for all three, and the way WaferLLM analyses them): p synchronous steps.
-At the start of step s every PE launches the transfers that bring its blocks for step s+1
-into a spare buffer (double buffering) and multiplies its step-s blocks meanwhile; step
-s+1 starts once the slowest PE has finished both. So a step costs max(C, L): C the tile
-product, L the slowest delivery (both blocks through the receiver's ramp, over the longest
-route: p - 1 hops for Cannon's wrap and SUMMA's flood, 2 for MeshGEMM). The grid-wide step
+SUMMA and Cannon: at the start of step s every PE launches the transfers that bring its
+blocks for step s+1 into a spare buffer (double buffering) and multiplies its step-s blocks
+meanwhile; step s+1 starts once the slowest PE has finished both. So a step costs
+max(C, L): C the tile product, L the slowest delivery (both blocks through the receiver's
+ramp, over the longest route: p - 1 hops for Cannon's wrap and SUMMA's flood). MeshGEMM
+holds a third block per operand and forwards each block as soon as it has arrived
+(`FORWARDING`), so its two shifts overlap across steps (`forwarded_cycles`). The grid-wide step
 boundary stands in for the per-PE dependencies of a real program (a PE starts step s+1
 when its own product, its send and its receive are done): on a dense problem every ring
 holds a PE on the critical path, so the period is the same and only start-up transients
@@ -89,6 +91,20 @@ from waferscale.kernels.pointwise import fused_cycles
 
 ALGORITHMS = ("summa", "cannon", "meshgemm")
 KERNEL = "gemm"
+#: Ring algorithms that forward a block as soon as it has arrived, holding three blocks
+#: per operand (the one multiplied, the next step's, and the one after arriving while the
+#: next is sent on) instead of two [A]: WaferLLM does not say how MeshGEMM buffers; with
+#: double buffering both blocks leave together at each step boundary and queue on one
+#: ramp, which caps a 2K GEMM at 720^2 below its published > 70 % (docs/validation.md).
+#: Cannon, WaferLLM's baseline, stays double buffered.
+FORWARDING = frozenset({"meshgemm"})
+
+
+def ring_buffers(algorithm: str) -> int:
+    """Blocks per operand a PE holds: SUMMA its own and two flood panels (the current and
+    the next step's, since its own must stay for its turn as root), Cannon its own and
+    one receive buffer, MeshGEMM three (`FORWARDING`)."""
+    return 3 if algorithm == "summa" or algorithm in FORWARDING else 2
 
 
 # --------------------------------------------------------------------------- layout -----
@@ -148,12 +164,10 @@ class GemmProblem:
 
 def sram_bytes(m: int, k: int, n: int, p: int, dtype: str, accumulate: str,
                algorithm: str = "meshgemm") -> int:
-    """SRAM per PE: the C block, and per operand its own block plus one receive buffer
-    (Cannon, MeshGEMM) or its own block plus two flood buffers (SUMMA: the current step's
-    and the next step's panels, since the PE's own block must stay for its turn as root)."""
+    """SRAM per PE: the C block and `ring_buffers` blocks per operand."""
     mb, kb, nb = blocks(m, p), blocks(k, p), blocks(n, p)
-    copies = 3 if algorithm == "summa" else 2
-    return copies * (mb * kb + kb * nb) * BYTES[dtype] + mb * nb * BYTES[accumulate]
+    return ring_buffers(algorithm) * (mb * kb + kb * nb) * BYTES[dtype] \
+        + mb * nb * BYTES[accumulate]
 
 
 def check_problem(m: int, k: int, n: int, p: int, spec: WaferSpec, dtype: str,
@@ -219,7 +233,7 @@ class GemmCost:
     cycles: float
     seconds: float
     compute_cycles: float      # one step's tile product on the busiest PE
-    latency_cycles: float      # one step's operand delivery latency (critical line)
+    latency_cycles: float      # one step's delivery when both blocks leave together
     efficiency: float
     sram_bytes: int
     assumptions: dict[str, Any] = field(default_factory=dict)
@@ -490,13 +504,43 @@ def _multiply(a: MeshTensor, b: MeshTensor, acc: MeshTensor | None, prob: GemmPr
                         name=a.fabric.fresh_name("c"))
 
 
+def _shifted(op: _Operand, ready: np.ndarray, axis: int, algorithm: str, dest: np.ndarray
+             ) -> _Operand:
+    """``op``'s blocks sent one ring step on (west along rows for A, north along columns for
+    B; MeshGEMM's interleaved ring or Cannon's cyclic shift), leaving from ``ready``."""
+    sender = op.sender(ready)
+    if algorithm == "cannon":
+        moved = mv.shift(sender, "west" if axis == 1 else "north", 1, cyclic=True)
+        nnz = None if op.nnz is None else np.roll(op.nnz, -1, axis=axis)
+    else:
+        moved = line_permute(sender, "row" if axis == 1 else "col", dest)
+        nnz = None
+        if op.nnz is not None:
+            nnz = np.empty_like(op.nnz)
+            if axis == 1:
+                nnz[:, dest] = op.nnz
+            else:
+                nnz[dest, :] = op.nnz
+    return _Operand(moved, nnz, op.sparse)
+
+
 def _run_ring(a_op: _Operand, b_op: _Operand, prob: GemmProblem, algorithm: str
               ) -> MeshTensor:
     """Cannon (cyclic shifts) or MeshGEMM (interleaved ring), one synchronous step at a
-    time: the next blocks travel while the current ones are multiplied."""
+    time; step s starts when every PE has finished step s-1's product and holds step s's
+    blocks.
+
+    Cannon (double buffered): at the start of each step both blocks go on, together.
+    MeshGEMM forwards each block as soon as it has arrived (`FORWARDING`): step 0's
+    blocks leave at its start; after that a PE sends a block on once it has arrived and the
+    receiver's third buffer is free (the receiver has begun the step before, so the block
+    two steps back is done), so A's and B's shifts each follow their own arrivals instead
+    of leaving together at the step boundary and queueing behind one another on the ramps.
+    """
     p = prob.p
     c: MeshTensor | None = None
     dest = ring_dest(p)
+    forward = algorithm in FORWARDING
     begin = 0.0          # when the current step starts on every PE
     # steps may be skipped only when they carry no values and every PE's work is the same
     # every step (no nonzero counts, no zero skipping)
@@ -504,35 +548,36 @@ def _run_ring(a_op: _Operand, b_op: _Operand, prob: GemmProblem, algorithm: str
     if a_op.owner.tiles is None and b_op.owner.tiles is None and prob.skip is None \
             and a_op.nnz is None and b_op.nnz is None:
         periodic = _Periodic(a_op.owner.fabric, a_op.owner.rect)
+    shape = a_op.owner.rect.shape
+    # the blocks of the steps after the current one, in flight or arrived
+    ahead: list[tuple[_Operand, _Operand]] = []
+    last = p - 2 if forward else p - 1    # the steps before it may repeat exactly
     step = -1
     while step + 1 < p:
         step += 1
-        if periodic is not None and c is not None and step < p - 1:
-            skipped, begin = periodic.observe(begin, [a_op.owner, b_op.owner, c], p - 1 - step)
+        if periodic is not None and c is not None and step < last:
+            live = [a_op.owner, b_op.owner, c] + [o.owner for pair in ahead for o in pair]
+            skipped, begin = periodic.observe(begin, live, last - step)
             step += skipped
-        nxt: list[_Operand] = []
-        if step + 1 < p:
-            for op, axis in ((a_op, 1), (b_op, 0)):
-                sender = op.sender(np.full(op.owner.rect.shape, begin))
-                if algorithm == "cannon":
-                    moved = mv.shift(sender, "west" if axis == 1 else "north", 1, cyclic=True)
-                    nnz = None if op.nnz is None else np.roll(op.nnz, -1, axis=axis)
-                else:
-                    moved = line_permute(sender, "row" if axis == 1 else "col", dest)
-                    nnz = None
-                    if op.nnz is not None:
-                        nnz = np.empty_like(op.nnz)
-                        if axis == 1:
-                            nnz[:, dest] = op.nnz
-                        else:
-                            nnz[dest, :] = op.nnz
-                nxt.append(_Operand(moved, nnz, op.sparse))
+        if not ahead and step + 1 < p:
+            # the next step's blocks leave now (forwarding: only step 0's)
+            at = np.full(shape, begin)
+            ahead.append((_shifted(a_op, at, 1, algorithm, dest),
+                          _shifted(b_op, at, 0, algorithm, dest)))
+        if forward and step + 2 < p:
+            # step s+2's blocks leave as step s+1's arrive, once the receivers hold a free
+            # buffer (they have begun step s: `begin`)
+            na, nb = ahead[-1]
+            ahead.append((_shifted(na, np.maximum(na.owner.ready, begin), 1, algorithm, dest),
+                          _shifted(nb, np.maximum(nb.owner.ready, begin), 0, algorithm, dest)))
         c = _multiply(a_op.view_at(begin), b_op.view_at(begin), c, prob)
-        begin = max([float(c.ready.max())] + [float(o.owner.ready.max()) for o in nxt])
-        if nxt:
+        if ahead:
+            na, nb = ahead.pop(0)
+            begin = max(float(c.ready.max()), float(na.owner.ready.max()),
+                        float(nb.owner.ready.max()))
             a_op.owner.free()
             b_op.owner.free()
-            a_op, b_op = nxt
+            a_op, b_op = na, nb
     assert c is not None
     return c
 
@@ -622,10 +667,72 @@ def step_latency(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
     return read_cycles(spec) + wa + transfer_cycles(spec, wb, hops)
 
 
+def forwarded_cycles(spec: WaferSpec, p: int, wa: float, wb: float, comp: float,
+                     hops: int) -> float:
+    """The p steps of a ring that forwards blocks on arrival (`FORWARDING`), on a PE whose
+    routes all take ``hops``: `_run_ring`'s schedule with `movement.send` / `deliver`'s
+    port arithmetic, which every PE of a uniform ring repeats.
+
+    Each send waits for its block, the receiver's free buffer (the step before has begun)
+    and the ramp out, reads its first element, then holds the ramp ``w`` cycles; its first
+    wavelet reaches the receiver's router T_R + hops later and climbs its ramp in, which
+    takes one wavelet per cycle, then T_R. A step starts when the product before it is done
+    and its blocks have arrived. Once the increments repeat, the remaining steps are the
+    same shifted in time and are added at once.
+    """
+    t_r = spec.ramp_cycles
+    ramp_out = ramp_in = 0.0
+
+    def move(ready: float, w: float) -> float:
+        nonlocal ramp_out, ramp_in
+        start = max(ready, ramp_out) + 1.0
+        ramp_out = start + w
+        head = start + t_r + hops * spec.hop_cycles
+        begin_in = max(head, ramp_in)
+        ramp_in = begin_in + w
+        return max(ramp_in, head + w) + t_r
+
+    begin = 0.0
+    ahead = [(move(0.0, wa), move(0.0, wb))]
+    last: tuple[float, ...] | None = None
+    delta: tuple[float, ...] | None = None
+    step = 0
+    while step < p:
+        if step + 2 < p:
+            na, nb = ahead[-1]
+            ahead.append((move(max(na, begin), wa), move(max(nb, begin), wb)))
+        done = begin + comp
+        if not ahead:
+            return done
+        na, nb = ahead.pop(0)
+        begin = max(done, na, nb)
+        step += 1
+        state = (begin, ramp_out, ramp_in, *ahead[-1]) if ahead else None
+        if state is not None and last is not None and step + 3 < p:
+            d = tuple(x - y for x, y in zip(state, last, strict=True))
+            if d == delta:
+                # steady: every later step repeats this one shifted by d[0]; run the
+                # last ones (their sends stop) explicitly
+                skip = p - 3 - step
+                begin += skip * d[0]
+                ramp_out += skip * d[1]
+                ramp_in += skip * d[2]
+                ahead = [(x + skip * d[0], y + skip * d[0]) for x, y in ahead]
+                step += skip
+                last = delta = None
+                continue
+            delta = d
+        last = state
+    return begin
+
+
 def step_cycles(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
                 comp: float) -> float:
     """The p-step total: SUMMA first floods step 0's blocks; then each step costs
-    max(compute, next delivery) and the last one its compute."""
+    max(compute, next delivery) and the last one its compute. A forwarding ring
+    (`forwarded_cycles`) overlaps deliveries across steps instead."""
+    if algorithm in FORWARDING and p > 1:
+        return forwarded_cycles(spec, p, wa, wb, comp, route_hops(algorithm, p))
     if algorithm == "summa":
         total = step_latency(spec, algorithm, p, wa, wb, 0)
         total += sum(max(comp, step_latency(spec, algorithm, p, wa, wb, s))
@@ -643,10 +750,11 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
     Built from `timing` terms: the tile product is `vector_cycles` of its FMACs (nonzero
     weights x rows for ``skip='b'``, and so on), a step's delivery is a `transfer_cycles`
     over the worst hop count (Cannon: the p - 1 hop wrap; MeshGEMM: 2) or a
-    `multicast_cycles` across the line (SUMMA), and the p steps follow the double-buffered
-    step structure that `run` executes (see `step_cycles`). Uniform densities give every
-    PE the same work, so the load imbalance a real mask causes is not in here: run a
-    timing-only fabric with per-block nonzeros for that.
+    `multicast_cycles` across the line (SUMMA), and the p steps follow the step structure
+    that `run` executes (`step_cycles`: double buffered, or MeshGEMM's forwarding, taken
+    at two hops for every route; the ring's two one-hop links can save the run a cycle).
+    Uniform densities give every PE the same work, so the load imbalance a real mask causes
+    is not in here: run a timing-only fabric with per-block nonzeros for that.
     """
     spec = get_spec(spec)
     prob = check_problem(m, k, n, grid, spec, dtype, accumulate, skip, algorithm)
@@ -706,7 +814,9 @@ class Epilogue:
 class GemmParams(StageParams):
     """[m, k] x [k, n] (``batch`` of them for a bmm), and once sized: q x q ``grid``s,
     ``tiling`` = group rows x group cols, an mm's M rows split in ``msplit`` chunks of
-    ``mrows`` (weights replicated per group). ``skip``: zero activations are skipped (the
+    ``mrows`` (weights replicated per group), or its K dimension in ``ksplit`` chunks whose
+    partial products are summed across the groups (`ksplit_cycles`). ``skip``: zero
+    activations are skipped (the
     operand comes from a ReLU); ``b_density``: the nonzero fraction of the weight, counted
     from its values when the graph holds them (1 when dense or unknown); ``skip_weights``:
     sizing found sending only the nonzero weights faster than sending them dense."""
@@ -726,6 +836,7 @@ class GemmParams(StageParams):
     tiling: tuple[int, int] = (1, 1)
     msplit: int = 1
     mrows: int | None = None
+    ksplit: int = 1
 
     def __post_init__(self) -> None:
         if self.op not in ("mm", "addmm", "bmm") or min(self.batch, self.m, self.k,
@@ -950,7 +1061,26 @@ def extra_cycles(spec: WaferSpec, p: GemmParams, dtype: str, q: int, mg: int, ro
     if p.bias:
         tile = -(-mg // q) * -(-p.n // q)
         extra += rounds * float(op_cycles(spec, tile, "fp32", "add", reads=2))
-    return extra
+    return extra + ksplit_cycles(spec, p, q)
+
+
+def ksplit_cycles(spec: WaferSpec, p: GemmParams, q: int) -> float:
+    """Summing a K-split GEMM's partial products (0 without a K split).
+
+    Each of the ``gr x gc`` groups holds a partial [m, n] product, an mb x nb fp32 tile per
+    PE (a group given several K chunks in rounds accumulated them in place). The tiles are
+    summed down each column of groups, then along the row of groups, as pipelined chains:
+    a PE adds the tile arriving from the group before to its own and passes the sum on one
+    word per cycle, so a chain of L groups q PEs apart costs the tile's words (the stream,
+    with one fp32 add per word) plus (L - 1) times the distance q and the ramps on and
+    off."""
+    if p.ksplit <= 1:
+        return 0.0
+    gr, gc = p.tiling
+    words = -(-p.m // q) * -(-p.n // q)
+    add = float(op_cycles(spec, words, "fp32", "add", reads=2))
+    hop = q * spec.hop_cycles + 2 * spec.ramp_cycles
+    return sum(add + (length - 1) * hop for length in (gr, gc) if length > 1)
 
 
 def prologue_cycles(spec: WaferSpec, p: GemmParams, dtype: str, q: int, mg: int,
@@ -1034,8 +1164,20 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
     split = a.dim() == 2 and prm.msplit > 1
     mg = int(prm.mrows or a3.shape[1]) if split else int(a3.shape[1])
     n_entries = -(-int(a3.shape[1]) // mg) if split else int(a3.shape[0])
+    # or its K dimension in chunks: entry i = A's column chunk i against B's row chunk i
+    kc = -(-int(a3.shape[2]) // prm.ksplit)
+    if prm.ksplit > 1:
+        n_entries = prm.ksplit
 
     def entry(i: int) -> tuple[Any, Any]:
+        if prm.ksplit > 1:
+            cols, rows = a3[0][:, i * kc:(i + 1) * kc], b3[0][i * kc:(i + 1) * kc]
+            if cols.shape[1] < p:
+                # a last chunk narrower than the grid: zero columns and rows up to p
+                pad = p - cols.shape[1]
+                cols = torch.cat([cols, cols.new_zeros(cols.shape[0], pad)], dim=1)
+                rows = torch.cat([rows, rows.new_zeros(pad, rows.shape[1])])
+            return cols, rows
         if split:
             rows = a3[0, i * mg:(i + 1) * mg]
             if rows.shape[0] < p:
@@ -1098,6 +1240,10 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         return None, measured
     if split:
         out = np.concatenate(outs, axis=0)[:a3.shape[1]]
+    elif prm.ksplit > 1:
+        out = outs[0].astype(np.float32)
+        for part in outs[1:]:   # the chains' order: partial sums in fp32
+            out = out + part.astype(np.float32)
     else:
         out = np.stack(outs) if a.dim() == 3 else outs[0]
     if alpha != 1.0:
@@ -1160,6 +1306,8 @@ class Gemm(KernelFamily):
             sparse = layout(p.skips(True), p.b_density)
             if sparse is not None and (best is None or sparse[:2] < best[:2]):
                 best, skip_weights = sparse, True
+        if best is None and split:
+            return self._ksplit(spec, p, dt, area, side_cap, bounds, where)
         if best is None:
             raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
                               f"{where} rectangle fits the {spec.sram_bytes} B SRAM")
@@ -1181,6 +1329,48 @@ class Gemm(KernelFamily):
         return sized, Sizing((gr * q, gc * q),
                              total + extra_cycles(spec, sized, dt, q, mg, rounds), sram,
                              algorithm)
+
+    @staticmethod
+    def _ksplit(spec: WaferSpec, p: GemmParams, dt: str, area: float, side_cap: int,
+                bounds: tuple[int, int] | None, where: str) -> tuple[GemmParams, Sizing]:
+        """A GEMM too few rows deep for any grid to hold its [k, n] operand (a weight
+        gradient: [out, tokens] x [tokens, in], with tokens in the thousands): K cut into
+        chunks run on side-by-side groups like a bmm's entries, the partial products
+        summed across the groups (`ksplit_cycles`). The fastest chunk count wins; chunk
+        counts go up by about a quarter at a time (the cost is smooth in it)."""
+        m, k, n = p.m, p.k, p.n
+        extras = p.extras()
+        best: tuple[float, int, tuple[float, int, int, int, int, int, int, int]] | None = None
+        chunks = 2
+        while chunks <= k:
+            kc = -(-k // chunks)
+            chunks = -(-k // kc)
+            if bounds is not None:
+                got = _gemm_layout(spec, chunks, m, kc, n, bounds[0], bounds[1], 0.0, side_cap,
+                                   True, False, dt, None, 1.0, extras, 1.0)
+            else:
+                side = max(1, min(side_cap, int(math.sqrt(max(area, 1)))))
+                got = _gemm_layout(spec, chunks, m, kc, n, side, side, area, side_cap, False,
+                                   False, dt, None, 1.0, extras, 1.0)
+            if got is not None:
+                trial = dataclasses.replace(p, grid=got[2], tiling=(got[3], got[4]),
+                                            ksplit=chunks)
+                total = got[0] + ksplit_cycles(spec, trial, got[2])
+                if best is None or total < best[0]:
+                    best = (total, chunks, got)
+            chunks = max(chunks + 1, chunks * 5 // 4)
+        if best is None:
+            raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
+                              f"{where} rectangle fits the {spec.sram_bytes} B SRAM, "
+                              f"with its K split over the groups either")
+        _, chunks, (cyc, _, q, gr, gc, _, _, sram) = best
+        rounds = -(-chunks // (gr * gc))
+        sized = dataclasses.replace(p, grid=q, tiling=(gr, gc), ksplit=chunks)
+        algorithm = (f"meshgemm, K split in {chunks} chunks of {-(-k // chunks)} over "
+                     f"{gr}x{gc} groups of {q}x{q} ({rounds} per group), partial products "
+                     f"summed across the groups")
+        return sized, Sizing((gr * q, gc * q), cyc + extra_cycles(spec, sized, dt, q, m, rounds),
+                             sram, algorithm)
 
     def hosts(self, st: Stage, role: str) -> bool:
         return st.params.splits_rows if role in ("epilogue", "prologue") else False  # type: ignore[attr-defined]

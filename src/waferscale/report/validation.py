@@ -23,6 +23,7 @@ import numpy as np
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.kernels import gemm, gemv
 from waferscale.kernels.choose import choose_gemv
+from waferscale.kernels.overhead import gemm_step_budget
 
 #: WaferLLM (He et al., OSDI'25) Table 6: GEMV on a WSE-2, microseconds.
 WAFERLLM_GEMV_US = {16384: 1.2, 32768: 2.03}
@@ -30,6 +31,10 @@ WAFERLLM_GEMV_US = {16384: 1.2, 32768: 2.03}
 #: and Cannon below 50% there; their 2K GEMM latency rises from 360^2 to 720^2 cores.
 WAFERLLM_GEMM = {"meshgemm_min": 0.70, "baseline_max": 0.50, "small": 360, "large": 720}
 WAFERLLM_CLOCK_HZ = 1.1e9
+#: hardware.md's validation case 4 (Tom's Hardware, Andromeda): 16 CS-2 systems give
+#: 120 PFLOP/s of dense FP16 at peak.
+ANDROMEDA = {"systems": 16, "pflops": 120.0}
+ANDROMEDA_BAND = 0.05
 GEMV_BAND = 0.30
 STENCIL_BAND = 0.15
 #: The issue's goal for `validate --json`: median and max |error| over all cases.
@@ -137,11 +142,22 @@ def gemm_cases(quick: bool = False) -> list[dict[str, Any]]:
         mb = gemm.blocks(size, p)
         others = ", ".join(f"{d}/{acc} {alt[(d, acc, a)].efficiency:.2f}"
                            for d, acc in ALTERNATIVES)
-        return (f"{p}x{p} PEs, {mb}x{mb}x{mb} tiles, {DTYPE} accumulated in {ACCUMULATE} "
+        text = (f"{p}x{p} PEs, {mb}x{mb}x{mb} tiles, {DTYPE} accumulated in {ACCUMULATE} "
                 f"(16-bit blocks move two per wavelet); per step compute "
-                f"{c.compute_cycles:.0f} vs delivery {c.latency_cycles:.0f} cycles; "
-                f"{c.cycles:.0f} cycles = {c.seconds * 1e6:.1f} us at 1.1 GHz; "
+                f"{c.compute_cycles:.0f} vs one step's delivery {c.latency_cycles:.0f} "
+                f"cycles; {c.cycles:.0f} cycles = {c.seconds * 1e6:.1f} us at 1.1 GHz; "
                 f"efficiency with {others}; cost()")
+        if a in gemm.FORWARDING:
+            # what double buffering would give: both blocks leave at each step boundary
+            double = (p - 1) * max(c.compute_cycles, c.latency_cycles) + c.compute_cycles
+            ideal = gemm.ideal_cycles(spec, size, size, size, p, DTYPE, ACCUMULATE)
+            bound = WAFERLLM_GEMM["meshgemm_min"]
+            budget = gemm_step_budget(c.compute_cycles, ideal / (p * c.compute_cycles), bound)
+            text += (f"; blocks forwarded as they arrive (3 buffers per operand): double "
+                     f"buffered it would be {ideal / double:.2f}; the {bound:.0%} bound "
+                     f"leaves {budget:.1f} cycles per step beside the product for tasks and "
+                     f"DSD set-ups")
+        return text
 
     out = [_bound_case(f"GEMM 2K MeshGEMM efficiency at {large}x{large} (WaferLLM 7.2)",
                        costs[("meshgemm", large)].efficiency, WAFERLLM_GEMM["meshgemm_min"],
@@ -173,9 +189,24 @@ def stencil_cases() -> list[dict[str, Any]]:
     return [out]
 
 
+def andromeda_cases() -> list[dict[str, Any]]:
+    """Andromeda's dense FP16 peak from the WSE-2 spec: FMAC width x 2 FLOP x cores x the
+    1.1 GHz design clock x 16 systems. No kernel runs: it checks that the spec's fp16
+    width, core count and clock are consistent with the vendor's system figure."""
+    spec = get_spec("wse2")
+    pflops = ANDROMEDA["systems"] * spec.peak_flops("fp16", pes=spec.cores) \
+        * spec.max_clock_hz / spec.clock_hz / 1e15
+    note = (f"{ANDROMEDA['systems']} x 2 x {spec.simd.width('fp16', 'fmac')} fp16 FMAC x "
+            f"{spec.cores:,} cores x {spec.max_clock_hz / 1e9:.1f} GHz; spec arithmetic, "
+            f"no kernel")
+    return [_value_case(f"Andromeda {ANDROMEDA['systems']} x CS-2 dense FP16 peak",
+                        pflops, ANDROMEDA["pflops"], "PFLOP/s", ANDROMEDA_BAND, note)]
+
+
 def validation_cases(quick: bool = False) -> list[dict[str, Any]]:
-    """All published cases: stencil (SC22), GEMV (WaferLLM Table 6), GEMM (WaferLLM 7.2)."""
-    return stencil_cases() + gemv_cases(quick) + gemm_cases(quick)
+    """All published cases: stencil (SC22), GEMV (WaferLLM Table 6), GEMM (WaferLLM 7.2),
+    Andromeda's peak."""
+    return stencil_cases() + gemv_cases(quick) + gemm_cases(quick) + andromeda_cases()
 
 
 def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,5 +224,5 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
             and errors[-1] <= GOAL["max_abs_error"]}
 
 
-__all__ = ["GOAL", "gemm_cases", "gemv_cases", "stencil_cases", "summary",
+__all__ = ["GOAL", "andromeda_cases", "gemm_cases", "gemv_cases", "stencil_cases", "summary",
            "validation_cases", "waferllm_spec"]
