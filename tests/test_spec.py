@@ -60,3 +60,17 @@ def test_malformed_toml(tmp_path):
     path.write_text('base = "wse7"\n')
     with pytest.raises(SpecError, match="base 'wse7'"):
         spec_from_toml(path)
+
+
+def test_wse1_preset_against_its_published_totals():
+    # docs/hardware.md, WSE-1: 400k cores, 18 GB SRAM, 9 PB/s memory, 100 Pb/s fabric
+    wse1, wse2 = get_spec("wse1"), get_spec("wse2")
+    assert wse1.cores == 400_000
+    assert wse1.pes == pytest.approx(wse1.cores, rel=0.005)       # 633 x 633, no host I/O
+    assert wse1.sram_bytes * wse1.cores / 2**30 == pytest.approx(18, rel=0.02)
+    # memory and fabric bandwidth per core are WSE-2's (20 PB/s and 220 Pb/s over 850k):
+    # the same ports and links, which is why its SIMD and port fields are taken from WSE-2
+    assert 9e15 / 400_000 == pytest.approx(20e15 / 850_000, rel=0.05)
+    assert 100e15 / 400_000 == pytest.approx(220e15 / 850_000, rel=0.05)
+    assert (wse1.mem_reads_per_cycle, wse1.mem_word_bits, wse1.wavelet_bits) == \
+        (wse2.mem_reads_per_cycle, wse2.mem_word_bits, wse2.wavelet_bits)

@@ -305,15 +305,20 @@ def get_spec(spec: str | Path | WaferSpec | None = None) -> WaferSpec:
 
 # The built-in specs. Every number is sourced in docs/hardware.md (section per preset).
 WSE1 = WaferSpec(
+    # Every value: docs/hardware.md, section "WSE-1". [S] read in a source, [E] derived
+    # there, [A] assumed (no public figure).
     name="wse1",
-    rows=633, cols=633, fabric_rows=633, fabric_cols=633,  # [E] sqrt(400k cores)
-    spare_fraction=0.015, core_area_mm2=46225.0 / 400_000 * 0.9, wafer_area_mm2=46225.0,
-    cores=400_000,
-    sram_bytes=48 * 1024, sram_banks=8,
-    clock_hz=0.85e9, max_clock_hz=1.1e9,
-    simd=SimdWidths(),  # [E] assumed equal to WSE-2: no public per-op table for WSE-1
-    io_bits_per_s=1.2e12, power_w=20_000.0,
-    energy_pj_per_flop=1.0, energy_pj_per_sram_access=2.0, energy_pj_per_hop=0.8,
+    rows=633, cols=633, fabric_rows=633, fabric_cols=633,  # [E] square, sqrt(400k cores)
+    spare_fraction=0.015,                  # [S] HC31 (the WSE-1 talk): 1-1.5 % spare cores
+    core_area_mm2=46225.0 / 400_000 * 0.9,  # [E] wafer / cores, 90 % of it in cores [A]
+    wafer_area_mm2=46225.0,                # [S] 215 x 215 mm
+    cores=400_000,                         # [S] HC31
+    sram_bytes=48 * 1024, sram_banks=8,    # [E] 18 GB [S] / 400k = 48 KiB (18.3 GiB); banks [A]
+    clock_hz=0.85e9, max_clock_hz=1.1e9,   # [A] as WSE-2; 9 PB/s [S] at 24 B/cycle is 0.94 GHz
+    simd=SimdWidths(),                     # [A] as WSE-2: no public per-op table for WSE-1
+    io_bits_per_s=1.2e12,                  # [S] 12 x 100 GbE
+    power_w=20_000.0,                      # [S] about 20 kW
+    energy_pj_per_flop=1.0, energy_pj_per_sram_access=2.0, energy_pj_per_hop=0.8,  # [E] 16 nm
 )
 
 WSE2 = WaferSpec(
