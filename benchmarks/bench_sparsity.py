@@ -119,12 +119,12 @@ def tokens_gemm(spec, dtype: str) -> dict[str, gemm.GemmCost]:
         base = base or total
         print(f"  {s:>8.0%} {total:>9.0f} {base / total:>8.2f} {1 / (1 - s):>6.1f}   "
               + "   ".join(f"{p:>24}" for p in parts) + f" {base / rechosen:>8.2f}x")
-    print("  Each step costs max(FMACs C, delivery L). Weights travel as (value, index) "
-          "nonzeros,\n  but the activation blocks stay dense and every delivery pays ramp "
-          "and hop latency, so\n  L has a floor: once a layer is delivery-bound its step "
-          "stops following its FMACs and\n  the speedup leaves 1/(1-s). On the full wafer "
-          "the 'down' layer ([2048,8192]x[8192,2048],\n  3x12 activation blocks) is "
-          "delivery-bound even dense; 'up' turns at 50%.")
+    print("  C: a step's FMACs; L: its delivery if both blocks left together. MeshGEMM "
+          "forwards each\n  block as it arrives, so a step costs about max(C, one block's "
+          "hop, both blocks through\n  one ramp), below L. Weights travel as (value, "
+          "index) nonzeros, but the activation blocks\n  stay dense and every hop pays "
+          "ramp and hop latency: once C falls under that floor the\n  step stops "
+          "following its FMACs and the speedup leaves 1/(1-s) (here past 75 %).")
     return dense_costs
 
 
