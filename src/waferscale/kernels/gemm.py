@@ -1337,13 +1337,12 @@ class Gemm(KernelFamily):
         gradient: [out, tokens] x [tokens, in], with tokens in the thousands): K cut into
         chunks run on side-by-side groups like a bmm's entries, the partial products
         summed across the groups (`ksplit_cycles`). The fastest chunk count wins; chunk
-        counts go up by about a quarter at a time (the cost is smooth in it)."""
+        sizes go down by about a fifth at a time (the cost is smooth in them)."""
         m, k, n = p.m, p.k, p.n
         extras = p.extras()
         best: tuple[float, int, tuple[float, int, int, int, int, int, int, int]] | None = None
-        chunks = 2
-        while chunks <= k:
-            kc = -(-k // chunks)
+        kc = -(-k // 2)
+        while kc >= 1:
             chunks = -(-k // kc)
             if bounds is not None:
                 got = _gemm_layout(spec, chunks, m, kc, n, bounds[0], bounds[1], 0.0, side_cap,
@@ -1358,7 +1357,7 @@ class Gemm(KernelFamily):
                 total = got[0] + ksplit_cycles(spec, trial, got[2])
                 if best is None or total < best[0]:
                     best = (total, chunks, got)
-            chunks = max(chunks + 1, chunks * 5 // 4)
+            kc = min(kc - 1, kc * 4 // 5)
         if best is None:
             raise KernelError(f"gemm [{m},{k}]x[{k},{n}] {dt}: no square grid within the "
                               f"{where} rectangle fits the {spec.sram_bytes} B SRAM, "
