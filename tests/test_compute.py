@@ -120,3 +120,38 @@ def test_count_nonzero_last_is_numpys(k):
     want = np.count_nonzero(x, axis=-1).astype(float)
     np.testing.assert_array_equal(count_nonzero_last(x), want)
     np.testing.assert_array_equal(count_nonzero_last(x.astype(np.float16)), want)
+
+
+def test_sram_pending_uniform_charges_are_exact():
+    """Uniform charges kept as a pending total give the usage, high-water mark and overflow
+    errors of adding every charge at once, over overlapping and repeated rectangles."""
+    from waferscale.fabric.sram import SramAllocator
+
+    rng = np.random.default_rng(5)
+    sram = SramAllocator(6, 7, capacity=400)
+    used = np.zeros((6, 7), dtype=np.int64)
+    high, live = 0, {}
+    rects = [(0, 0, 6, 7), (1, 2, 3, 4), (0, 0, 6, 7), (2, 0, 4, 7)]
+    for i in range(300):
+        if live and rng.random() < 0.45:
+            name = list(live)[int(rng.integers(len(live)))]
+            r, c, h, w, b = live.pop(name)
+            sram.free(name)
+            used[r:r + h, c:c + w] -= b
+        else:
+            r, c, h, w = rects[int(rng.integers(len(rects)))]
+            b = int(rng.integers(1, 60)) if rng.random() < 0.8 \
+                else rng.integers(1, 60, (h, w)).astype(np.int64)
+            after = used.copy()
+            after[r:r + h, c:c + w] += b
+            if after.max() > 400:
+                with pytest.raises(SramOverflowError):
+                    sram.alloc(f"t{i}", r, c, b, (h, w))
+                continue
+            sram.alloc(f"t{i}", r, c, b, (h, w))
+            used, high = after, max(high, int(after[r:r + h, c:c + w].max()))
+            live[f"t{i}"] = (r, c, h, w, b)
+        assert sram.peak() == high
+        if i % 7 == 0:
+            np.testing.assert_array_equal(sram.used, used)
+    np.testing.assert_array_equal(sram.used, used)

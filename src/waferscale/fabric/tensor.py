@@ -127,7 +127,13 @@ class MeshTensor:
         self._info = _INFO_CACHE.get(self._layout_key())
         self.allocated = False
         if allocate:
-            fabric.sram.alloc(self.name, rect.row, rect.col, self.bytes_per_pe())
+            # every PE holds the padded tile: one size, which the allocator keeps as a
+            # scalar (no wafer-sized pass per tensor); kernels' tensors that hold other
+            # bytes say so by overriding `bytes_per_pe`
+            nbytes: np.ndarray | int = self.bytes_per_pe() \
+                if type(self).bytes_per_pe is not MeshTensor.bytes_per_pe \
+                else int(np.prod(self.tile_shape)) * BYTES[self.dtype]
+            fabric.sram.alloc(self.name, rect.row, rect.col, nbytes, rect.shape)
             self.allocated = True
 
     # -- construction --------------------------------------------------------------------
