@@ -370,3 +370,45 @@ def test_float_result_of_a_complex_operand_is_not_pointwise() -> None:
     cm = waferscale.compile(_ComplexAbs(), (x,))
     assert "aten.abs.default" in [f["op"] for f in cm.report()["fallback_ops"]]
     _same(cm, _ComplexAbs(), x)
+
+
+# ------------------------------------------------------------------ folded causal masks ----
+class _MaskedSdpa(torch.nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        s = q.shape[-2]
+        keep = torch.ones(s, s, dtype=torch.bool).tril()
+        if self.how == "band":              # not causal: the host's
+            keep = keep & torch.ones(s, s, dtype=torch.bool).triu(-1)
+        mask = keep if self.how != "float" else \
+            torch.zeros(s, s).masked_fill(~keep, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None])
+
+
+@pytest.mark.parametrize("how", ["bool", "float"])
+def test_folded_causal_mask_is_not_kept(how: str) -> None:
+    """Was: a folded causal mask stayed a constant of the program for its whole life
+    (GenSLM-25M at 10,240 tokens: a [1, 1, seq, seq] fp32 table, 0.42 GB per sample)
+    though the kernel masks by position. The SDPA becomes ``is_causal=True`` and the
+    mask leaves the graph."""
+    q, k, v = (torch.randn(2, 3, 7, 4) for _ in range(3))
+    m = _MaskedSdpa(how)
+    cm = waferscale.compile(m, (q, k, v))
+    g = cm.program.graph
+    assert [s.kind for s in cm.program.stages] == ["attention"]
+    assert not any(list(t.shape[-2:]) == [7, 7] for t in g.constants.values()
+                   if isinstance(t, torch.Tensor))
+    node = next(n for n in g.calls() if n.short == "scaled_dot_product_attention")
+    assert node.kwargs == {"is_causal": True} and len(node.args) == 3
+    _same(cm, m, q, k, v)
+
+
+def test_non_causal_folded_mask_is_kept_for_the_host() -> None:
+    q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
+    m = _MaskedSdpa("band")
+    cm = waferscale.compile(m, (q, k, v))
+    assert "non-causal" in cm.report()["fallback_ops"][0]["reason"]
+    _same(cm, m, q, k, v)
