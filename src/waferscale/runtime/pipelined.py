@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree
 from waferscale.compiler.program import Program
 from waferscale.fabric.defective import link_extra_at
 from waferscale.hardware.defects import Remap
-from waferscale.ir import Ref
+from waferscale.ir import Graph, Ref
 from waferscale.kernels.family import ExecContext, StageRun, is_layout
 from waferscale.kernels.registry import HOST, family
 
@@ -67,6 +67,24 @@ def stage_link_extra(program: Program, remap: Remap) -> dict[str, np.ndarray]:
     return out
 
 
+def _last_uses(g: Graph, stages: dict[str, Any]) -> dict[int, list[str]]:
+    """Node position -> the values no node after it reads (never an output). A node in a
+    stage counts as reading at the stage's last node, where fused chains run. Freeing
+    them as the run goes keeps one layer's activations alive, not the whole model's:
+    GenSLM-25M at 10,240 tokens held every intermediate of its 8 layers (about 10 GB)."""
+    pos = {name: i for i, name in enumerate(g.nodes)}
+    end: dict[str, int] = {}
+    for name, node in g.nodes.items():
+        st = stages.get(node.meta.get("stage", ""))
+        end[name] = max([pos[name]] + [pos[n] for n in st.nodes if n in pos]) \
+            if st is not None else pos[name]
+    drop: dict[int, list[str]] = {}
+    for name, users in g.users().items():
+        if users and "<output>" not in users and g.nodes[name].op != "const":
+            drop.setdefault(max(end[u] for u in users), []).append(name)
+    return drop
+
+
 def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
             *, timing_only: bool = False, remap: Remap | None = None
             ) -> tuple[list[Any], dict[str, StageRun]]:
@@ -85,7 +103,10 @@ def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | No
                       stage_link_extra(program, remap) if remap is not None else None)
     runs: dict[str, StageRun] = {}
     stages = {s.name: s for s in program.stages}
-    for node in g.nodes.values():
+    drop = _last_uses(g, stages)
+    for i, node in enumerate(g.nodes.values()):
+        for name in drop.get(i - 1, ()):   # read by nothing from here on: free it
+            env.pop(name, None)
         if node.op != "call" or node.name in env:
             continue
         if is_layout(node):
