@@ -6,11 +6,22 @@ here and go through the same lowering as ``waferscale.compile``. Graph breaks (e
 data-dependent control flow) are handled by dynamo: the pieces it can capture run on the
 wafer, the rest in eager PyTorch. Each compiled piece is recorded in ``COMPILED`` so its
 report can be read.
+
+Nothing the backend meets crashes the user's program, and nothing runs elsewhere
+unsaid. A graph that ends at a dynamo graph break, one the backend cannot compile, or
+one whose run fails warns once (`GraphBreakWarning`, naming the op or error and the
+user's source line) and runs in eager PyTorch. `summary()` says, per graph, what ran on
+the wafer (the stages' kinds), what ran on the host and why (fallback ops with their
+source lines), the graph breaks, and the graphs that ran eagerly with the reason;
+`print_summary()` prints it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import warnings
+from collections import Counter
+from typing import Any, TextIO
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
@@ -18,9 +29,17 @@ from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from waferscale.compiler.capture import fold_constants, from_fx
 from waferscale.hardware.spec import get_spec
 from waferscale.ir import eliminate_dead
+from waferscale.kernels.registry import family
 
 #: Reports of the graphs compiled by the backend, most recent last.
 COMPILED: list[Any] = []
+#: One record per graph the backend was handed, most recent last (`summary`).
+_GRAPHS: list[dict[str, Any]] = []
+
+
+class GraphBreakWarning(UserWarning):
+    """Part of a ``torch.compile``-d program runs in eager PyTorch, not on the wafer: a
+    dynamo graph break, or a graph the backend could not compile or run."""
 #: The backend's settings: ``spec``, ``max_side`` and ``mode`` (``api.MODES``). Per call,
 #: ``torch.compile(model, backend="waferscale", options={...})`` overrides them.
 _OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto", "systems": 1}
@@ -126,11 +145,90 @@ def _no_values(x: Any) -> bool:
                                             or isinstance(x, FakeTensor))
 
 
+
+
+def _graph_break() -> dict[str, str] | None:
+    """The dynamo graph break the graph being compiled ends at, if any: its reason (the
+    op or construct dynamo could not trace) and the user's source line. Read from the
+    translator dynamo is running; None outside dynamo or at a plain return."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+        tx = InstructionTranslator.current_tx()
+        why = tx.output.compile_subgraph_reason
+    except Exception:  # not under dynamo (a direct call), or another torch's internals
+        return None
+    if why is None or not getattr(why, "graph_break", False):
+        return None
+    lines = [ln.strip() for ln in str(why.reason).splitlines() if ln.strip()]
+    explain = next((ln.split(":", 1)[1].strip() for ln in lines
+                    if ln.startswith("Explanation:")), "")
+    stack = list(getattr(why, "user_stack", None) or [])
+    top = stack[-1] if stack else None
+    return {"reason": lines[0] if lines else "graph break", "detail": explain.rstrip("."),
+            "site": f"{top.filename}:{top.lineno}" if top else "",
+            "code": (top.line or "").strip() if top else ""}
+
+
+def _source(gm: torch.fx.GraphModule) -> str:
+    """``file:line`` of the user's code behind the graph's first op (dynamo records each
+    node's stack), "" if none is recorded."""
+    for n in gm.graph.nodes:
+        trace = n.meta.get("stack_trace") if n.op == "call_function" else None
+        frames = [ln.strip() for ln in (trace or "").splitlines()
+                  if ln.strip().startswith('File "')]
+        if frames:
+            file, _, rest = frames[-1][len('File "'):].partition('", line ')
+            return f"{file}:{rest.split(',')[0]}"
+    return ""
+
+
+def _short_site(site: str) -> str:
+    """``file:line`` with the file's directory dropped, for messages."""
+    return site.rsplit("/", 1)[-1] if site else "an unknown line"
+
+
+#: What `_warn` has said (file, line, text): each warning once, as Python's default filter
+#: would if the warning were raised in the user's code.
+_WARNED: dict[Any, Any] = {}
+
+
+def _warn(message: str, site: str) -> None:
+    """A `GraphBreakWarning` attributed to the user's line ``site`` (``file:line``), not
+    to the backend or torch's internals."""
+    file, _, line = site.rpartition(":")
+    warnings.warn_explicit(message, GraphBreakWarning, file or "<torch.compile>",
+                           int(line) if line.isdigit() else 0, registry=_WARNED)
+
+
 def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, training: bool
               ) -> Any:
-    """The forward (or backward) compiler aot_autograd calls for one dynamo graph."""
+    """The forward (or backward) compiler aot_autograd calls for one dynamo graph: a
+    graph it cannot compile, or whose run fails, runs eagerly with a warning."""
 
     def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        record: dict[str, Any] = {"graph": len(_GRAPHS),
+                                  "kind": "backward" if backward else "forward",
+                                  "source": _source(gm), "ran_on": "eager",
+                                  "graph_break": None if backward else _graph_break()}
+        _GRAPHS.append(record)
+        brk = record["graph_break"]
+        if brk is not None:
+            _warn(f"waferscale: graph break at {_short_site(brk['site'])}"
+                  f"{' (' + brk['code'] + ')' if brk['code'] else ''}: {brk['reason']}"
+                  f"{': ' + brk['detail'] if brk['detail'] else ''}. That runs in eager "
+                  f"PyTorch; the graphs before and after it run on the wafer "
+                  f"(waferscale.backend.summary())", brk["site"])
+        try:
+            return _compile(gm, example_inputs, record)
+        except Exception as exc:  # any failure: eager, said; never the user's crash
+            record["eager_reason"] = f"compile failed: {type(exc).__name__}: {exc}"
+            _warn(f"waferscale: a {record['kind']} graph (from "
+                  f"{_short_site(record['source'])}) runs in eager PyTorch: "
+                  f"{type(exc).__name__}: {exc}", record["source"])
+            return gm.forward
+
+    def _compile(gm: torch.fx.GraphModule, example_inputs: list[Any],
+                 record: dict[str, Any]) -> Any:
         from waferscale.api import CompiledModel, lower_graph
 
         g = from_fx(gm)
@@ -148,16 +246,34 @@ def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, train
             _remember_causal_masks(g)
         compiled = CompiledModel(prog, tuple(example_inputs), systems=opts["systems"])
         COMPILED.append(compiled)
+        on_wafer = [s.kind for s in prog.stages if family(s.kind).on_wafer]
+        record.update(mode=prog.mode, wafer_stages=dict(Counter(on_wafer)),
+                      host_ops=[{k: f[k] for k in ("op", "count", "sources", "reason")
+                                 if k in f} for f in prog.fallback_ops()])
         meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta"
                    for x in example_inputs)
         if prog.mode not in ("pipelined", "weight_streaming") or meta:
+            record["eager_reason"] = (f"mode {prog.mode!r}: planned only, the report has the "
+                                      f"figures" if not meta else "meta inputs: shapes only")
             return gm.forward   # not run here: eager (or meta), the report has the plan
+        # a program of host ops only still runs (on the host, through the simulator)
+        record["ran_on"] = "wafer" if on_wafer else "host"
 
         def run(*args: Any) -> Any:
             if any(_no_values(a) for a in args):   # a shapes-only trace (estimates)
                 return gm.forward(*args)
-            outs = compiled(*args)
-            return outs if isinstance(outs, (list, tuple)) else (outs,)
+            if record["ran_on"] != "eager":
+                try:
+                    outs = compiled(*args)
+                    return outs if isinstance(outs, (list, tuple)) else (outs,)
+                except Exception as exc:  # the wafer run failed: eager from now on, said
+                    record["ran_on"] = "eager"
+                    record["eager_reason"] = f"run failed: {type(exc).__name__}: {exc}"
+                    _warn(f"waferscale: a {record['kind']} graph (from "
+                          f"{_short_site(record['source'])}) failed on the wafer and runs "
+                          f"in eager PyTorch from now on: {type(exc).__name__}: {exc}",
+                          record["source"])
+            return gm.forward(*args)
 
         run._boxed_call = False  # type: ignore[attr-defined]
         return run
@@ -202,6 +318,70 @@ def backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
         decompositions=decompositions(training))(gm, example_inputs)
 
 
+def summary() -> dict[str, Any]:
+    """What ``torch.compile(..., backend="waferscale")`` did since import (or `clear`):
+    per graph (``graphs``) whether it ran on the wafer or in eager PyTorch and why, its
+    wafer stages by kind, its host ops with their source lines and reasons, and the graph
+    break it ends at; then the totals and every graph break dynamo counted (some break
+    before any op and never reach the backend, so only dynamo's counter has them). Plain
+    JSON data."""
+    from torch._dynamo.utils import counters
+
+    graphs = [dict(r) for r in _GRAPHS]
+    breaks = [dict(r["graph_break"], graph=r["graph"]) for r in graphs if r["graph_break"]]
+    host: Counter[str] = Counter()
+    for r in graphs:
+        host.update({f["op"]: f.get("count", 1) for f in r.get("host_ops", [])})
+    return {
+        "graphs": graphs,
+        "on_wafer": sum(r["ran_on"] == "wafer" for r in graphs),
+        "host_only": sum(r["ran_on"] == "host" for r in graphs),
+        "eager": [{"graph": r["graph"], "kind": r["kind"], "source": r["source"],
+                   "reason": r.get("eager_reason", "")} for r in graphs
+                  if r["ran_on"] == "eager"],
+        "host_ops": dict(host.most_common()),
+        "graph_breaks": breaks,
+        "dynamo_graph_breaks": {str(k).splitlines()[0]: v
+                                for k, v in counters["graph_break"].items()},
+    }
+
+
+def print_summary(file: TextIO | None = None) -> None:
+    """`summary` as text: one line per graph, then the graph breaks and host ops."""
+    s = summary()
+    out = file or sys.stdout
+    print(f"waferscale backend: {len(s['graphs'])} graphs, {s['on_wafer']} ran on the wafer, "
+          f"{s['host_only']} had no wafer kernel (host ops only), {len(s['eager'])} ran in "
+          f"eager PyTorch", file=out)
+    for r in s["graphs"]:
+        stages = ", ".join(f"{k} x{v}" for k, v in r.get("wafer_stages", {}).items())
+        line = f"  graph {r['graph']} ({r['kind']}, {_short_site(r['source'])}): "
+        if r["ran_on"] == "wafer":
+            line += f"wafer [{stages}]"
+        elif r["ran_on"] == "host":
+            line += "host (no op of it has a wafer kernel)"
+        else:
+            line += f"eager: {r.get('eager_reason', '')}"
+        host = ", ".join(f"{f['op']} ({f.get('reason', '')}; {', '.join(f.get('sources', []))})"
+                         for f in r.get("host_ops", []))
+        print(line + (f"; on the host: {host}" if host else ""), file=out)
+    for b in s["graph_breaks"]:
+        print(f"  graph break after graph {b['graph']} at {_short_site(b['site'])}: "
+              f"{b['reason']}"
+              f"{': ' + b['detail'] if b['detail'] else ''}", file=out)
+    for reason, n in s["dynamo_graph_breaks"].items():
+        print(f"  dynamo counted {n} x: {reason}", file=out)
+
+
+def clear() -> None:
+    """Forget the graphs `summary` reports (``COMPILED`` too) and dynamo's break counts."""
+    from torch._dynamo.utils import counters
+
+    _GRAPHS.clear()
+    COMPILED.clear()
+    counters["graph_break"].clear()
+
+
 def register() -> None:
     """Register ``backend="waferscale"`` with torch.compile (idempotent): for a source tree
     used without installing (no entry point); an installed package is found lazily."""
@@ -215,4 +395,5 @@ def register() -> None:
 
 register()
 
-__all__ = ["COMPILED", "backend", "configure", "register"]
+__all__ = ["COMPILED", "GraphBreakWarning", "backend", "clear", "configure", "print_summary",
+           "register", "summary"]
