@@ -306,6 +306,17 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
     t0 = time.perf_counter()
     spec = get_spec(spec)
     remap = resolve_remap(spec, defects)
+    g, train_note = capture_model(model, example_inputs)
+    return compile_graph(g, example_inputs, spec=spec, mode=mode, strict=strict,
+                         max_side=max_side, reserve=reserve, pin=pin,
+                         placer_config=placer_config, defects=remap, systems=systems,
+                         note=train_note, t0=t0, module=model)
+
+
+def capture_model(model: torch.nn.Module, example_inputs: Any) -> tuple[Graph, str]:
+    """The first half of `compile`: the model captured as in eval mode, and the report
+    note saying what that changed ('' when nothing). Split out so that a caller holding a
+    cached capture (`compiler.capture_cache`) runs only the second half, `compile_graph`."""
     if not isinstance(model, torch.nn.Module):
         raise CompileError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
     train_note = _train_mode_note(model)
@@ -316,11 +327,30 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
     finally:
         for m, training in modes.items():  # each module's own flag, as it was
             m.training = training
+    return g, train_note
+
+
+def compile_graph(g: Graph, example_inputs: Any, *, spec: WaferSpec | str | None = "wse2",
+                  mode: str = "auto", strict: bool = False, max_side: int | None = None,
+                  reserve: list[RectLike] | None = None,
+                  pin: dict[str, RectLike] | None = None,
+                  placer_config: FloorplanConfig | None = None,
+                  defects: DefectsLike | None = None, systems: int = 1, note: str = "",
+                  t0: float | None = None, module: torch.nn.Module | None = None
+                  ) -> CompiledModel:
+    """The second half of `compile`: lower, plan, place and route a captured graph (which
+    it edits in place). Arguments as `compile`'s; ``note`` joins the report's notes
+    (`capture_model`'s train-mode note), ``t0`` is when compiling began (the report's
+    ``compile_seconds`` count from it), ``module`` the model for `generate` (None when
+    the graph came from a cache and the model was never built)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    spec = get_spec(spec)
+    remap = resolve_remap(spec, defects)
     prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0,
                        reserve=reserve, pin=pin, placer_config=placer_config)
-    if train_note:
-        prog = dataclasses.replace(prog, notes=prog.notes + (train_note,))
-    return CompiledModel(prog, example_inputs, remap, systems=systems, module=model)
+    if note:
+        prog = dataclasses.replace(prog, notes=prog.notes + (note,))
+    return CompiledModel(prog, example_inputs, remap, systems=systems, module=module)
 
 
 def _train_mode_note(model: torch.nn.Module) -> str:
@@ -355,4 +385,5 @@ def _train_mode_note(model: torch.nn.Module) -> str:
     return note
 
 
-__all__ = ["CompiledModel", "MODES", "PLACEMENT_KEYS", "compile", "lower_graph"]
+__all__ = ["CompiledModel", "MODES", "PLACEMENT_KEYS", "capture_model", "compile",
+           "compile_graph", "lower_graph"]

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from waferscale.compiler.errors import CaptureError, MissingInputsError, UnsupportedDtypeError
 from waferscale.ir import (
@@ -166,6 +165,10 @@ def _data_dependent_shape(n: torch.fx.Node, where: str, code: str) -> str:
 
 def _convert(gm_graph: torch.fx.Graph, const_of: dict[str, torch.Tensor],
              user_inputs: list[str]) -> Graph:
+    # imported here, not at module import: it loads sympy (about a second), which an
+    # estimate compiling a cached capture (`capture_cache`) never needs
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
     g = Graph()
     g.user_inputs = list(user_inputs)
     env: dict[str, str] = {}

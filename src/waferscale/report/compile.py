@@ -134,9 +134,14 @@ def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: 
     if not meta:
         check_host_memory(model, seq, batch, "add --estimate to plan and time it on meta "
                                              "weights, or use a smaller --batch or --seq")
-    m, example, _ = _load(model, seq=seq, batch=batch, meta=meta, layers=layers)
-    cm = waferscale.compile(m, example, spec=spec, mode="estimate" if estimate else "auto",
-                            strict=strict, reserve=reserve, pin=pin)
+    mode = "estimate" if estimate else "auto"
+    if meta:
+        cm = _compile_preset_meta(model, seq=seq, batch=batch, layers=layers, spec=spec,
+                                  mode=mode, strict=strict, reserve=reserve, pin=pin)
+    else:
+        m, example, _ = _load(model, seq=seq, batch=batch, meta=meta, layers=layers)
+        cm = waferscale.compile(m, example, spec=spec, mode=mode, strict=strict,
+                                reserve=reserve, pin=pin)
     rep = cm.report()
     rep["floorplan"] = cm.program.floorplan   # the routed placement, for wafer maps
     if map_path is not None:
@@ -144,6 +149,28 @@ def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: 
     rep["model"] = model
     rep["seq"] = seq
     return rep
+
+
+def _compile_preset_meta(model: str, *, seq: int, batch: int, layers: int | None,
+                         **options: Any) -> Any:
+    """`waferscale.compile` of a preset built on the meta device, its capture read from
+    the disk cache when the same preset, shapes and code were captured before
+    (`compiler.capture_cache`: building and exporting the model is most of an estimate's
+    wall time, and a meta model's capture depends on nothing else)."""
+    from waferscale.api import capture_model, compile_graph
+    from waferscale.compiler import capture_cache
+
+    t0 = time.perf_counter()   # on a hit, reading the cache stands for the capture
+    key = capture_cache.key(model=model, seq=seq, batch=batch, layers=layers, meta=True)
+    hit = capture_cache.load(key)
+    if hit is not None:
+        g, example, note = hit
+        return compile_graph(g, example, note=note, t0=t0, **options)
+    m, example, _ = _load(model, seq=seq, batch=batch, meta=True, layers=layers)
+    t0 = time.perf_counter()   # as `waferscale.compile`: from the built model on
+    g, note = capture_model(m, example)
+    capture_cache.save(key, g, example, note)
+    return compile_graph(g, example, note=note, t0=t0, module=m, **options)
 
 
 def run_report(model: str, fasta: str, *, seq: int, batch: int, spec: str = "wse2",
