@@ -412,3 +412,32 @@ def test_non_causal_folded_mask_is_kept_for_the_host() -> None:
     cm = waferscale.compile(m, (q, k, v))
     assert "non-causal" in cm.report()["fallback_ops"][0]["reason"]
     _same(cm, m, q, k, v)
+
+
+# ------------------------------------------------------------------ non-causal SDPA -------
+class _Full(torch.nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=0.3) * 2
+
+
+@pytest.mark.parametrize(("q_shape", "kv_shape", "dtype"), [
+    ((2, 3, 5, 4), (2, 3, 5, 4), torch.float32),
+    ((3, 7, 4), (3, 7, 4), torch.bfloat16),
+    ((2, 1, 3, 4), (2, 1, 6, 4), torch.float32),     # cross-attention: other key length
+    ((1, 1, 1), (1, 1, 1), torch.float32),
+])
+def test_non_causal_sdpa_runs_on_gemm_and_softmax(q_shape, kv_shape, dtype) -> None:
+    """Was a host fallback: the flash kernel is causal by construction, so an SDPA without
+    mask or causal flag went to the host. It is now the ops of its definition (two batched
+    GEMMs, a scale and a softmax), which the wafer's kernels run."""
+    q = torch.randn(q_shape, dtype=dtype)
+    k, v = (torch.randn(kv_shape, dtype=dtype) for _ in range(2))
+    cm = waferscale.compile(_Full(), (q, k, v))
+    assert cm.report()["fallback_ops"] == []
+    kinds = [s.kind for s in cm.program.stages]
+    assert kinds.count("gemm") == 2 and "softmax" in kinds and "attention" not in kinds
+    got, want = cm(q, k, v), _Full()(q, k, v)
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -5
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    case = Case(str(dtype).split(".")[1], q_shape, (("sdpa", 0, 0, 0, False),), (1,))
+    assert check_case(case).status == "ok"

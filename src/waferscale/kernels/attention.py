@@ -72,7 +72,7 @@ from waferscale.fabric import movement as mv
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.timing import tree_levels
 from waferscale.hardware.spec import WaferSpec, get_spec
-from waferscale.ir import Graph, Node, Ref
+from waferscale.ir import Graph, Node, Ref, tensor_meta
 from waferscale.kernels import rotary
 from waferscale.kernels.elementwise import WORK, check_dtype, local_pass, op_cycles
 from waferscale.kernels.family import (
@@ -1469,6 +1469,81 @@ def run_stage(ctx: ExecContext, st: Stage, q: torch.Tensor, k: torch.Tensor,
     return to_torch(to_storage(out.numpy(), st.dtype).reshape(shape), q.dtype), measured
 
 
+def decompose_non_causal(g: Graph) -> int:
+    """Rewrite each SDPA that is not causal, has no mask and no dropout (an encoder's
+    self-attention, cross-attention) as the ops of its definition, which the GEMM, pointwise
+    and softmax kernels run: ``softmax(q k^T * scale) v`` over [groups, seq, d] views. The
+    flash kernel is causal by construction (each query block's K/V stream stops at its
+    diagonal), and a host fallback sent every such attention off the wafer. The [groups,
+    seq_q, seq_k] scores are then a tensor between stages, as in torch.compile's
+    decomposed inference graphs; the SDPA node becomes the last view, so its users keep
+    reading it. Returns the number of rewrites."""
+    rewrites = 0
+    for node in list(g.calls()):
+        if node.short != "scaled_dot_product_attention" or node.kwargs.get("enable_gqa"):
+            continue
+        mask, is_causal, dropout = _attention_args(node)
+        if is_causal or mask is not None or dropout or not float_out(node):
+            continue
+        q, k, v = node.args[:3]
+        shapes = [shape_of(g, x) for x in (q, k, v)]
+        if any(len(sh) < 3 for sh in shapes) or shapes[0][:-2] != shapes[1][:-2] \
+                or shapes[1][:-1] != shapes[2][:-1] or shapes[0][-1] != shapes[1][-1]:
+            continue
+        *lead, s_q, d = shapes[0]
+        s_k, d_v = shapes[1][-2], shapes[2][-1]
+        groups = math.prod(lead)
+        scale = node.kwargs.get("scale")
+        scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        aten = torch.ops.aten
+        steps: list[tuple[str, Any, tuple[Any, ...]]] = [
+            ("q3", aten.reshape.default, (q, [groups, s_q, d])),
+            ("k3", aten.reshape.default, (k, [groups, s_k, d])),
+            ("v3", aten.reshape.default, (v, [groups, s_k, d_v])),
+            ("kt", aten.transpose.int, ("k3", 1, 2)),
+            ("scores", aten.bmm.default, ("q3", "kt")),
+            ("scaled", aten.mul.Tensor, ("scores", scale)),
+            ("probs", aten._softmax.default, ("scaled", -1, False)),
+            ("out3", aten.bmm.default, ("probs", "v3")),
+        ]
+        made = _insert_before(g, node, steps)
+        node.target, node.fn = "aten.reshape.default", aten.reshape.default
+        node.args, node.kwargs = (Ref(made["out3"]), list(node.meta["shape"])), {}
+        rewrites += 1
+    return rewrites
+
+
+def _insert_before(g: Graph, at: Node, steps: list[tuple[str, Any, tuple[Any, ...]]]
+                   ) -> dict[str, str]:
+    """Insert ``steps`` (local name, ATen op, args naming earlier steps or graph refs)
+    before ``at`` in the graph's order, with their shape/dtype meta from running the ops
+    on meta tensors and ``at``'s source line. Returns local name -> node name."""
+    names: dict[str, str] = {}
+    metas: dict[str, torch.Tensor] = {}
+
+    def meta_of(x: Any) -> Any:
+        if isinstance(x, Ref):
+            m = g.nodes[x.name].meta
+            return torch.empty(m["shape"], dtype=getattr(torch, m["dtype"]), device="meta")
+        return metas[x] if isinstance(x, str) and x in metas else x
+
+    new: list[Node] = []
+    for local, fn, args in steps:
+        name = f"{at.name}_{local}"
+        while name in g.nodes:
+            name += "_"
+        value = fn(*(meta_of(a) for a in args))
+        metas[local], names[local] = value, name
+        refs = tuple(Ref(names[a]) if isinstance(a, str) and a in names else a for a in args)
+        meta = tensor_meta(value)
+        meta.update({k: at.meta[k] for k in ("source", "code", "module") if k in at.meta})
+        new.append(Node(name, "call", target=str(fn), args=refs, meta=meta, fn=fn))
+    order = list(g.nodes.values())
+    i = order.index(at)
+    g.nodes = {n.name: n for n in order[:i] + new + order[i:]}
+    return names
+
+
 class Attention(KernelFamily):
     """Causal SDPA (and the CPU flash attention of training graphs) as flash attention:
     query blocks over rows, each group's chain of key blocks snaked over ``fold`` columns,
@@ -1486,6 +1561,9 @@ class Attention(KernelFamily):
             return ("attention whose q, k and v differ in shape or lack a batch dim (the "
                     "kernel runs self-attention: [..., seq, head_dim] each)")
         return None
+
+    def match(self, g: Graph) -> int:
+        return decompose_non_causal(g)
 
     def weight_bytes(self, g: Graph, nodes: list[Node], dtype: str) -> int:
         # its only constant is the causal mask, which the kernel builds from positions
