@@ -83,6 +83,8 @@ def count_nonzero_last(values: np.ndarray) -> np.ndarray:
     flat = values.reshape(-1, k)
     if k == 1:
         return (flat[:, 0] != 0).astype(np.float64).reshape(values.shape[:-1])
+    if k > 64:      # long rows: NumPy's own count is fast there, the word sums would not be
+        return np.count_nonzero(flat, axis=-1).astype(np.float64).reshape(values.shape[:-1])
     width = -(-k // 8) * 8
     flags = np.zeros((flat.shape[0], width), dtype=bool)
     np.not_equal(flat, 0, out=flags[:, :k])
