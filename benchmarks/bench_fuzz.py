@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-ops", type=int, default=6)
     ap.add_argument("--no-estimate", action="store_true", help="skip the estimate-mode compile")
     ap.add_argument("--repro", type=int, default=None, help="run one seed and print it")
+    ap.add_argument("--every", type=int, default=100,
+                    help="print the running figures every this many cases (a run stopped "
+                         "early still says how far it got)")
     args = ap.parse_args(argv)
     if args.repro is not None:
         _init()
@@ -79,10 +82,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 failures.append(r)
                 print(f"[{r['status']}] seed {r['seed']}: {r['detail']}\n{r['case']}",
                       flush=True)
-            if i % 100 == 0 or i == len(jobs):
+            if i % args.every == 0 or i == len(jobs):
                 wall = time.perf_counter() - t0
                 print(f"{i} cases, {i / wall:.2f} cases/s, {counts['mismatch']} mismatches, "
-                      f"{counts['crash']} crashes", flush=True)
+                      f"{counts['crash']} crashes, worst error/scale "
+                      + ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items())), flush=True)
     wall = time.perf_counter() - t0
     summary = {"cases": len(jobs), "seconds": wall, "cases_per_second": len(jobs) / wall,
                "ok": counts["ok"], "mismatches": counts["mismatch"],
