@@ -1280,7 +1280,9 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         out = out * np.float32(alpha)
     if bias is not None:
         out = out + np.float32(beta) * to_np(bias)
-    out = to_storage(out.astype(np.float32), st.dtype)
+    # no copy when it is fp32 already: every array here is the stage's own (a product,
+    # a concatenation, a sum), never an operand's
+    out = to_storage(out.astype(np.float32, copy=False), st.dtype)
     return to_torch(out, a.dtype), measured
 
 
