@@ -18,9 +18,15 @@ from waferscale.compiler.errors import CompileError
 from waferscale.compiler.streaming import StreamPlan, StreamStage
 from waferscale.errors import SpecError
 from waferscale.hardware.spec import custom_spec, get_spec
-from waferscale.hardware.system import SystemSpec
+from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
 from waferscale.report.training import train_estimate
-from waferscale.runtime.weight_streaming import activation_policy, timeline
+from waferscale.runtime.weight_streaming import (
+    activation_policy,
+    recompute_bytes,
+    recompute_plan,
+    timeline,
+    training_report,
+)
 
 SPEC = get_spec("wse2")
 #: 1 GB/s each way, no SwarmX latency: schedules in round numbers.
@@ -75,8 +81,55 @@ def test_gradients_stream_out_and_the_optimizer_overlaps() -> None:
 
 def test_activation_policy_keeps_what_fits_and_offloads_the_rest() -> None:
     wafer = SPEC.pes * SPEC.sram_bytes
-    assert activation_policy(_plan(saved=wafer // 4, working=wafer // 2))[0] == "keep"
-    assert activation_policy(_plan(saved=wafer // 2 + 1, working=wafer // 2))[0] == "offload"
+    assert [p for p, _ in activation_policy(_plan(saved=wafer // 4, working=wafer // 2))] \
+        == ["keep"]
+    # no per-layer figures: recomputing cannot be sized, so offload is what is left
+    assert [p for p, _ in activation_policy(_plan(saved=wafer // 2 + 1,
+                                                  working=wafer // 2))] == ["offload"]
+
+
+def _layered(saved_per_layer: int, input_per_layer: int, layers: int = 4,
+             seconds: float = 1.0) -> tuple[StreamPlan, StreamPlan]:
+    """A forward and a backward of ``layers`` layers, one stage each way per layer."""
+    fw = StreamPlan(tuple(StreamStage(f"f{i}", "gemm", f"layer {i}", seconds * SPEC.clock_hz,
+                                      int(1e6), 0, True) for i in range(layers)),
+                    saved_per_layer * layers, 0, SPEC.pes * SPEC.sram_bytes,
+                    tuple((f"layer {i}", saved_per_layer) for i in range(layers)),
+                    tuple((f"layer {i}", input_per_layer) for i in range(layers)))
+    bw = StreamPlan(tuple(StreamStage(f"b{i}", "gemm", f"layer {i}", 2 * seconds
+                                      * SPEC.clock_hz, int(1e6), int(1e6), True)
+                          for i in reversed(range(layers))), 0, 0, SPEC.pes * SPEC.sram_bytes)
+    return fw, bw
+
+
+def test_recompute_keeps_layer_inputs_and_reruns_each_layer_forward() -> None:
+    """Too many activations for the wafer but each layer's input fits: the backward runs
+    each layer's forward stage again right before the layer's own backward stage; the
+    step takes one more forward's compute (4 x 10 ms here) and keeps 4 inputs + one
+    layer."""
+    wafer = SPEC.pes * SPEC.sram_bytes
+    fw, bw = _layered(wafer // 3, wafer // 100, seconds=0.01)
+    policies = [p for p, _ in activation_policy(fw, bw)]
+    assert policies == ["recompute", "offload"]
+    again = recompute_plan(fw, bw)
+    assert [s.name for s in again.stages] == ["recompute f3", "b3", "recompute f2", "b2",
+                                             "recompute f1", "b1", "recompute f0", "b0"]
+    assert all(s.grad_bytes == 0 for s in again.stages if s.name.startswith("recompute"))
+    assert recompute_bytes(fw) == 4 * (wafer // 100) + wafer // 3
+    rep = training_report(fw, bw, SPEC, CS2_SYSTEM, batch=1, tokens=1)
+    # offloading 4/3 of the wafer's SRAM takes ~0.36 s each way at 150 GB/s; recomputing
+    # costs 4 x 10 ms of compute
+    assert rep["activation_policy"] == "recompute"
+    assert rep["backward_seconds"] == pytest.approx(4 * 0.03, rel=0.05)
+    assert "offload" in rep["activation_policy_reason"]
+
+
+def test_offload_when_even_one_layer_does_not_fit() -> None:
+    wafer = SPEC.pes * SPEC.sram_bytes
+    fw, bw = _layered(wafer, wafer // 100)
+    assert [p for p, _ in activation_policy(fw, bw)] == ["offload"]
+    assert training_report(fw, bw, SPEC, CS2_SYSTEM, batch=1, tokens=1)[
+        "activation_policy"] == "offload"
 
 
 def test_system_spec_checks_itself() -> None:

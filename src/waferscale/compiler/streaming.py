@@ -53,6 +53,9 @@ class StreamPlan:
     wafer_sram_bytes: int
     #: ``saved_bytes`` by the layer that produced each kept activation (`_layer`)
     saved_by_layer: tuple[tuple[str, int], ...] = ()
+    #: per layer, the activations it reads from before it (`_layer_inputs`): what a
+    #: recomputing backward keeps instead of the layer's ``saved_by_layer``
+    layer_inputs: tuple[tuple[str, int], ...] = ()
 
     @property
     def weight_bytes(self) -> int:
@@ -159,13 +162,42 @@ def replicate_layers(sp: StreamPlan, n_layers: int) -> StreamPlan | None:
     stages = tuple(replace(s, layer=last) if s.layer == "layer 2" else s
                    for s in sp.stages[:lo]) + copies + tuple(
         replace(s, layer=last) if s.layer == "layer 2" else s for s in sp.stages[hi:])
-    by_layer = dict(sp.saved_by_layer)
-    extra = (n_layers - 3) * by_layer.get("layer 1", 0)
-    saved = [(last if k == "layer 2" else k, v) for k, v in sp.saved_by_layer]
-    if "layer 1" in by_layer:
-        saved += [(f"layer {k}", by_layer["layer 1"]) for k in range(2, n_layers - 1)]
+    def grown(per_layer: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+        by_layer = dict(per_layer)
+        out = [(last if k == "layer 2" else k, v) for k, v in per_layer]
+        if "layer 1" in by_layer:
+            out += [(f"layer {k}", by_layer["layer 1"]) for k in range(2, n_layers - 1)]
+        return tuple(out)
+
+    extra = (n_layers - 3) * dict(sp.saved_by_layer).get("layer 1", 0)
     return replace(sp, stages=stages, saved_bytes=sp.saved_bytes + extra,
-                   saved_by_layer=tuple(saved))
+                   saved_by_layer=grown(sp.saved_by_layer),
+                   layer_inputs=grown(sp.layer_inputs))
+
+
+def _layer_inputs(g: Graph) -> dict[str, int]:
+    """Bytes of the activations each model layer reads from outside itself: the hidden
+    state the layer before hands it, which is all a recomputing backward must keep to run
+    the layer's forward again. Values several layers read (rotary tables, masks) are kept
+    once whatever the policy, so they are not a layer's; weights and constants stream or
+    stay anyway."""
+    readers: dict[str, set[str]] = {}
+    for n in g.nodes.values():
+        label = _layer(g, (n.name,))
+        if n.op != "call" or not label.startswith("layer "):
+            continue
+        for i in n.inputs:
+            src = g.nodes[_origin(g, i)]
+            if src.op == "const" or src.meta.get("weight") or \
+                    _layer(g, (src.name,)) == label:
+                continue
+            readers.setdefault(src.name, set()).add(label)
+    out: dict[str, int] = {}
+    for name, labels in readers.items():
+        if len(labels) == 1:
+            label = next(iter(labels))
+            out[label] = out.get(label, 0) + int(g.nodes[name].meta.get("out_bytes", 0))
+    return out
 
 
 def plan_streaming(g: Graph, p: Plan, spec: WaferSpec, max_side: int | None = None
@@ -203,7 +235,8 @@ def plan_streaming(g: Graph, p: Plan, spec: WaferSpec, max_side: int | None = No
             saved[label] = saved.get(label, 0) + int(n.meta.get("out_bytes", 0))
     working = max((s.sram_per_pe * s.pes for s in on_wafer(wplan.stages)), default=0)
     return wplan, StreamPlan(tuple(rows), sum(saved.values()), int(working),
-                             spec.pes * spec.sram_bytes, tuple(saved.items()))
+                             spec.pes * spec.sram_bytes, tuple(saved.items()),
+                             tuple(_layer_inputs(g).items()))
 
 
 __all__ = ["StreamPlan", "StreamStage", "plan_streaming", "replicate_layers"]

@@ -24,17 +24,17 @@ latency (log N levels) but no transfer time (docs/clusters.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from waferscale.compiler.errors import CompileError
 from waferscale.compiler.program import Program
-from waferscale.compiler.streaming import StreamPlan
+from waferscale.compiler.streaming import StreamPlan, StreamStage
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
 
 #: Activation policies, in the order they are tried.
-POLICIES = ("keep", "offload")
+POLICIES = ("keep", "recompute", "offload")
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,18 @@ def timeline(sp: StreamPlan, spec: WaferSpec, system: SystemSpec, *, systems: in
 def merged(plans: list[StreamPlan]) -> StreamPlan:
     """The graphs of one pass (dynamo may split a model) run one after another."""
     stages = tuple(s for p in plans for s in p.stages)
-    saved: dict[str, int] = {}
-    for p in plans:
-        for label, b in p.saved_by_layer:
-            saved[label] = saved.get(label, 0) + b
+
+    def summed(per_layer: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+        out: dict[str, int] = {}
+        for label, b in per_layer:
+            out[label] = out.get(label, 0) + b
+        return tuple(out.items())
+
     return StreamPlan(stages, sum(p.saved_bytes for p in plans),
                       max((p.working_bytes for p in plans), default=0),
-                      plans[0].wafer_sram_bytes if plans else 0, tuple(saved.items()))
+                      plans[0].wafer_sram_bytes if plans else 0,
+                      summed([x for p in plans for x in p.saved_by_layer]),
+                      summed([x for p in plans for x in p.layer_inputs]))
 
 
 def training_plans(programs: list[Program]) -> tuple[StreamPlan, StreamPlan]:
@@ -150,18 +155,56 @@ def step_samples_per_second(graphs: list[Any], spec: str, batch: int, optimizer:
     return systems * batch / seconds if seconds else 0.0
 
 
-def activation_policy(fw: StreamPlan, bw: StreamPlan | None = None) -> tuple[str, str]:
-    """``keep`` when the saved activations fit in the wafer's SRAM beside the largest
-    stage's working set (forward or backward), else ``offload``; and why."""
+def recompute_bytes(fw: StreamPlan) -> int | None:
+    """Activations a recomputing backward keeps: what is saved outside the model's layers,
+    every layer's input (`StreamPlan.layer_inputs`) and one layer's saved activations at a
+    time (regenerated just before that layer's backward); None without per-layer figures."""
+    by = dict(fw.saved_by_layer)
+    layers = [k for k in by if k.startswith("layer ")]
+    if not layers or not fw.layer_inputs:
+        return None
+    outside = sum(v for k, v in by.items() if not k.startswith("layer "))
+    return outside + sum(v for _, v in fw.layer_inputs) + max(by[k] for k in layers)
+
+
+def recompute_plan(fw: StreamPlan, bw: StreamPlan) -> StreamPlan:
+    """The backward with each layer's forward stages run again (their weights streamed
+    again) just before the layer's first backward stage."""
+    forward: dict[str, list[StreamStage]] = {}
+    for st in fw.stages:
+        if st.layer.startswith("layer "):
+            forward.setdefault(st.layer, []).append(st)
+    stages: list[StreamStage] = []
+    for st in bw.stages:
+        again = forward.pop(st.layer, [])
+        stages += [replace(f, name=f"recompute {f.name}", grad_bytes=0) for f in again]
+        stages.append(st)
+    return replace(bw, stages=tuple(stages))
+
+
+def activation_policy(fw: StreamPlan, bw: StreamPlan | None = None
+                      ) -> list[tuple[str, str]]:
+    """The policies (`POLICIES`) whose activations fit, each with why: ``keep`` when the
+    saved activations fit in the wafer's SRAM beside the largest stage's working set
+    (forward or backward), else ``recompute`` when the layers' inputs and one layer's
+    activations do (`recompute_bytes`), and ``offload`` (to MemoryX) always. The caller
+    times them and takes the fastest (`training_report`)."""
     working = max(fw.working_bytes, bw.working_bytes if bw else 0)
     free = fw.wafer_sram_bytes - working
+    saved = f"{fw.saved_bytes / 1e9:.3f} GB of activations kept for the backward"
+    beside = f"the largest stage's {working / 1e9:.3f} GB working set"
     if fw.saved_bytes <= free:
-        return "keep", (f"{fw.saved_bytes / 1e9:.3f} GB of activations kept for the backward "
-                        f"fit beside the largest stage's {working / 1e9:.3f} GB working set "
-                        f"({fw.wafer_sram_bytes / 1e9:.2f} GB of SRAM)")
-    return "offload", (f"{fw.saved_bytes / 1e9:.3f} GB of activations kept for the backward "
-                       f"exceed the {max(free, 0) / 1e9:.3f} GB free beside the largest "
-                       f"stage's working set: offloaded to MemoryX and streamed back")
+        return [("keep", f"{saved} fit beside {beside} "
+                         f"({fw.wafer_sram_bytes / 1e9:.2f} GB of SRAM)")]
+    over = f"{saved} exceed the {max(free, 0) / 1e9:.3f} GB free beside {beside}"
+    out = []
+    again = recompute_bytes(fw)
+    if again is not None and again <= free:
+        out.append(("recompute", f"{over}: each layer's input kept and its activations "
+                                 f"recomputed before its backward ({again / 1e9:.3f} GB "
+                                 f"at most)"))
+    out.append(("offload", f"{over}: offloaded to MemoryX and streamed back"))
+    return out
 
 
 def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: SystemSpec, *,
@@ -174,13 +217,20 @@ def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: Sys
     stage's weights to all of them and sums their gradients on the way to MemoryX, which
     updates once. The step's schedule is one system's with the tree's latency for
     ``systems`` (`SystemSpec.tree_latency_s`; the broadcast and the reduction run at one
-    system's bandwidth whatever N), and samples/s counts all ``systems x batch`` samples."""
-    policy, why = activation_policy(fw, bw)
-    off = float(fw.saved_bytes) if policy == "offload" else 0.0
-    f = timeline(fw, spec, system, systems=systems, extra_out_bytes=off)
-    b = timeline(bw, spec, system, systems=systems, grad_elem_bytes=grad_elem_bytes,
-                 optimizer=optimizer, extra_in_bytes=off)
-    step = f.seconds + b.seconds
+    system's bandwidth whatever N), and samples/s counts all ``systems x batch`` samples.
+    Of the activation policies that fit (`activation_policy`) the fastest step is taken."""
+    timed = []
+    for policy, why in activation_policy(fw, bw):
+        off = float(fw.saved_bytes) if policy == "offload" else 0.0
+        back = recompute_plan(fw, bw) if policy == "recompute" else bw
+        f = timeline(fw, spec, system, systems=systems, extra_out_bytes=off)
+        b = timeline(back, spec, system, systems=systems, grad_elem_bytes=grad_elem_bytes,
+                     optimizer=optimizer, extra_in_bytes=off)
+        timed.append((f.seconds + b.seconds, policy, why, f, b, back))
+    step, policy, why, f, b, back = min(timed, key=lambda t: t[0])
+    if len(timed) > 1:
+        why += "; " + ", ".join(f"{p} {t * 1e3:.2f} ms/step" for t, p, *_ in timed)
+    kept = {"keep": fw.saved_bytes, "recompute": recompute_bytes(fw) or 0}.get(policy, 0)
     return {
         "mode": "weight_streaming", "systems": systems, "optimizer": optimizer,
         "batch_per_system": batch, "global_batch": systems * batch,
@@ -192,9 +242,8 @@ def training_report(fw: StreamPlan, bw: StreamPlan, spec: WaferSpec, system: Sys
         "bound": _bound(f, b),
         "activation_policy": policy, "activation_policy_reason": why,
         "activation_bytes": fw.saved_bytes,
-        "activation_sram_per_pe": fw.saved_bytes / (spec.pes or 1) if policy == "keep"
-        else 0.0,
-        "weight_bytes_streamed": fw.weight_bytes + bw.weight_bytes,
+        "activation_sram_per_pe": kept / (spec.pes or 1),
+        "weight_bytes_streamed": fw.weight_bytes + back.weight_bytes,
         "gradient_bytes": bw.grad_bytes,
         "optimizer_exposed_seconds": b.update_exposed_seconds,
         "forward": _summary(f), "backward": _summary(b),
