@@ -961,8 +961,10 @@ def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: 
         -(-m // q), -(-k // q), -(-n // q), BYTES[dtype], extras)
     if sram > spec.sram_bytes:
         return None
+    # zero skipping: the densest of the q x q blocks sets every step (`densest_block`)
+    if skip in ("a", "both"):
+        density = densest_block(density, -(-m // q) * -(-k // q), q * q)
     if skip in ("b", "both"):
-        # measured weight density: the densest of the q x q blocks sets every step
         b_density = densest_block(b_density, -(-k // q) * -(-n // q), q * q)
     c = cost(m, k, n, algorithm="meshgemm", grid=q, spec=spec, dtype=dtype,
              accumulate="fp32", skip=skip, a_density=density, b_density=b_density)
