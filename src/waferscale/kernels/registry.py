@@ -18,7 +18,7 @@ from waferscale.kernels.family import MOVE, RELABEL, KernelFamily, is_layout, mo
 
 #: The family modules, in lowering order (adding a kernel family: one name here).
 _MODULES = ("gemm", "gemv", "attention", "attention_backward", "norm", "elementwise", "embedding",
-            "reduce", "loss", "rms_norm", "pointwise", "host")
+            "reduce", "loss", "rms_norm", "dropout", "pointwise", "host")
 
 FAMILIES: dict[str, KernelFamily] = {
     fam.kind: fam for fam in (import_module(f"waferscale.kernels.{m}").FAMILY for m in _MODULES)}
