@@ -98,6 +98,11 @@ KERNEL = "gemm"
 #: ramp, which caps a 2K GEMM at 720^2 below its published > 70 % (docs/validation.md).
 #: Cannon, WaferLLM's baseline, stays double buffered.
 FORWARDING = frozenset({"meshgemm"})
+#: Largest grid on which `cost` times a dense forwarding ring whose steps its block
+#: arrivals bound by a timing-only fabric run, so that the compiler's plan equals its
+#: fabric run exactly (`forwarded_cycles` is then a cycle or so slow); above, the closed
+#: form (a run takes seconds there, and the cycle is noise).
+EXACT_FORWARDING_GRID = 64
 
 
 def ring_buffers(algorithm: str) -> int:
@@ -668,7 +673,7 @@ def step_latency(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
 
 
 def forwarded_cycles(spec: WaferSpec, p: int, wa: float, wb: float, comp: float,
-                     hops: int) -> float:
+                     hops: int) -> tuple[float, bool]:
     """The p steps of a ring that forwards blocks on arrival (`FORWARDING`), on a PE whose
     routes all take ``hops``: `_run_ring`'s schedule with `movement.send` / `deliver`'s
     port arithmetic, which every PE of a uniform ring repeats.
@@ -679,6 +684,10 @@ def forwarded_cycles(spec: WaferSpec, p: int, wa: float, wb: float, comp: float,
     takes one wavelet per cycle, then T_R. A step starts when the product before it is done
     and its blocks have arrived. Once the increments repeat, the remaining steps are the
     same shifted in time and are added at once.
+
+    Returns the cycles and whether block arrivals bounded a step after the first: while
+    the products bound every step this equals the fabric run; when the arrivals do, the
+    interleaved ring's one-hop links at its ends let the run be a cycle or so faster.
     """
     t_r = spec.ramp_cycles
     ramp_out = ramp_in = 0.0
@@ -693,6 +702,7 @@ def forwarded_cycles(spec: WaferSpec, p: int, wa: float, wb: float, comp: float,
         return max(ramp_in, head + w) + t_r
 
     begin = 0.0
+    chained = False
     ahead = [(move(0.0, wa), move(0.0, wb))]
     last: tuple[float, ...] | None = None
     delta: tuple[float, ...] | None = None
@@ -703,8 +713,9 @@ def forwarded_cycles(spec: WaferSpec, p: int, wa: float, wb: float, comp: float,
             ahead.append((move(max(na, begin), wa), move(max(nb, begin), wb)))
         done = begin + comp
         if not ahead:
-            return done
+            return done, chained
         na, nb = ahead.pop(0)
+        chained |= step > 0 and max(na, nb) > done
         begin = max(done, na, nb)
         step += 1
         state = (begin, ramp_out, ramp_in, *ahead[-1]) if ahead else None
@@ -723,7 +734,7 @@ def forwarded_cycles(spec: WaferSpec, p: int, wa: float, wb: float, comp: float,
                 continue
             delta = d
         last = state
-    return begin
+    return begin, chained
 
 
 def step_cycles(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
@@ -732,7 +743,7 @@ def step_cycles(spec: WaferSpec, algorithm: str, p: int, wa: float, wb: float,
     max(compute, next delivery) and the last one its compute. A forwarding ring
     (`forwarded_cycles`) overlaps deliveries across steps instead."""
     if algorithm in FORWARDING and p > 1:
-        return forwarded_cycles(spec, p, wa, wb, comp, route_hops(algorithm, p))
+        return forwarded_cycles(spec, p, wa, wb, comp, route_hops(algorithm, p))[0]
     if algorithm == "summa":
         total = step_latency(spec, algorithm, p, wa, wb, 0)
         total += sum(max(comp, step_latency(spec, algorithm, p, wa, wb, s))
@@ -752,7 +763,8 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
     over the worst hop count (Cannon: the p - 1 hop wrap; MeshGEMM: 2) or a
     `multicast_cycles` across the line (SUMMA), and the p steps follow the step structure
     that `run` executes (`step_cycles`: double buffered, or MeshGEMM's forwarding, taken
-    at two hops for every route; the ring's two one-hop links can save the run a cycle).
+    at two hops for every route; where block arrivals bound its steps on a grid up to
+    `EXACT_FORWARDING_GRID`, a timing-only run, since the ring's one-hop links matter).
     Uniform densities give every PE the same work, so the load imbalance a real mask causes
     is not in here: run a timing-only fabric with per-block nonzeros for that.
     """
@@ -772,6 +784,12 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
     wb = float(sparse_wavelets(b_nnz, dtype) if skip in ("b", "both")
                else move_wavelets(kb * nb, dtype, spec.wavelet_bits))
     cycles = step_cycles(spec, algorithm, p, wa, wb, comp)
+    if algorithm in FORWARDING and skip is None and 1 < p <= EXACT_FORWARDING_GRID \
+            and forwarded_cycles(spec, p, wa, wb, comp, route_hops(algorithm, p))[1]:
+        # arrivals bound the steps: the ring's one-hop links matter, so take the schedule
+        # from a timing-only fabric run (milliseconds at this size)
+        cycles = run((m, k), (k, n), algorithm=algorithm, grid=p, spec=spec, dtype=dtype,
+                     accumulate=prob.accumulate).cycles
     latency = step_latency(spec, algorithm, p, wa, wb, 0)
     ideal = ideal_cycles(spec, m, k, n, p, dtype, prob.accumulate)
     return GemmCost(
