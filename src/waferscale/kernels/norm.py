@@ -12,6 +12,7 @@ residual streams do reach. All statistics are fp32; the output is rounded once.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -226,16 +227,26 @@ def stats(x: torch.Tensor, dims: int, eps: float) -> tuple[torch.Tensor, torch.T
             torch.rsqrt(xf.var(dim=axes, unbiased=False, keepdim=True) + eps))
 
 
+#: Per graph (by id, dropped with the graph): the names some node reads other than
+#: through ``getitem(name, 0)`` (see `reads_stats`); one pass over the graph per run.
+_READ_BEYOND_FIRST: dict[int, frozenset[str]] = {}
+
+
 def reads_stats(g: Graph, name: str) -> bool:
     """Whether anything reads the mean or rstd of the layer norm ``name``, i.e. anything
     but ``getitem(name, 0)``: a training graph's backward does, an inference forward
     reads the normalised values only, and computing its statistics anyway was 7 % of
     GenSLM-25M's functional forward. Unread, they are left as None."""
-    for n in g.nodes.values():
-        if any(r.name == name for r in iter_refs((n.args, n.kwargs))) and not (
-                n.short == "getitem" and len(n.args) == 2 and n.args[1] == 0):
-            return True
-    return any(r.name == name for r in iter_refs(g.outputs))
+    names = _READ_BEYOND_FIRST.get(id(g))
+    if names is None:
+        names = frozenset(
+            [r.name for n in g.nodes.values()
+             if not (n.short == "getitem" and len(n.args) == 2 and n.args[1] == 0)
+             for r in iter_refs((n.args, n.kwargs))]
+            + [r.name for r in iter_refs(g.outputs)])
+        _READ_BEYOND_FIRST[id(g)] = names
+        weakref.finalize(g, _READ_BEYOND_FIRST.pop, id(g), None)
+    return name in names
 
 
 def _outputs(ctx: ExecContext, node: Node, y: torch.Tensor, x: torch.Tensor, dims: int,
