@@ -433,9 +433,11 @@ def _print_run(r: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ demo -----
 @app.command()
 def demo(json_out: JsonOpt = False) -> None:
-    """GenSLM-25M reads real genomes on a simulated WSE-2; then the stencil on the full wafer."""
+    """GenSLM-25M reads real genomes on a simulated WSE-2 and trains a few steps; then the
+    stencil on the full wafer."""
     def body() -> None:
         from waferscale.report.compile import run_report
+        from waferscale.train import DEMO_TRAINING, demo_training
         from waferscale.workloads import data_path
 
         # the whole model on one whole genome: ~10,000 codons fit GenSLM's 10,240 tokens
@@ -448,12 +450,23 @@ def demo(json_out: JsonOpt = False) -> None:
                           f"here: compile, fabric simulation, then eager PyTorch to compare)\n")
         from waferscale.cli_report import demo_report
         r = run_report("genslm-25m", fasta, seq=seq, batch=batch)
+        if not json_out:
+            _print_run(r)
+            console.print(f"\nTraining: {DEMO_TRAINING['steps']} AdamW steps of GenSLM-25M "
+                          f"on one {DEMO_TRAINING['seq']}-codon window in weight-streaming "
+                          f"mode (forward and backward graphs on the simulated wafer, the "
+                          f"optimizer in MemoryX), then the same steps in eager PyTorch "
+                          f"(about a minute here)")
+        t = demo_training(fasta, on_step=None if json_out else lambda s: console.print(
+            f"  step {s.step}: loss on the wafer {s.loss:.6f}"))
         full = stencil_report("wse2", "755x994x1000", 1000, estimate=True)
         page = demo_report(r, full)
         if json_out:
-            _emit({"genslm": r, "stencil_full_wafer": full, "report": str(page)})
+            _emit({"genslm": r, "training": t, "stencil_full_wafer": full,
+                   "report": str(page)})
             return
-        _print_run(r)
+        console.print(f"  eager PyTorch: {', '.join(f'{x:.6f}' for x in t['eager_losses'])}"
+                      f"  (max |diff| {t['max_loss_difference']:.1e}); {t['timing_note']}")
         console.print("\nThe SC22 25-point stencil, 755x994x1000, 1000 steps, full wafer "
                       "(closed-form cost, equal to the simulated cycles in the tests):")
         _print_stencil(full)

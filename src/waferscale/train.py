@@ -222,11 +222,14 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
                      checkpoint_dir: str | None = None, resume: bool = False,
                      eager: bool = False, max_side: int | None = None,
                      systems: int = 1, address: str | None = None,
-                     on_step: Callable[[StepResult], None] | None = None) -> dict[str, Any]:
+                     on_step: Callable[[StepResult], None] | None = None,
+                     same_batch: bool = False) -> dict[str, Any]:
     """`waferscale train`: train MODEL on genomes from FASTA for ``steps`` steps on the
     simulated wafer, checkpointing after every step when asked; with ``eager``, the same
     steps in eager PyTorch beside it (the loss curves compared). ``systems`` > 1: a
-    cluster (``batch`` is the global batch, split evenly over the systems)."""
+    cluster (``batch`` is the global batch, split evenly over the systems);
+    ``same_batch``: every step reads the first batch (the model fits it, so the loss
+    falls within a few steps: the demo)."""
     import copy
 
     from waferscale.errors import WaferscaleError
@@ -258,6 +261,9 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
     model, _, vocab = load_model(model_name, seq=seq, batch=batch, layers=layers)
     reference = copy.deepcopy(model) if eager else None
     batches = genome_batches(fasta, vocab, seq=seq, batch=batch)
+    if same_batch:
+        first = batches(0)
+        batches = lambda i: first  # noqa: E731 - the data position stays the step
     config = OptimizerConfig(optimizer, lr=lr)
     t_start = time.perf_counter()
     trainer = Trainer(model, batches, config, mode=mode.replace("-", "_"), spec=spec,
@@ -318,4 +324,30 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
     return out
 
 
-__all__ = ["StepResult", "Trainer", "genome_batches", "train_on_genomes"]
+
+
+#: `waferscale demo`'s training run: a few steps of the whole 8-layer model on one
+#: 256-codon window, in weight-streaming mode with every stage simulated on at most
+#: 32 x 32 PEs (each step simulates every stage of both graphs on the fabric; a whole
+#: wafer per stage would take the demo's minutes many times over).
+DEMO_TRAINING = {"steps": 4, "seq": 256, "batch": 1, "lr": 1e-3, "mode": "weight_streaming",
+                 "max_side": 32, "same_batch": True}
+
+
+def demo_training(fasta: str, on_step: Callable[[StepResult], None] | None = None
+                  ) -> dict[str, Any]:
+    """A few AdamW steps of GenSLM-25M (all 8 layers) on the first window of the genomes
+    in ``fasta`` on the simulated wafer, and the same steps in eager PyTorch: the loss
+    falling on both, step by step (`train_on_genomes` with ``eager=True``,
+    `DEMO_TRAINING`)."""
+    out = train_on_genomes("genslm-25m", fasta, eager=True, on_step=on_step,
+                           **DEMO_TRAINING)  # type: ignore[arg-type]
+    out["timing_note"] = (f"samples_per_second times stages capped at "
+                          f"{DEMO_TRAINING['max_side']} x {DEMO_TRAINING['max_side']} PEs; "
+                          f"the whole wafer's: waferscale compile genslm-25m --train "
+                          f"--estimate --seq {DEMO_TRAINING['seq']}")
+    return out
+
+
+__all__ = ["DEMO_TRAINING", "StepResult", "Trainer", "demo_training", "genome_batches",
+           "train_on_genomes"]
