@@ -41,7 +41,25 @@ def _map_inside_stages(cm: waferscale.CompiledModel) -> DefectMap:
     return DefectMap.from_coords(spec, sorted(set(coords)))
 
 
-def test_compiled_model_on_defective_wafer_same_logits_more_cycles(genslm) -> None:
+@pytest.fixture(params=["forwarding", "double buffered"])
+def ring(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """MeshGEMM forwards each block as soon as it arrives (`gemm.FORWARDING`), so a detour's
+    extra hop hides under a compute-bound step; double buffered, every step's blocks leave
+    together at its start and the detour shows in the step. Both must give the perfect
+    wafer's logits; where the schedule exposes link latency, the detours must cost."""
+    from waferscale.kernels import gemm
+
+    if request.param == "double buffered":
+        monkeypatch.setattr(gemm, "FORWARDING", frozenset())
+    # the sizing caches hold the other schedule's plans
+    gemm._gemm_at.cache_clear()
+    gemm._gemm_layout.cache_clear()
+    request.addfinalizer(gemm._gemm_at.cache_clear)
+    request.addfinalizer(gemm._gemm_layout.cache_clear)
+    return str(request.param)
+
+
+def test_compiled_model_on_defective_wafer_same_logits_more_cycles(genslm, ring) -> None:
     m, example = genslm
     perfect = waferscale.compile(m, example)
     dmap = _map_inside_stages(perfect)
@@ -61,10 +79,11 @@ def test_compiled_model_on_defective_wafer_same_logits_more_cycles(genslm) -> No
     cb = {s: r.cycles for s, r in broken.last_run["runs"].items()}
     assert cp.keys() == cb.keys()
     assert all(cb[s] >= cp[s] for s in cp)
-    slower = [s for s in cp if cb[s] > cp[s]]
-    assert slower, "no stage paid for its detours"
     assert rb["bottleneck_cycles"] >= rp["bottleneck_cycles"]
-    assert sum(cb.values()) > sum(cp.values())
+    if ring == "double buffered":
+        slower = [s for s in cp if cb[s] > cp[s]]
+        assert slower, "no stage paid for its detours"
+        assert sum(cb.values()) > sum(cp.values())
 
     # timing-only runs see the same detours as the value runs
     broken.time_only(**example)
