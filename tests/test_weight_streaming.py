@@ -261,3 +261,21 @@ def test_systems_scale_the_streaming_figures_and_are_checked() -> None:
                   options={"mode": "weight_streaming", "max_side": 16, "systems": 2})(x)
     assert backend.COMPILED[before].report()["weight_streaming"]["systems"] == 2
     torch._dynamo.reset()
+
+
+def test_a_step_that_fits_no_wafer_names_the_longest_sequence_that_does() -> None:
+    """Bad input: activations that do not fit even one stage at a time, with recompute or
+    offload; the typed error names the stages, their bytes and the longest --seq that
+    fits (found by planning shorter sequences)."""
+    import dataclasses
+
+    from waferscale.compiler.errors import FitError
+    from waferscale.report.training import train_report
+
+    tiny = dataclasses.replace(get_spec("wse2"), rows=24, cols=24, sram_bytes=8192,
+                               name="tiny")
+    with pytest.raises(FitError, match=r"--seq 2048.*longest --seq that fits is between "
+                                       r"64 and 127 \(use --seq 64\)"):
+        train_report("genslm-25m", seq=2048, batch=1, spec=tiny)  # type: ignore[arg-type]
+    with pytest.raises(CompileError, match="on_error"):
+        backend._options({"on_error": "ignore"})

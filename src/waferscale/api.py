@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 
 from waferscale.compiler import capture as cap
 from waferscale.compiler import lower
-from waferscale.compiler.errors import CompileError, FallbackError
+from waferscale.compiler.errors import CompileError, FallbackError, FitError
 from waferscale.compiler.floorplan import BlockSramError, ConstraintError, FloorplanConfig
 from waferscale.compiler.floorplan.serialize import to_dict
 from waferscale.compiler.place import PlacedProgram, RectLike, place_plan
@@ -85,7 +85,7 @@ def lower_graph(g: Graph, spec: WaferSpec, *, mode: str = "auto", strict: bool =
         p, stream = plan_streaming(g, dataclasses.replace(planned, why_not=()), spec,
                                    max_side)
         if not p.pipelined_fits:   # not even one stage at a time fits the wafer
-            raise CompileError("the model does not fit in weight-streaming mode either: "
+            raise FitError("the model does not fit in weight-streaming mode either: "
                                + "; ".join(p.why_not))
     figures: dict[str, Any] = {k: 0 for k in PLACEMENT_KEYS}
     if placed is not None:

@@ -42,7 +42,12 @@ class GraphBreakWarning(UserWarning):
     dynamo graph break, or a graph the backend could not compile or run."""
 #: The backend's settings: ``spec``, ``max_side`` and ``mode`` (``api.MODES``). Per call,
 #: ``torch.compile(model, backend="waferscale", options={...})`` overrides them.
-_OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto", "systems": 1}
+_OPTIONS: dict[str, Any] = {"spec": "wse2", "max_side": None, "mode": "auto", "systems": 1,
+                            "on_error": "eager"}
+#: What a graph the backend cannot compile does: run eagerly with a warning (a user's
+#: program never crashes on it), or raise (estimates, where an eager graph would be
+#: silently missing from the figures).
+ON_ERROR = ("eager", "raise")
 #: Op names that only relabel or lay out a value: a weight seen through them is a weight.
 _WEIGHT_VIEWS = {"t", "view", "_unsafe_view", "reshape", "transpose", "permute", "_to_copy",
                  "clone", "detach", "alias", "expand", "unsqueeze", "squeeze"}
@@ -68,6 +73,9 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise CompileError(f"backend options {unknown}: known options are "
                            f"{sorted(_OPTIONS)}")
+    if opts["on_error"] not in ON_ERROR:
+        raise CompileError(f"backend option on_error={opts['on_error']!r}: use one of "
+                           f"{', '.join(ON_ERROR)}")
     if opts["mode"] not in MODES:
         raise CompileError(f"backend option mode={opts['mode']!r}: use one of "
                            f"{', '.join(MODES)}")
@@ -221,6 +229,8 @@ def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, train
         try:
             return _compile(gm, example_inputs, record)
         except Exception as exc:  # any failure: eager, said; never the user's crash
+            if opts["on_error"] == "raise":
+                raise
             record["eager_reason"] = f"compile failed: {type(exc).__name__}: {exc}"
             _warn(f"waferscale: a {record['kind']} graph (from "
                   f"{_short_site(record['source'])}) runs in eager PyTorch: "

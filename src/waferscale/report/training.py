@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from waferscale import backend
 from waferscale.compiler.capture import first_blocks, repeated_blocks
-from waferscale.compiler.errors import CompileError
+from waferscale.compiler.errors import CompileError, FitError
 from waferscale.compiler.streaming import StreamPlan, replicate_layers
 from waferscale.hardware.spec import WaferSpec, get_spec
 from waferscale.hardware.system import CS2_SYSTEM, SystemSpec
@@ -69,10 +69,13 @@ def _traced_step(model: torch.nn.Module, example: dict[str, Any], spec: str,
     torch._dynamo.reset()
     before = len(backend.COMPILED)
     step = torch.compile(model, backend="waferscale",
-                         options={"mode": "weight_streaming", "spec": spec,
+                         options={"mode": "weight_streaming", "spec": spec, "on_error": "raise",
                                   "max_side": max_side})
     model.train()
-    out = step(**example)
+    try:
+        out = step(**example)
+    except torch._dynamo.exc.BackendCompilerFailed as exc:   # the backend's own error
+        raise exc.inner_exception from None
     loss = out.loss if hasattr(out, "loss") else out
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise CompileError("a training step needs a scalar loss: call the model with "
@@ -192,10 +195,43 @@ def train_report(model: str, *, seq: int, batch: int, dtype: str = "fp16",
     and timed; with ``systems`` > 1, ``batch`` samples on each of N systems."""
     check_systems(systems)
     m, example, grad_bytes = load_meta_step(model, seq=seq, batch=batch, dtype=dtype)
-    rep = train_estimate(m, example, batch=batch, tokens=batch * seq, spec=spec,
-                         systems=systems, optimizer=optimizer, grad_elem_bytes=grad_bytes)
+    try:
+        rep = train_estimate(m, example, batch=batch, tokens=batch * seq, spec=spec,
+                             systems=systems, optimizer=optimizer,
+                             grad_elem_bytes=grad_bytes)
+    except FitError as exc:
+        raise FitError(f"{exc} (--seq {seq}, --batch {batch}); "
+                       f"{_longest_that_fits(model, seq, batch, dtype, spec)}") from exc
     rep.update(model=model, seq=seq, batch=batch, dtype=dtype)
     return rep
+
+
+def _longest_that_fits(model: str, seq: int, batch: int, dtype: str, spec: str) -> str:
+    """What to say about the longest sequence whose training step fits, when ``seq``'s
+    does not even one stage at a time (with activations recomputed or offloaded): halve
+    until a step fits, then bisect to within a sixteenth of ``seq``. Each try is a capture
+    (seconds with three traced layers), so this costs a handful of them."""
+    def fits(s: int) -> bool:
+        m, example, _ = load_meta_step(model, seq=s, batch=batch, dtype=dtype)
+        try:
+            capture_plans(m, example, spec=spec)
+        except FitError:
+            return False
+        return True
+
+    bad, good = seq, None
+    s = seq // 2
+    while s >= 2:
+        if fits(s):
+            good = s
+            break
+        bad, s = s, s // 2
+    if good is None:
+        return "no sequence of 2 or more tokens fits at this batch"
+    while bad - good > max(1, seq // 16):
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return f"the longest --seq that fits is between {good} and {bad - 1} (use --seq {good})"
 
 
 __all__ = ["TRAIN_DTYPES", "StepPlans", "capture_plans", "capture_training_step",
