@@ -33,7 +33,7 @@ import torch
 from waferscale.errors import KernelShapeError
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.hardware.spec import WaferSpec
-from waferscale.ir import Graph, Node
+from waferscale.ir import Graph, Node, ref_name
 from waferscale.kernels.elementwise import local_pass, op_cycles, tile_elements
 from waferscale.kernels.family import (
     FLOAT_DTYPES,
@@ -105,8 +105,8 @@ class Dropout(RowFamily):
     targets = frozenset({"native_dropout"})
 
     def rejects(self, node: Node, g: Graph) -> str | None:
-        dtype = g.nodes[node.args[0].name].meta.get("dtype") if hasattr(
-            node.args[0], "name") else None
+        name = ref_name(node.args[0])
+        dtype = g.nodes[name].meta.get("dtype") if name is not None else None
         if dtype not in FLOAT_DTYPES:
             return f"no kernel for dropout of {dtype} values"
         return None
