@@ -144,6 +144,10 @@ BAD: list[tuple[str, int, str]] = [
     ("compile", 2, "Missing argument"),
     ("compile genslm-25m --seq abc", 2, "--seq"),
     ("compile genslm-25m --batch 1.5", 2, "--batch"),
+    ("compile {d}/small.py:f --weight-density 0.1", 2, "add --estimate"),
+    ("compile {d}/small.py:f --estimate --weight-density 0", 2, "a number in (0, 1]"),
+    ("compile {d}/small.py:f --estimate --activation-density nan", 2, "a number in (0, 1]"),
+    ("compile {d}/small.py:f --estimate --weight-density abc", 2, "--weight-density"),
     ("run genslm-25m", 2, "Missing option '--fasta'"),
     ("run --fasta {d}/ok.fasta", 2, "Missing argument"),
     # -- specs: presets, files, and every malformed TOML

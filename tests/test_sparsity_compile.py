@@ -86,3 +86,51 @@ def test_step_time_follows_the_densest_block() -> None:
     np.testing.assert_allclose(r.value, a @ b, rtol=1e-5, atol=1e-4)
     at_max = gemm.cost(m, k, n, grid=p, spec="wse2", skip="b", b_density=1.0)
     assert r.cycles <= at_max.cycles * 1.01
+
+
+def meta_fc(layers: int = 3, width: int = 256) -> torch.nn.Module:
+    with torch.device("meta"):
+        return fc(0.0, layers, width)
+
+
+def test_stated_density_prices_an_estimate_like_counted_weights() -> None:
+    # the same network's estimate: pruned weights counted from values, or meta weights at
+    # a stated density equal to the count; the plans price the same sparse kernels
+    x = torch.randn(64, 256)
+    counted = waferscale.compile(fc(0.97), (x,), mode="estimate")
+    stated = waferscale.compile(meta_fc(), (x.to("meta"),), mode="estimate",
+                                density=waferscale.Density(weights=0.03))
+    dense = waferscale.compile(meta_fc(), (x.to("meta"),), mode="estimate")
+    gemms = [st for st in stated.program.stages if st.kind == "gemm"]
+    assert gemms and all(st.params.b_density == 0.03 and st.params.skip_weights
+                         for st in gemms)
+    assert stated.report()["period_cycles"] == pytest.approx(
+        counted.report()["period_cycles"], rel=0.02)
+    assert stated.report()["period_cycles"] < dense.report()["period_cycles"]
+    assert any("stated nonzero fractions" in n for n in stated.report()["notes"])
+
+
+def test_stated_activation_density_replaces_the_relu_default() -> None:
+    x = torch.randn(64, 256, device="meta")
+    sparse = waferscale.compile(meta_fc(), (x,), mode="estimate",
+                                density={"activations": 0.05})
+    default = waferscale.compile(meta_fc(), (x,), mode="estimate")
+    fed = [st for st in sparse.program.stages if st.kind == "gemm" and st.params.skip]
+    assert fed and all(st.params.a_density == 0.05 for st in fed)
+    assert all(st.params.a_density == gemm.RELU_DENSITY
+               for st in default.program.stages if st.kind == "gemm")
+    assert sparse.report()["period_cycles"] <= default.report()["period_cycles"]
+
+
+@pytest.mark.parametrize("density", [{"weights": 0.0}, {"weights": 1.5},
+                                     {"activations": float("nan")}, {"weight": 0.1},
+                                     {"weights": True}])
+def test_bad_stated_density_is_a_compile_error(density: dict) -> None:
+    with pytest.raises(waferscale.WaferscaleError, match="density"):
+        waferscale.compile(meta_fc(1, 16), (torch.randn(4, 16, device="meta"),),
+                           mode="estimate", density=density)
+
+
+def test_stated_density_needs_estimate_mode() -> None:
+    with pytest.raises(waferscale.WaferscaleError, match="mode='estimate'"):
+        waferscale.compile(fc(0.0, 1, 16), (torch.randn(4, 16),), density={"weights": 0.5})

@@ -27,5 +27,15 @@ def compile_lm(model: Any, **kwargs: Any) -> Any:
     return _compile_lm(model, **kwargs)
 
 
-__all__ = ["WaferSpec", "WaferscaleError", "compile", "compile_lm", "get_spec"]
+def __getattr__(name: str) -> Any:
+    """``waferscale.Density`` (stated nonzero fractions for estimates,
+    `waferscale.compiler.density`), imported on first use like `compile`."""
+    if name == "Density":
+        from waferscale.compiler.density import Density
+
+        return Density
+    raise AttributeError(f"module 'waferscale' has no attribute {name!r}")
+
+
+__all__ = ["Density", "WaferSpec", "WaferscaleError", "compile", "compile_lm", "get_spec"]
 __version__ = "0.1.0"

@@ -19,6 +19,9 @@ import torch.utils._pytree as pytree
 
 from waferscale.compiler import capture as cap
 from waferscale.compiler import lower
+from waferscale.compiler.density import Density
+from waferscale.compiler.density import annotate as annotate_density
+from waferscale.compiler.density import check_mode as check_density_mode
 from waferscale.compiler.errors import CompileError, FallbackError, FitError
 from waferscale.compiler.floorplan import BlockSramError, ConstraintError, FloorplanConfig
 from waferscale.compiler.floorplan.serialize import to_dict
@@ -283,7 +286,8 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
             max_side: int | None = None, reserve: list[RectLike] | None = None,
             pin: dict[str, RectLike] | None = None,
             placer_config: FloorplanConfig | None = None,
-            defects: DefectsLike | None = None, systems: int = 1) -> CompiledModel:
+            defects: DefectsLike | None = None, systems: int = 1,
+            density: Density | dict[str, float] | None = None) -> CompiledModel:
     """Capture ``model`` with torch.export, lower, plan, place and route it for ``spec``.
 
     ``mode``: 'auto' (pipelined if it fits, else a weight-streaming estimate), 'pipelined'
@@ -302,15 +306,20 @@ def compile(model: torch.nn.Module, example_inputs: Any = None, *,
     ``systems``: the report's figures for N systems (weight streaming: data parallel on one
     SwarmX tree, each system the example's batch; a cluster that runs the values:
     `waferscale.train.Trainer(systems=N)`).
+    ``density``: for ``mode='estimate'`` only, the nonzero fractions to price sparse
+    kernels at where no values exist: ``Density(weights=0.1, activations=0.3)`` or the
+    same as a dict (`compiler.density`); the functional modes count them from the values.
     """
     t0 = time.perf_counter()
     spec = get_spec(spec)
     remap = resolve_remap(spec, defects)
+    stated = Density.of(density)
+    check_density_mode(stated, mode)
     g, train_note = capture_model(model, example_inputs)
     return compile_graph(g, example_inputs, spec=spec, mode=mode, strict=strict,
                          max_side=max_side, reserve=reserve, pin=pin,
                          placer_config=placer_config, defects=remap, systems=systems,
-                         note=train_note, t0=t0, module=model)
+                         note=train_note, t0=t0, module=model, density=stated)
 
 
 def capture_model(model: torch.nn.Module, example_inputs: Any) -> tuple[Graph, str]:
@@ -336,8 +345,8 @@ def compile_graph(g: Graph, example_inputs: Any, *, spec: WaferSpec | str | None
                   pin: dict[str, RectLike] | None = None,
                   placer_config: FloorplanConfig | None = None,
                   defects: DefectsLike | None = None, systems: int = 1, note: str = "",
-                  t0: float | None = None, module: torch.nn.Module | None = None
-                  ) -> CompiledModel:
+                  t0: float | None = None, module: torch.nn.Module | None = None,
+                  density: Density | dict[str, float] | None = None) -> CompiledModel:
     """The second half of `compile`: lower, plan, place and route a captured graph (which
     it edits in place). Arguments as `compile`'s; ``note`` joins the report's notes
     (`capture_model`'s train-mode note), ``t0`` is when compiling began (the report's
@@ -346,10 +355,14 @@ def compile_graph(g: Graph, example_inputs: Any, *, spec: WaferSpec | str | None
     t0 = time.perf_counter() if t0 is None else t0
     spec = get_spec(spec)
     remap = resolve_remap(spec, defects)
+    stated = Density.of(density)
+    check_density_mode(stated, mode)
+    density_note = annotate_density(g, stated)
     prog = lower_graph(g, spec, mode=mode, strict=strict, max_side=max_side, t0=t0,
                        reserve=reserve, pin=pin, placer_config=placer_config)
-    if note:
-        prog = dataclasses.replace(prog, notes=prog.notes + (note,))
+    extra = tuple(n for n in (note, density_note) if n)
+    if extra:
+        prog = dataclasses.replace(prog, notes=prog.notes + extra)
     return CompiledModel(prog, example_inputs, remap, systems=systems, module=module)
 
 

@@ -378,10 +378,22 @@ def compile_(model: ModelArg,
                  "--dtype", help="with --train: fp16, bf16 or fp32")] = "fp16",
              systems: Annotated[int, typer.Option(
                  "--systems", help="with --train: N systems, --batch samples each")] = 1,
+             weight_density: Annotated[float | None, typer.Option(
+                 "--weight-density", help="with --estimate: nonzero fraction of every "
+                                          "weight matrix, e.g. 0.1 (zero weights skipped)")
+             ] = None,
+             activation_density: Annotated[float | None, typer.Option(
+                 "--activation-density", help="with --estimate: nonzero fraction of ReLU "
+                                              "outputs (default 0.5)")] = None,
              json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Compile a PyTorch model for the wafer and report its plan and throughput."""
     def body() -> None:
         from waferscale.report.compile import compile_report
+        stated = (weight_density, activation_density)
+        if stated != (None, None) and (not estimate or train):
+            raise WaferscaleError("--weight-density/--activation-density state what an "
+                                  "estimate cannot count: add --estimate (and drop --train), "
+                                  "or prune the model's weights instead")
         if train:
             from waferscale.report.training import train_report
             if not estimate:
@@ -396,7 +408,9 @@ def compile_(model: ModelArg,
             return
         r = compile_report(model, seq=seq, batch=batch, estimate=estimate, strict=strict,
                            spec=spec, reserve=[parse_rect(x) for x in reserve or []],
-                           map_path=map_out)
+                           map_path=map_out,
+                           density=None if stated == (None, None) else
+                           {"weights": weight_density, "activations": activation_density})
         if json_out:
             _emit(r)
             return

@@ -810,8 +810,13 @@ def cost(m: int, k: int, n: int, *, algorithm: str = "meshgemm", grid: int,
 # runs there: side-by-side q x q MeshGEMM groups, fused layer-norm prologues and pointwise
 # epilogues, all timed by `cost` so that the plan and the fabric agree.
 
-#: Density assumed for activations after a ReLU when no values exist (estimate mode).
+#: Density assumed for activations after a ReLU when no values exist (estimate mode) and
+#: the user stated none: half, a ReLU of zero-mean pre-activations [A].
 RELU_DENSITY = 0.5
+
+#: Node meta key of a nonzero fraction the user stated for an estimate (on weight
+#: constants and ReLU outputs; `compiler.density` writes it, the GEMM stage reads it).
+STATED_DENSITY = "stated_density"
 
 
 @dataclass(frozen=True)
@@ -835,8 +840,10 @@ class GemmParams(StageParams):
     ``mrows`` (weights replicated per group), or its K dimension in ``ksplit`` chunks whose
     partial products are summed across the groups (`ksplit_cycles`). ``skip``: zero
     activations are skipped (the
-    operand comes from a ReLU); ``b_density``: the nonzero fraction of the weight, counted
-    from its values when the graph holds them (1 when dense or unknown); ``skip_weights``:
+    operand comes from a ReLU) and ``a_density`` is the nonzero fraction assumed for it
+    where no values exist (`RELU_DENSITY` or the user's stated one); ``b_density``: the
+    nonzero fraction of the weight, stated by the user for an estimate or counted from its
+    values when the graph holds them (1 when dense or unknown); ``skip_weights``:
     sizing found sending only the nonzero weights faster than sending them dense."""
 
     op: str
@@ -846,6 +853,7 @@ class GemmParams(StageParams):
     n: int
     bias: bool = False
     skip: bool = False
+    a_density: float = RELU_DENSITY
     b_density: float = 1.0
     skip_weights: bool = False
     epilogue: tuple[Epilogue, ...] = ()
@@ -881,27 +889,30 @@ class GemmParams(StageParams):
                 (True, True): "both"}[(self.skip, w)]
 
 
-def _relu_fed(g: Graph, x: Any) -> bool:
-    """Whether a GEMM's activation comes (through layout nodes) from a ReLU."""
+def _relu_source(g: Graph, x: Any) -> Node | None:
+    """The ReLU a GEMM's activation comes from (through layout nodes), or None: only a
+    ReLU's output is known to hold zeros worth skipping."""
     name = x.name if isinstance(x, Ref) else None
     while name is not None:
         node = g.nodes[name]
         if node.op != "call":
-            return False
+            return None
         if node.short in ("relu",) or (node.short == "clamp_min" and node.args[1] == 0):
-            return True
+            return node
         if is_layout(node):
             refs = [i for i in node.inputs if g.nodes[i].op != "const"]
             name = refs[0] if refs else None
             continue
-        return False
-    return False
+        return None
+    return None
 
 
 def _weight_density(g: Graph, x: Any) -> float:
-    """Nonzero fraction of a GEMM's weight operand when it is a constant the graph holds
-    real values of (through layout nodes: an nn.Linear's ``t``); 1.0 otherwise (an
-    activation, or weights on the meta device: no values to count)."""
+    """Nonzero fraction of a GEMM's weight operand when it is a constant: the density the
+    user stated for an estimate (``meta[STATED_DENSITY]`` on the constant, set by
+    `compiler.density`) or else counted from the values the graph holds (through layout
+    nodes: an nn.Linear's ``t``); 1.0 otherwise (an activation, or meta weights with no
+    stated density: nothing to count)."""
     name = x.name if isinstance(x, Ref) else None
     while name is not None:
         node = g.nodes[name]
@@ -911,6 +922,8 @@ def _weight_density(g: Graph, x: Any) -> float:
             return 1.0
         refs = [i for i in node.inputs if g.nodes[i].op != "const" or i in g.constants]
         name = refs[0] if refs else None
+    if name is not None and STATED_DENSITY in g.nodes[name].meta:
+        return float(g.nodes[name].meta[STATED_DENSITY])
     t = g.constants.get(name) if name is not None else None
     if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
         return 1.0
@@ -1337,8 +1350,12 @@ class Gemm(KernelFamily):
         a_arg, b_arg = (node.args[1], node.args[2]) if short == "addmm" else node.args[:2]
         a, b = shape_of(g, a_arg), shape_of(g, b_arg)
         batch, m, k, n = (1, a[0], a[1], b[1]) if short != "bmm" else (a[0], a[1], a[2], b[2])
+        relu = _relu_source(g, a_arg)
+        a_density = RELU_DENSITY if relu is None else relu.meta.get(STATED_DENSITY,
+                                                                     RELU_DENSITY)
         return (GemmParams(short, batch, m, k, n, bias=short == "addmm",
-                           skip=_relu_fed(g, a_arg), b_density=_weight_density(g, b_arg)),
+                           skip=relu is not None, a_density=float(a_density),
+                           b_density=_weight_density(g, b_arg)),
                 2.0 * batch * m * k * n)
 
     def size(self, spec: WaferSpec, st: Stage, area: float, side_cap: int,
@@ -1349,7 +1366,7 @@ class Gemm(KernelFamily):
         p: GemmParams = st.params  # type: ignore[assignment]
         dt = st.dtype
         batch, m, k, n = p.batch, p.m, p.k, p.n
-        dens = RELU_DENSITY if p.skip else 1.0
+        dens = p.a_density if p.skip else 1.0
         split = p.splits_rows
         extras = p.extras()
 

@@ -114,10 +114,11 @@ def _load(model: str, **kw: Any) -> tuple[torch.nn.Module, Any, int]:
 def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: bool,
                    spec: str = "wse2", reserve: list[tuple[int, int, int, int]] | None = None,
                    pin: dict[str, tuple[int, int, int, int]] | None = None,
-                   map_path: str | Path | None = None, layers: int | None = None
-                   ) -> dict[str, Any]:
+                   map_path: str | Path | None = None, layers: int | None = None,
+                   density: dict[str, float | None] | None = None) -> dict[str, Any]:
     """Compile MODEL and return its report (plan, stages, throughput) plus ``model`` and
-    ``seq``, and ``map`` when ``map_path`` is given.
+    ``seq``, and ``map`` when ``map_path`` is given. ``density``: stated nonzero
+    fractions for an estimate (`compiler.density.Density`'s fields).
 
     Presets are built on the meta device in estimate mode, and always above ``META_ABOVE``
     parameters: their weights would not fit in host memory, and a plan needs shapes only.
@@ -135,13 +136,18 @@ def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: 
         check_host_memory(model, seq, batch, "add --estimate to plan and time it on meta "
                                              "weights, or use a smaller --batch or --seq")
     mode = "estimate" if estimate else "auto"
+    if density is not None:
+        from waferscale.compiler.density import Density, check_mode
+        density = Density(**density)  # type: ignore[assignment]
+        check_mode(density, mode)  # type: ignore[arg-type]
     if meta:
         cm = _compile_preset_meta(model, seq=seq, batch=batch, layers=layers, spec=spec,
-                                  mode=mode, strict=strict, reserve=reserve, pin=pin)
+                                  mode=mode, strict=strict, reserve=reserve, pin=pin,
+                                  density=density)
     else:
         m, example, _ = _load(model, seq=seq, batch=batch, meta=meta, layers=layers)
         cm = waferscale.compile(m, example, spec=spec, mode=mode, strict=strict,
-                                reserve=reserve, pin=pin)
+                                reserve=reserve, pin=pin, density=density)
     rep = cm.report()
     rep["floorplan"] = cm.program.floorplan   # the routed placement, for wafer maps
     if map_path is not None:
