@@ -559,6 +559,7 @@ def validate(json_out: JsonOpt = False,
 
 
 # ------------------------------------------------------------ gpu / compare / quote -----
+from waferscale.cli_bicgstab import register as _register_bicgstab  # noqa: E402
 from waferscale.cli_cluster import register as _register_cluster  # noqa: E402
 from waferscale.cli_generate import register as _register_generate  # noqa: E402
 from waferscale.cli_gpu import register as _register_gpu  # noqa: E402
@@ -570,6 +571,7 @@ _register_generate(app)
 _register_train(app)
 _register_cluster(app)
 _register_report(app)
+_register_bicgstab(app)
 
 
 def main(argv: list[str] | None = None) -> int:
