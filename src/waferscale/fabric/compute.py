@@ -28,8 +28,11 @@ def _same_layout(tensors: Sequence[MeshTensor], what: str) -> MeshTensor:
 
 
 def _ready(tensors: Sequence[MeshTensor]) -> np.ndarray:
-    return np.maximum.reduce([t.ready for t in tensors]) if len(tensors) > 1 \
-        else tensors[0].ready
+    """When every input's tile is ready, as compact as the inputs' ready times are."""
+    ready = tensors[0]._ready
+    for t in tensors[1:]:
+        ready = np.maximum(ready, t._ready)
+    return ready
 
 
 def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op: str = "add",
@@ -45,7 +48,10 @@ def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op:
     first = _same_layout(inputs, f"elementwise {op}")
     fabric = first.fabric
     dtype = dtype or first.dtype
-    elements = skip_zeros_of.nnz() if skip_zeros_of is not None else first.valid
+    # one count for every PE where it is one (no zero anywhere, a uniform layout): the
+    # counters then take a scalar instead of a wafer-sized array
+    elements = skip_zeros_of._nnz_compact() if skip_zeros_of is not None \
+        else first._valid_compact()
     # nonzero counts are whole numbers; so is ``valid`` when its layout's info says so
     # (the counts of wavelets are the elements, one per wavelet)
     integral = skip_zeros_of is not None or first.wavelet_info().integral
@@ -57,8 +63,8 @@ def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op:
     else:
         mem_bytes = elements * (len(inputs) + 1)
         mem_bytes *= BYTES[dtype]
-    end = fabric.execute(first.rect, cycles, _ready(inputs), flops=elements * flops_per_element,
-                         mem_bytes=mem_bytes)
+    end = fabric._execute(first.rect, cycles, _ready(inputs),
+                          flops=elements * flops_per_element, mem_bytes=mem_bytes)
     tiles = None
     if not fabric.timing_only:
         work = compute_dtype(dtype)

@@ -29,6 +29,43 @@ from waferscale.hardware.spec import WaferSpec, get_spec
 EAST, WEST, SOUTH, NORTH, RAMP_IN, RAMP_OUT = range(6)
 PORT_NAMES = ("east", "west", "south", "north", "ramp_in", "ramp_out")
 
+#: Per-PE state arrays ([rows, cols]) and per-port ones ([6, rows, cols]).
+_PE_STATE = ("ce_clock", "busy", "stalled", "memory_stalled", "flops", "mem_bytes")
+_PORT_STATE = ("port_clock", "port_wavelets")
+
+# How the state is stored.
+#
+# Each state array is kept *compact* while it can be: as an array that broadcasts to the
+# fabric's shape, (1, 1) while every PE holds the same value, (1, cols) while all rows are alike
+# (after east-west traffic over the whole wafer), (rows, 1) while all columns are. The
+# primitives that work on the whole fabric (`execute`, `movement.shift`) update the compact
+# arrays with the same operations, element for element, that they would apply to the full
+# ones, so every value is the same as with full arrays, and a step in which all PEs of a line
+# do the same work costs no pass over the wafer. Reading a state array through its public
+# attribute (``fabric.ce_clock``, ``fabric.port_clock``, ...) makes it full, for good: from
+# then on it is one array that callers may hold and write into, as before.
+
+
+def _pe_state(name: str) -> property:
+    def get(self: Fabric) -> np.ndarray:
+        return self._full(name)
+
+    def put(self: Fabric, value: np.ndarray) -> None:
+        self._state[name] = value
+
+    return property(get, put, doc=f"[rows, cols] ``{name}`` of every PE (made full).")
+
+
+def _port_state(kind: str) -> property:
+    def get(self: Fabric) -> np.ndarray:
+        return self._full_ports(kind)
+
+    def put(self: Fabric, value: np.ndarray) -> None:
+        self._ports_full[kind] = value
+        self._ports[kind] = [value[p] for p in range(6)]
+
+    return property(get, put, doc=f"[6, rows, cols] ``{kind}`` of every port (made full).")
+
 
 @dataclass(frozen=True)
 class Rect:
@@ -81,14 +118,12 @@ class Fabric:
                     f"{limit} {name} or a larger spec")
         self.timing_only = timing_only
         shape = (self.rows, self.cols)
-        self.ce_clock = np.zeros(shape)
-        self.busy = np.zeros(shape)
-        self.stalled = np.zeros(shape)
-        self.memory_stalled = np.zeros(shape)
-        self.port_clock = np.zeros((6, *shape))
-        self.port_wavelets = np.zeros((6, *shape))
-        self.flops = np.zeros(shape)
-        self.mem_bytes = np.zeros(shape)
+        self._shape = shape
+        # every state array starts compact (the note above): one value for the whole wafer
+        self._state: dict[str, np.ndarray] = {name: np.zeros((1, 1)) for name in _PE_STATE}
+        self._ports: dict[str, list[np.ndarray]] = {
+            kind: [np.zeros((1, 1)) for _ in range(6)] for kind in _PORT_STATE}
+        self._ports_full: dict[str, np.ndarray | None] = dict.fromkeys(_PORT_STATE)
         self.wavelet_hops = 0.0
         if link_extra is None:
             link_extra = np.zeros((4, *shape))
@@ -100,6 +135,89 @@ class Fabric:
         self.link_extra = link_extra
         self.sram = SramAllocator(self.rows, self.cols, self.spec.sram_bytes)
         self._names = 0
+
+    ce_clock = _pe_state("ce_clock")
+    busy = _pe_state("busy")
+    stalled = _pe_state("stalled")
+    memory_stalled = _pe_state("memory_stalled")
+    flops = _pe_state("flops")
+    mem_bytes = _pe_state("mem_bytes")
+    port_clock = _port_state("port_clock")
+    port_wavelets = _port_state("port_wavelets")
+
+    # -- compact state (the note above) ------------------------------------------------
+    def _full(self, name: str) -> np.ndarray:
+        """The [rows, cols] state ``name``, made full and kept so."""
+        value = self._state[name]
+        if value.shape != self._shape:
+            value = self._state[name] = np.array(np.broadcast_to(value, self._shape))
+        return value
+
+    def _full_ports(self, kind: str) -> np.ndarray:
+        """The [6, rows, cols] port state ``kind``, made full; each port's storage becomes a
+        view of it, so that later in-place updates reach it."""
+        full = self._ports_full[kind]
+        if full is None:
+            full = np.empty((6, *self._shape))
+            for p, value in enumerate(self._ports[kind]):
+                full[p] = value
+            self._ports_full[kind] = full
+            self._ports[kind] = [full[p] for p in range(6)]
+        return full
+
+    def _peek(self, name: str) -> np.ndarray:
+        """The full [rows, cols] state without keeping it full (for summaries)."""
+        value = self._state[name]
+        return value if value.shape == self._shape \
+            else np.array(np.broadcast_to(value, self._shape))
+
+    def _peek_ports(self, kind: str) -> np.ndarray:
+        full = self._ports_full[kind]
+        if full is None:
+            full = np.empty((6, *self._shape))
+            for p, value in enumerate(self._ports[kind]):
+                full[p] = value
+        return full
+
+    def _is_full(self, value: np.ndarray) -> bool:
+        return value.shape == self._shape
+
+    def _compact(self, rect: Rect) -> bool:
+        """Whether a primitive on ``rect`` may work on the compact state: it covers the
+        whole fabric."""
+        return rect.row == 0 and rect.col == 0 and rect.shape == self._shape
+
+    def _widen(self, value: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        target = np.broadcast_shapes(value.shape, shape)
+        return value if target == value.shape else np.array(np.broadcast_to(value, target))
+
+    def _state_as(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """State ``name`` stored at least as wide as ``shape`` (a compact array grows), to be
+        updated in place."""
+        value = self._state[name] = self._widen(self._state[name], shape)
+        return value
+
+    def _port_as(self, kind: str, port: int, shape: tuple[int, int]) -> np.ndarray:
+        """`_state_as` for one port of ``kind``."""
+        ports = self._ports[kind]
+        value = ports[port] = self._widen(ports[port], shape)
+        return value
+
+    def _add(self, name: str, value: np.ndarray | float) -> None:
+        """``state += value`` over the whole fabric, in place when the state is full."""
+        state = self._state[name]
+        if self._is_full(state):
+            state += value
+        else:
+            self._state[name] = state + value
+
+    def _assign(self, name: str, value: np.ndarray) -> None:
+        """``state[...] = value`` over the whole fabric (a copy: never ``value`` itself)."""
+        state = self._state[name]
+        if self._is_full(state):
+            state[...] = value
+        else:
+            self._state[name] = np.array(value, dtype=float)
 
     @property
     def link_extra(self) -> np.ndarray:
@@ -143,11 +261,22 @@ class Fabric:
         ``memory_stall``: cycles the work also waits on SRAM (bank conflicts), after it starts;
         counted apart from busy and from waiting for data.
         """
+        end = self._execute(rect, cycles, ready, flops, mem_bytes, memory_stall)
+        return end if end.shape == rect.shape else np.array(np.broadcast_to(end, rect.shape))
+
+    def _execute(self, rect: Rect, cycles: np.ndarray | float, ready: np.ndarray | float,
+                 flops: np.ndarray | float = 0.0, mem_bytes: np.ndarray | float = 0.0,
+                 memory_stall: np.ndarray | float = 0.0) -> np.ndarray:
+        """`execute`, returning a compact array (one that broadcasts to ``rect``'s shape)
+        when the state is compact: the fabric's own primitives keep it as a tensor's ready
+        time."""
         sl = rect.slices
-        clock = self.ce_clock[sl]
         if np.ndim(memory_stall) == 0 and not memory_stall and np.ndim(ready) <= 2 \
                 and np.min(cycles) > 0:
-            return self._execute_all(sl, clock, cycles, ready, flops, mem_bytes)
+            if self._compact(rect):
+                return self._execute_compact(cycles, ready, flops, mem_bytes)
+            return self._execute_all(sl, self.ce_clock[sl], cycles, ready, flops, mem_bytes)
+        clock = self.ce_clock[sl]
         cycles = np.broadcast_to(np.asarray(cycles, dtype=float), rect.shape)
         ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape)
         active = cycles > 0
@@ -166,6 +295,26 @@ class Fabric:
         np.copyto(clock, end, where=active)
         self.flops[sl] += flops
         self.mem_bytes[sl] += mem_bytes
+        return end
+
+    def _execute_compact(self, cycles: np.ndarray | float, ready: np.ndarray | float,
+                         flops: np.ndarray | float, mem_bytes: np.ndarray | float
+                         ) -> np.ndarray:
+        """`_execute_all` over the whole fabric on the compact state: the same operations
+        in the same order, on arrays as wide as the operands make them."""
+        clock = self._state["ce_clock"]
+        start = np.maximum(clock, ready)
+        gap = np.subtract(start, clock)
+        self._add("stalled", gap)
+        self._add("busy", cycles)
+        end = np.add(start, cycles, out=start) \
+            if np.broadcast_shapes(start.shape, np.shape(cycles)) == start.shape \
+            else np.add(start, cycles)
+        self._assign("ce_clock", end)
+        if np.ndim(flops) or flops:
+            self._add("flops", flops)
+        if np.ndim(mem_bytes) or mem_bytes:
+            self._add("mem_bytes", mem_bytes)
         return end
 
     def _execute_all(self, sl: tuple[slice, slice], clock: np.ndarray,
@@ -210,14 +359,16 @@ class Fabric:
     # -- summaries -----------------------------------------------------------------------
     def elapsed(self) -> float:
         """Cycles from start to the last CE or port activity anywhere on the fabric."""
-        return float(max(self.ce_clock.max(), self.port_clock.max()))
+        # the largest value of a compact array is that of the full one
+        return float(max(self._state["ce_clock"].max(),
+                         max(p.max() for p in self._ports["port_clock"])))
 
     def energy_joules(self) -> dict[str, float]:
         """Energy by component from the spec's per-event estimates."""
         spec = self.spec
-        accesses = self.mem_bytes.sum() / (spec.mem_word_bits / 8)
+        accesses = self._peek("mem_bytes").sum() / (spec.mem_word_bits / 8)
         parts = {
-            "compute": float(self.flops.sum()) * spec.energy_pj_per_flop * 1e-12,
+            "compute": float(self._peek("flops").sum()) * spec.energy_pj_per_flop * 1e-12,
             "sram": float(accesses) * spec.energy_pj_per_sram_access * 1e-12,
             "fabric": float(self.wavelet_hops) * spec.energy_pj_per_hop * 1e-12,
         }
@@ -228,10 +379,11 @@ class Fabric:
         """Totals over the fabric: time, busy / stalled / idle share of PE-cycles, energy."""
         cycles = self.elapsed()
         pe_cycles = cycles * self.rows * self.cols or 1.0
-        busy = float(self.busy.sum())
-        stalled = float(self.stalled.sum())
-        memory = float(self.memory_stalled.sum())
-        link_wavelets = self.port_wavelets[:4]
+        # sums over full arrays (as the state would be if full), without making it full
+        busy = float(self._peek("busy").sum())
+        stalled = float(self._peek("stalled").sum())
+        memory = float(self._peek("memory_stalled").sum())
+        link_wavelets = self._peek_ports("port_wavelets")[:4]
         return {
             "cycles": cycles,
             "seconds": self.spec.seconds(cycles),
@@ -239,7 +391,7 @@ class Fabric:
             "stalled_fraction": stalled / pe_cycles,
             "memory_stall_fraction": memory / pe_cycles,
             "idle_fraction": max(0.0, 1.0 - (busy + stalled + memory) / pe_cycles),
-            "flops": float(self.flops.sum()),
+            "flops": float(self._peek("flops").sum()),
             "link_wavelets": float(link_wavelets.sum()),
             "peak_link_wavelets": float(link_wavelets.max()),
             "sram_peak_bytes": float(self.sram.peak()),

@@ -142,22 +142,58 @@ def _part(wav: np.ndarray, uniform: float | None, lo: int, hi: int) -> np.ndarra
     return wav[:, lo:hi] if uniform is None else uniform
 
 
-def _load_span(fabric: Fabric, view: View, port: int, start: np.ndarray,
-               load: np.ndarray | float, lo: int, hi: int, positive: bool) -> None:
+Getter = Callable[[str, int], np.ndarray]
+
+
+def _full_state(fabric: Fabric) -> Getter:
+    """The port state ``kind`` of ``port`` as a full [rows, cols] array."""
+    return lambda kind, port: getattr(fabric, kind)[port]
+
+
+def _load_span(fabric: Fabric, get: Getter, view: View, port: int, start: np.ndarray,
+               load: np.ndarray | float, lo: int, hi: int, positive: bool,
+               lines: int = 1) -> None:
     """`load_links` for links lo..hi-1 only (the others carry nothing), exact for integral
-    loads: the same clock update, the hop count summed without the zeros."""
-    clock = view(fabric.port_clock[port])[:, lo:hi]
+    loads: the same clock update, the hop count summed without the zeros. ``lines``: how
+    many lines each row of the views stands for (a compact state holds one for all)."""
+    clock = view(get("port_clock", port))[:, lo:hi]
     if positive:
         np.maximum(clock, start, out=clock)
         clock += load
     else:
         load = np.broadcast_to(load, clock.shape)
         np.copyto(clock, np.maximum(clock, start) + load, where=load > 0)
-    counted = view(fabric.port_wavelets[port])[:, lo:hi]
+    counted = view(get("port_wavelets", port))[:, lo:hi]
     counted += load
     # whole numbers: the total is the same in any order, so a uniform load is one product
-    fabric.wavelet_hops += float(load * clock.size) if np.ndim(load) == 0 \
+    fabric.wavelet_hops += float(load * (clock.size * lines)) if np.ndim(load) == 0 \
         else float(np.sum(np.broadcast_to(load, clock.shape)))
+
+
+def _shift_state(t: MeshTensor, axis: str, ports: tuple[int, ...], uniform: float | None
+                 ) -> tuple[Getter, np.ndarray, np.ndarray, int]:
+    """What a one-hop shift of ``t`` along ``axis`` works on: a getter of the port states,
+    ``t``'s ready times, the array its result's ready times go in, and how many lines
+    each row of these stands for.
+
+    Compact (see `Fabric`) when the shift covers the whole fabric, tiles are one size,
+    there are no detours, and the ready times and every port it touches are alike on all
+    lines: then each is one line (grown to the line's length) for all of them, and the
+    same operations on it give every line's values. Otherwise full arrays.
+    """
+    fabric, rect = t.fabric, t.rect
+    across = 0 if axis == "row" else 1          # the fabric axis that counts the lines
+    ready = t._ready
+    compact = (fabric._compact(rect) and uniform is not None and not fabric.detours
+               and isinstance(ready, np.ndarray) and ready.ndim == 2
+               and ready.shape[across] == 1
+               and all(fabric._ports[kind][p].shape[across] == 1
+                       for kind in ("port_clock", "port_wavelets") for p in ports))
+    if not compact:
+        return _full_state(fabric), t.ready, np.empty(rect.shape), 1
+    shape = (1, rect.cols) if axis == "row" else (rect.rows, 1)
+    return (lambda kind, port: fabric._port_as(kind, port, shape),
+            np.broadcast_to(ready, shape), np.empty(shape), rect.shape[across])
 
 
 def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
@@ -184,18 +220,20 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
     local, unlocal = local_view(axis, reverse)
     port, back = line_port(axis, reverse), line_port(axis, not reverse)
     wav, w = local(t.wavelets()), info.uniform
-    ready = local(t.ready)
+    get, ready, out_ready, lines = _shift_state(
+        t, axis, (RAMP_OUT, port, RAMP_IN) + ((back,) if cyclic else ()), w)
+    ready = local(ready)
     # senders: every PE but the last (cyclic: all); `send` with its mask
     senders = length if cyclic else m
-    ramp = view(fabric.port_clock[RAMP_OUT])
+    ramp = view(get("port_clock", RAMP_OUT))
     start = np.maximum(ready, ramp)
     start[:, :senders] += 1
     np.add(start[:, :senders], _part(wav, w, 0, senders), out=ramp[:, :senders])
-    view(fabric.port_wavelets[RAMP_OUT])[:, :senders] += _part(wav, w, 0, senders)
+    view(get("port_wavelets", RAMP_OUT))[:, :senders] += _part(wav, w, 0, senders)
     # one hop: the link leaving position q carries q's tile, the last link nothing
     begin = start.min(axis=1, keepdims=True)
-    _load_span(fabric, view, port, begin, _part(wav, w, 0, m), 0, m, info.positive)
-    out_ready = np.empty(t.rect.shape)
+    _load_span(fabric, get, view, port, begin, _part(wav, w, 0, m), 0, m, info.positive,
+               lines)
     arrive = local(out_ready)
     heads = arrive[:, d:]
     np.add(start[:, :m], spec.ramp_cycles, out=heads)
@@ -208,8 +246,8 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
     if cyclic:
         # the wrap flow goes back over every link of the line, to position 0
         back_view = line_view(t.rect, axis, not reverse)
-        _load_span(fabric, back_view, back, begin, _part(wav, w, m, length), 0, length - 1,
-                   info.positive)
+        _load_span(fabric, get, back_view, back, begin, _part(wav, w, m, length), 0,
+                   length - 1, info.positive, lines)
         wrap = arrive[:, :d]
         np.add(start[:, m:], spec.ramp_cycles, out=wrap)
         wrap += m * spec.hop_cycles
@@ -217,7 +255,7 @@ def shift(t: MeshTensor, direction: str, distance: int = 1, cyclic: bool = False
             back_extra = path_extra(fabric, back_view, back)
             wrap += back_extra[:, length - 1:length] - back_extra[:, 0:1]
         first = 0
-    _deliver_span(fabric, view, arrive[:, first:], _roll_part(wav, w, d, first),
+    _deliver_span(fabric, get, view, arrive[:, first:], _roll_part(wav, w, d, first),
                   min(d, m), first)
     if not cyclic:
         arrive[:, :d] = ready[:, :d]
@@ -243,12 +281,12 @@ def _roll_part(wav: np.ndarray, uniform: float | None, d: int, first: int
     return rolled[:, first:]
 
 
-def _deliver_span(fabric: Fabric, view: View, heads: np.ndarray, wavelets: np.ndarray | float,
-                  serial: float, first: int) -> None:
+def _deliver_span(fabric: Fabric, get: Getter, view: View, heads: np.ndarray,
+                  wavelets: np.ndarray | float, serial: float, first: int) -> None:
     """`deliver` to positions first.. of every line, all of which receive; the completion
     times overwrite ``heads`` (the same operations in the same order)."""
     spec = fabric.spec
-    ramp = view(fabric.port_clock[RAMP_IN])[:, first:]
+    ramp = view(get("port_clock", RAMP_IN))[:, first:]
     freed = np.maximum(heads, ramp)
     freed += wavelets if spec.ramp_wavelets_per_cycle == 1 \
         else np.divide(wavelets, spec.ramp_wavelets_per_cycle)
@@ -257,7 +295,7 @@ def _deliver_span(fabric: Fabric, view: View, heads: np.ndarray, wavelets: np.nd
     np.maximum(freed, heads, out=heads)
     heads += spec.ramp_cycles
     ramp[...] = freed
-    counted = view(fabric.port_wavelets[RAMP_IN])[:, first:]
+    counted = view(get("port_wavelets", RAMP_IN))[:, first:]
     counted += wavelets
 
 

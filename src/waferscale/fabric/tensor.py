@@ -62,6 +62,11 @@ class WaveletInfo:
         return cls(integral, lo if lo == hi else None, lo > 0)
 
 
+def _broadcasts(shape: tuple[int, ...], full: tuple[int, int]) -> bool:
+    """``shape`` is 2-D and broadcasts to ``full`` (a compact ready array)."""
+    return len(shape) == 2 and all(a in (1, b) for a, b in zip(shape, full, strict=True))
+
+
 def _block(n: int, parts: int) -> int:
     return math.ceil(n / parts)
 
@@ -73,7 +78,15 @@ def valid_extent(n: int, parts: int) -> np.ndarray:
 
 
 def count_nonzero_last(values: np.ndarray) -> np.ndarray:
-    """Nonzeros along the last axis as float64: ``np.count_nonzero(values, axis=-1)``.
+    """Nonzeros along the last axis as float64: ``np.count_nonzero(values, axis=-1)``."""
+    counts = _count_nonzero(values, uniform=False)
+    assert isinstance(counts, np.ndarray)
+    return counts
+
+
+def _count_nonzero(values: np.ndarray, uniform: bool = True) -> np.ndarray | float:
+    """`count_nonzero_last`; with ``uniform``, the one count ``k`` as a float when no value
+    is zero (one count over the flags instead of the per-row sums).
 
     NumPy's per-row count over a short last axis (a PE's tile) runs element by element,
     slower than the FMAC it prices; here the != 0 flags are packed eight to a uint64 word
@@ -81,13 +94,22 @@ def count_nonzero_last(values: np.ndarray) -> np.ndarray:
     """
     k = values.shape[-1]
     flat = values.reshape(-1, k)
+    uniform = uniform and flat.size > 0
     if k == 1:
-        return (flat[:, 0] != 0).astype(np.float64).reshape(values.shape[:-1])
+        flags = flat[:, 0] != 0
+        if uniform and np.count_nonzero(flags) == flags.size:
+            return 1.0
+        return flags.astype(np.float64).reshape(values.shape[:-1])
     if k > 64:      # long rows: NumPy's own count is fast there, the word sums would not be
         return np.count_nonzero(flat, axis=-1).astype(np.float64).reshape(values.shape[:-1])
     width = -(-k // 8) * 8
-    flags = np.zeros((flat.shape[0], width), dtype=bool)
-    np.not_equal(flat, 0, out=flags[:, :k])
+    if uniform or width == k:
+        flags = np.not_equal(flat, 0)
+        if uniform and np.count_nonzero(flags) == flat.size:
+            return float(k)
+    if width != k:
+        flags = np.zeros((flat.shape[0], width), dtype=bool)
+        np.not_equal(flat, 0, out=flags[:, :k])
     words = np.bitwise_count(flags.view(np.uint64))
     total = words[:, 0].astype(np.float64)
     for j in range(1, words.shape[1]):
@@ -115,13 +137,18 @@ class MeshTensor:
             raise ShapeError(f"tiles of shape {tiles.shape} do not match rectangle {rect} and "
                              f"tile shape {self.tile_shape}")
         self.tiles = tiles
-        if own_ready and isinstance(ready, np.ndarray) and ready.shape == rect.shape \
-                and ready.dtype == np.float64:
-            self.ready = ready                    # a fresh array the primitive hands over
+        # ``_ready`` may be compact (it broadcasts to the rectangle's shape): a scalar ready
+        # time is kept as one value, and the primitives over the whole fabric hand over
+        # compact arrays (`Fabric`'s compact state); `ready` makes it full when read
+        if own_ready and isinstance(ready, np.ndarray) and ready.dtype == np.float64 \
+                and _broadcasts(ready.shape, rect.shape):
+            self._ready = ready                   # a fresh array the primitive hands over
         elif isinstance(ready, np.ndarray) and ready.shape == rect.shape:
-            self.ready = ready.astype(float)      # a copy: callers may reuse theirs
+            self._ready = ready.astype(float)     # a copy: callers may reuse theirs
+        elif np.ndim(ready) == 0:
+            self._ready = np.full((1, 1), ready, dtype=float)
         else:
-            self.ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape).copy()
+            self._ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape).copy()
         self.name = name or fabric.fresh_name("t")
         self._nnz_override = nnz
         self._info: WaveletInfo | None = None
@@ -137,6 +164,18 @@ class MeshTensor:
                 else int(np.prod(self.tile_shape)) * BYTES[self.dtype]
             fabric.sram.alloc(self.name, rect.row, rect.col, nbytes, rect.shape)
             self.allocated = True
+
+    @property
+    def ready(self) -> np.ndarray:
+        """[rows, cols] of the rectangle: when each PE's tile is complete (made full)."""
+        ready = self._ready
+        if isinstance(ready, np.ndarray) and ready.ndim == 2 and ready.shape != self.rect.shape:
+            ready = self._ready = np.array(np.broadcast_to(ready, self.rect.shape))
+        return ready
+
+    @ready.setter
+    def ready(self, value: np.ndarray) -> None:
+        self._ready = value
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -337,6 +376,25 @@ class MeshTensor:
                                    tiles.shape[1] if a == self.col_map else 1)
              for a in range(len(self.shape))])
         return np.ascontiguousarray(merged[tuple(slice(0, s) for s in self.shape)])
+
+    def _nnz_compact(self) -> np.ndarray | float:
+        """`nnz`, or the one count every PE holds as a float when that is known cheaply (no
+        zero in any tile, or a uniform layout in timing-only mode)."""
+        if self._nnz_override is not None:
+            return self.nnz()
+        if self.tiles is None:
+            return self._valid_compact()
+        return _count_nonzero(self.tiles.reshape(*self.rect.shape, -1))
+
+    def _valid_compact(self) -> np.ndarray | float:
+        """`valid`, or its one value as a float when every PE holds the same (the layout's
+        own counts, not ones a kernel put in their place)."""
+        key = self._layout_key()
+        if self._valid is _VALID_CACHE.get(key):
+            info = _INFO_CACHE.get(key)
+            if info is not None and info.uniform is not None:
+                return info.uniform
+        return self._valid
 
     def nnz(self) -> np.ndarray:
         """Nonzeros each PE holds: what zero-skipping hardware actually works on."""
