@@ -251,6 +251,21 @@ BAD: list[tuple[str, int, str]] = [
     ("train nosuchmodel --fasta {d}/ok.fasta", 2, ""),
     ("report --bogus", 2, "No such option"),
     ("report nosuchmodel", 2, ""),
+    # -- bicgstab (cli_bicgstab.py)
+    ("bicgstab --grid 12by10", 2, "must look like 600x595x1536"),
+    ("bicgstab --grid 1.5x2x3 --json", 2, "must look like"),
+    ("bicgstab --grid 0x10x10", 2, "must be positive"),
+    ("bicgstab --grid 700x10x10", 2, "shrink the grid"),
+    ("bicgstab --grid 12x10x5000", 2, "use z <="),
+    ("bicgstab --grid 12x10x5000 --json", 2, "use z <="),
+    ("bicgstab --iters 0", 2, "--iters 0 must be at least 1"),
+    ("bicgstab --iters abc", 2, "--iters"),
+    ("bicgstab --tol -1 --grid 4x4x4", 2, "--tol"),
+    ("bicgstab --grid 12x10x30 --estimate --simulate", 2, "contradict"),
+    ("bicgstab --grid 600x595x1536 --simulate", 2, "functional run"),
+    ("bicgstab --grid 600x595x1536 --simulate --json", 2, "over the 60 s limit"),
+    ("bicgstab --spec wse9", 2, "unknown spec"),
+    ("bicgstab --spec {d}/nan.toml --estimate", 2, "clock_hz"),
 ]
 
 
