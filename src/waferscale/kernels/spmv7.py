@@ -1,10 +1,11 @@
 """y = A x for the 7-point operator on an X x Y x Z grid: the SpMV of the CS-1 BiCGStab.
 
-Mapping (as Rocki et al., SC20, describe it for the CS-1, and as the SC22 stencil maps its
-grid): one PE per (x, y), holding its whole z-column of the seven matrix diagonals and of
-the vectors; x runs over PE columns, y over PE rows. The z-1 and z+1 terms are local; the
-x-1, x+1, y-1, y+1 columns arrive over the fabric from the four neighbours. Cells outside
-the grid are zero (a Dirichlet boundary: the coefficients that would reach them are unused).
+Mapping (the one issue 15 attributes to Rocki et al., SC20, for the CS-1, and the one the
+SC22 stencil uses for its grid): one PE per (x, y), holding its whole z-column of the
+seven matrix diagonals and of the vectors; x runs over PE columns, y over PE rows. The
+z-1 and z+1 terms are local; the x-1, x+1, y-1, y+1 columns arrive over the fabric from
+the four neighbours. Cells outside the grid are zero (a Dirichlet boundary: the
+coefficients that would reach them are unused).
 
 Precision (the mixed-precision scheme of the CS-1 BiCGStab, docs/bicgstab.md): matrix and
 vectors are fp16; the products accumulate in fp16 on the SIMD-4 datapath, each instruction
