@@ -51,7 +51,12 @@ class ComputeEngines:
         self.act_count = [int(a.sum()) for a in self.activated]
         self.arg = np.zeros(pes, dtype=np.float32)
         self.n_async = np.zeros(pes, dtype=np.int64)
-        self.regs = {k: v.copy() for k, v in prog.regs.items()}
+        # registers in one [regs, PEs] array (the compiled loop indexes it), named by views
+        names = list(prog.regs)
+        self.regs_arr = np.zeros((max(len(names), 1), pes), dtype=np.int64)
+        for i, k in enumerate(names):
+            self.regs_arr[i] = prog.regs[k]
+        self.regs = {k: self.regs_arr[i] for i, k in enumerate(names)}
         # one SRAM image per PE, arrays at fixed offsets: every memory operand is then an
         # index into one flat buffer, whichever array it names
         self.offset: dict[str, int] = {}

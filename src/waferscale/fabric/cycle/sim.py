@@ -70,6 +70,11 @@ class RunResult:
 class CycleSim:
     """A rows x cols fabric of ``spec``'s PEs, programmed SPMD style, simulated per cycle."""
 
+    #: run the whole loop compiled (`cejit.run_cycles`) on grids of at least this many PEs,
+    #: unless a trace is recorded; smaller ones (most tests, the CLI's checks) skip numba's
+    #: import and cache load. None: always the NumPy reference. Tests set it to compare.
+    compiled_from_pes: int | None = 1024
+
     def __init__(self, spec: WaferSpec | str | None = None, rows: int | None = None,
                  cols: int | None = None, config: CycleConfig | None = None) -> None:
         if spec is None:
@@ -149,6 +154,39 @@ class CycleSim:
             router.trace = []
             ce.events = []
         prof = {"setup": time.perf_counter() - wall0, "ce": 0.0, "router": 0.0, "control": 0.0}
+        fast = None
+        if not trace and self.compiled_from_pes is not None \
+                and self.rows * self.cols >= self.compiled_from_pes:
+            from waferscale.fabric.cycle import cejit
+
+            try:
+                fast = cejit.CompiledRun(ce, router)
+            except cejit.Unsupported:
+                fast = None
+            prof["setup"] = time.perf_counter() - wall0
+        if fast is not None:
+            last_active = self._loop_compiled(fast, ce, code, max_cycles, prof)
+        else:
+            last_active = self._loop_numpy(ce, router, q, max_cycles, prof)
+        cycles = last_active + 1
+        stats = {name: ce.stats[code_].reshape(self.rows, self.cols).copy()
+                 for name, code_ in (("busy", BUSY), ("fabric_stall", FABRIC_STALL),
+                                     ("memory_stall", MEMORY_STALL), ("idle", IDLE))}
+        # cycles after a PE's last activity up to the end of the run count as idle
+        stats["idle"] += cycles - sum(stats[k] for k in ("busy", "fabric_stall",
+                                                         "memory_stall", "idle"))
+        tr = None
+        if trace:
+            tr = build_trace(router.trace or [], ce.events or [], self.cols,
+                             [op.ins.label or op.ins.op for op in ce.ops],
+                             [t_.name for t_ in self.program.tasks], self.config.trace_limit)
+        wall = time.perf_counter() - wall0
+        return RunResult(cycles, self.rows, self.cols, wall, prof, stats, router.moved,
+                         ce.elements, tr, cpu_s=time.process_time() - cpu0)
+
+    def _loop_numpy(self, ce: ComputeEngines, router: Router, q: Queues, max_cycles: int,
+                    prof: dict[str, float]) -> int:
+        """The reference loop: NumPy steps over all PEs, one Python iteration a cycle."""
         window = self.config.livelock_window
         t, last_active, last_useful, progress = 0, -1, 0, 0
         clock = time.perf_counter
@@ -184,21 +222,41 @@ class CycleSim:
             ce.account(nxt - t)
             t = nxt
             prof["control"] += clock() - c2
-        cycles = last_active + 1
-        stats = {name: ce.stats[code_].reshape(self.rows, self.cols).copy()
-                 for name, code_ in (("busy", BUSY), ("fabric_stall", FABRIC_STALL),
-                                     ("memory_stall", MEMORY_STALL), ("idle", IDLE))}
-        # cycles after a PE's last activity up to the end of the run count as idle
-        stats["idle"] += cycles - sum(stats[k] for k in ("busy", "fabric_stall",
-                                                         "memory_stall", "idle"))
-        tr = None
-        if trace:
-            tr = build_trace(router.trace or [], ce.events or [], self.cols,
-                             [op.ins.label or op.ins.op for op in ce.ops],
-                             [t_.name for t_ in self.program.tasks], self.config.trace_limit)
-        wall = time.perf_counter() - wall0
-        return RunResult(cycles, self.rows, self.cols, wall, prof, stats, router.moved,
-                         ce.elements, tr, cpu_s=time.process_time() - cpu0)
+        return last_active
+
+    def _loop_compiled(self, fast: Any, ce: ComputeEngines, code: Any, max_cycles: int,
+                       prof: dict[str, float]) -> int:
+        """The compiled loop (`cejit.run_cycles`): same steps, all cycles in one call."""
+        from waferscale.fabric.cycle import cejit
+
+        c0 = time.perf_counter()
+        outcome = fast.run(0, max_cycles, self.config.livelock_window)
+        prof["ce+router"] = time.perf_counter() - c0
+        del prof["ce"], prof["router"]
+        t = int(fast.ctr[cejit.T])
+        if outcome == cejit.CYCLE_LIMIT:
+            raise CycleLimitError(
+                f"run reached its cycle limit of {max_cycles} without finishing; raise "
+                f"max_cycles or look for a runaway task", cycle=t,
+                details=ce.stuck_lines(t) + queue_lines(ce))
+        if outcome == cejit.LIVELOCK:
+            self._livelock(ce, t)
+        if outcome in (cejit.ERR_LAUNCH, cejit.ERR_CONTROL):
+            # replay the offending instruction through the reference, which raises
+            k, sel = int(fast.ctr[cejit.ERR_ID]), fast.selection()
+            ngid = len(code.instrs)
+            if outcome == cejit.ERR_LAUNCH:
+                ce.ops[code.op_of[k]].launch(ce, sel, code.task_of[k])
+            elif k < ngid:
+                ce._control(code.instrs[k], sel, code.task_of[k])
+            else:
+                op = ce.ops[k - ngid]
+                ce._control(op.ins.then, sel, code.task_of[op.gid])
+            raise RuntimeError(f"compiled cycle loop stopped on instruction {k} at cycle {t}, "
+                               f"but the reference step accepts it")
+        if outcome == cejit.QUIET and not self._finished(ce):
+            self._deadlock(ce, t)
+        return int(fast.ctr[cejit.LAST_ACTIVE])
 
     @staticmethod
     def _finished(ce: ComputeEngines) -> bool:
