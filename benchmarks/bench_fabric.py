@@ -8,7 +8,11 @@ process, one step of each in turn, and each keeps its fastest step, so a busy ma
 slows both alike; every figure is printed as a ratio to the NumPy step of the same run
 (issue 19's goal: at least 50 % of its rate at K = 16 and 10 % at K = 1).
 
-    python benchmarks/bench_fabric.py [--repeats 5] [--k 1 4 16]
+With ``--zeros``, a share of the values is zero: the FMAC skips zeros, so PEs' cycles
+differ and the clocks are per-PE arrays from the first step (the figures above keep them
+compact: every PE of a line does the same work).
+
+    python benchmarks/bench_fabric.py [--repeats 5] [--k 1 4 16] [--zeros 0.1]
 """
 
 from __future__ import annotations
@@ -25,10 +29,18 @@ from waferscale.fabric import movement as mv
 from waferscale.hardware import get_spec
 
 
-def fabric_stepper(spec, k: int) -> Callable[[], None]:
+def values(rows: int, cols: int, k: int, zeros: float) -> np.ndarray:
+    """The tiles: normal values, a share ``zeros`` of them set to zero."""
+    x = np.random.default_rng(0).standard_normal((rows, cols, k), np.float32)
+    if zeros:
+        x[np.random.default_rng(1).random(x.shape) < zeros] = 0
+    return x
+
+
+def fabric_stepper(spec, k: int, zeros: float = 0.0) -> Callable[[], None]:
     """One shift (east, cyclic) + FMAC step of the fast model, accumulating as it goes."""
     fabric = Fabric(spec)
-    x = np.random.default_rng(0).standard_normal((fabric.rows, fabric.cols, k), np.float32)
+    x = values(fabric.rows, fabric.cols, k, zeros)
     t = MeshTensor.from_numpy(fabric, x)
     state = {"acc": MeshTensor.from_numpy(fabric, np.zeros_like(x))}
 
@@ -42,9 +54,9 @@ def fabric_stepper(spec, k: int) -> Callable[[], None]:
     return step
 
 
-def numpy_stepper(rows: int, cols: int, k: int) -> Callable[[], None]:
+def numpy_stepper(rows: int, cols: int, k: int, zeros: float = 0.0) -> Callable[[], None]:
     """The same step on bare arrays: the values only, no clocks."""
-    x = np.random.default_rng(0).standard_normal((rows, cols, k), np.float32)
+    x = values(rows, cols, k, zeros)
     state = {"acc": np.zeros_like(x)}
 
     def step() -> None:
@@ -71,17 +83,21 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16], help="words per PE")
+    parser.add_argument("--zeros", type=float, default=0.0,
+                        help="share of the values that are zero: the FMAC skips them, so "
+                             "PEs' cycles differ and the clocks are per-PE arrays")
     args = parser.parse_args(argv)
     spec = get_spec("wse2")
     pes = spec.pes
     print(f"fabric {spec.rows} x {spec.cols} = {pes:,} PEs; shift(east, cyclic) + fmac per "
-          f"step; reference: the same step in plain NumPy without clocks, same run")
+          f"step; reference: the same step in plain NumPy without clocks, same run"
+          + (f"; {100 * args.zeros:g} % of the values zero" if args.zeros else ""))
     print(f"{'K':>4} {'fabric ms':>10} {'numpy ms':>9} {'time ratio':>11} "
           f"{'rate vs numpy':>14}")
     shares = {}
     for k in args.k:
-        f, n = fastest([fabric_stepper(spec, k), numpy_stepper(spec.rows, spec.cols, k)],
-                       args.repeats)
+        f, n = fastest([fabric_stepper(spec, k, args.zeros),
+                        numpy_stepper(spec.rows, spec.cols, k, args.zeros)], args.repeats)
         shares[k] = n / f
         print(f"{k:>4} {1e3 * f:>10.1f} {1e3 * n:>9.1f} {f / n:>10.1f}x {100 * n / f:>13.1f}%")
     print("fabric rate as a share of NumPy's: "
