@@ -421,16 +421,22 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             m -= 1
                         fin[m + 1] = x
                 else:
+                    # the members of a group share their operand kinds
+                    fin1 = nopd > 1 and opd_kind[o0, 1] == K_FABIN
+                    fin2 = nopd > 2 and opd_kind[o0, 2] == K_FABIN
+                    fin3 = nopd > 3 and opd_kind[o0, 3] == K_FABIN
                     ng = 0
                     for idx in range(s, s + cnt_u):
                         rem = i_n[idx] - i_prog[idx]
                         if rem <= 0:
                             continue
-                        o = i_op[idx]
+                        if fin1 and hrdy[i_q[idx, 1]] > t:
+                            continue
+                        if fin2 and hrdy[i_q[idx, 2]] > t:
+                            continue
+                        if fin3 and hrdy[i_q[idx, 3]] > t:
+                            continue
                         ok = True
-                        for i in range(1, nopd):
-                            if opd_kind[o, i] == K_FABIN and hrdy[i_q[idx, i]] > t:
-                                ok = False
                         if fab_out:
                             q0 = i_q[idx, 0]
                             if cnt[q0] >= cap[q0]:

@@ -69,7 +69,10 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         link = slot_link[slot]
         if best[link] != _BIG:
             conflict = True
-        key = (slot_rank[slot] - rr[link]) % link_width[link]
+        # (rank - rr) mod width without a division: both lie in [0, width)
+        key = slot_rank[slot] - rr[link]
+        if key < 0:
+            key += link_width[link]
         if key < best[link]:
             best[link] = key
     moved = 0
@@ -81,9 +84,13 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         c = req_src[i]
         slot = c * 5 + req_port[i]
         link = slot_link[slot]
-        if conflict and (slot_rank[slot] - rr[link]) % link_width[link] != best[link]:
-            req_dst[i] = -1
-            continue
+        if conflict:
+            key = slot_rank[slot] - rr[link]
+            if key < 0:
+                key += link_width[link]
+            if key != best[link]:
+                req_dst[i] = -1
+                continue
         # push a copy of c's head into d
         k = cnt[d]
         pos = (d << shift) + ((head[d] + k) & mask)
@@ -100,7 +107,8 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         slot = req_src[i] * 5 + req_port[i]
         link = slot_link[slot]
         if conflict and req_dst[i] >= 0:
-            rr[link] = (slot_rank[slot] + 1) % link_width[link]
+            nxt = slot_rank[slot] + 1
+            rr[link] = 0 if nxt >= link_width[link] else nxt
     for i in range(n):
         best[slot_link[req_src[i] * 5 + req_port[i]]] = _BIG
     # heads that every owed port has taken leave their queue
