@@ -58,13 +58,17 @@ def elementwise(fn: Callable[..., np.ndarray], inputs: Sequence[MeshTensor], op:
     cycles = vector_cycles(fabric.spec, elements, dtype, op, reads=len(inputs), writes=1,
                            element_bytes=BYTES[dtype], integral=integral)
     per_element_bytes = (len(inputs) + 1) * BYTES[dtype]
+    # the counters gain elements * flops and * bytes per element: the fabric forms the
+    # products in a reused buffer; the work starts once every input is ready
     if integral:      # whole numbers: one product is exactly the two the reference takes
-        mem_bytes = elements * per_element_bytes
+        mem_bytes, bytes_per = elements, float(per_element_bytes)
     else:
         mem_bytes = elements * (len(inputs) + 1)
         mem_bytes *= BYTES[dtype]
-    end = fabric._execute(first.rect, cycles, _ready(inputs),
-                          flops=elements * flops_per_element, mem_bytes=mem_bytes)
+        bytes_per = None
+    end = fabric._execute(first.rect, cycles, inputs[0]._ready, flops=elements,
+                          mem_bytes=mem_bytes, more_ready=[t._ready for t in inputs[1:]],
+                          flops_per=flops_per_element, bytes_per=bytes_per)
     tiles = None
     if not fabric.timing_only:
         work = compute_dtype(dtype)

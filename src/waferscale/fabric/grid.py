@@ -16,6 +16,7 @@ shaped like the fabric, so no Python loop runs over PEs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,9 @@ from waferscale.hardware.spec import WaferSpec, get_spec
 #: send to, then the ramp from router to CE (in) and CE to router (out).
 EAST, WEST, SOUTH, NORTH, RAMP_IN, RAMP_OUT = range(6)
 PORT_NAMES = ("east", "west", "south", "north", "ramp_in", "ramp_out")
+
+#: An operation's (flops, flops_per, mem_bytes, bytes_per): see `Fabric._execute`.
+Counts = tuple[np.ndarray | float, float | None, np.ndarray | float, float | None]
 
 #: Per-PE state arrays ([rows, cols]) and per-port ones ([6, rows, cols]).
 _PE_STATE = ("ce_clock", "busy", "stalled", "memory_stalled", "flops", "mem_bytes")
@@ -125,6 +129,7 @@ class Fabric:
             kind: [np.zeros((1, 1)) for _ in range(6)] for kind in _PORT_STATE}
         self._ports_full: dict[str, np.ndarray | None] = dict.fromkeys(_PORT_STATE)
         self.wavelet_hops = 0.0
+        self._scratch = np.empty(0)
         if link_extra is None:
             link_extra = np.zeros((4, *shape))
         else:
@@ -266,26 +271,45 @@ class Fabric:
 
     def _execute(self, rect: Rect, cycles: np.ndarray | float, ready: np.ndarray | float,
                  flops: np.ndarray | float = 0.0, mem_bytes: np.ndarray | float = 0.0,
-                 memory_stall: np.ndarray | float = 0.0) -> np.ndarray:
+                 memory_stall: np.ndarray | float = 0.0, *,
+                 more_ready: Sequence[np.ndarray | float] = (),
+                 flops_per: float | None = None, bytes_per: float | None = None
+                 ) -> np.ndarray:
         """`execute`, returning a compact array (one that broadcasts to ``rect``'s shape)
         when the state is compact: the fabric's own primitives keep it as a tensor's ready
-        time."""
+        time.
+
+        ``more_ready``: other inputs' ready times; the work starts after all of them (folded
+        into the start time, one array fewer than taking their maximum first: the maximum
+        is exact in any order). ``flops_per``/``bytes_per``: the counters gain ``flops *
+        flops_per`` and ``mem_bytes * bytes_per``, the same products formed in a reused
+        buffer instead of new arrays.
+        """
         sl = rect.slices
-        if np.ndim(memory_stall) == 0 and not memory_stall and np.ndim(ready) <= 2 \
-                and np.min(cycles) > 0:
+        fast = np.ndim(memory_stall) == 0 and not memory_stall \
+            and all(np.ndim(r) <= 2 for r in (ready, *more_ready))
+        if fast and np.min(cycles) > 0:
+            counts = (flops, flops_per, mem_bytes, bytes_per)
             if self._compact(rect):
-                return self._execute_compact(cycles, ready, flops, mem_bytes)
-            return self._execute_all(sl, self.ce_clock[sl], cycles, ready, flops, mem_bytes)
+                return self._execute_compact(cycles, ready, more_ready, counts)
+            clock = self.ce_clock[sl]
+            return self._execute_all(sl, clock, cycles, self._start(clock, ready, more_ready),
+                                     counts)
         clock = self.ce_clock[sl]
         cycles = np.broadcast_to(np.asarray(cycles, dtype=float), rect.shape)
-        ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape)
         active = cycles > 0
-        if np.ndim(memory_stall) == 0 and not memory_stall and np.ndim(ready) <= 2 \
-                and clock.flags.c_contiguous:
+        if fast and clock.flags.c_contiguous:
             idle = int(active.size - np.count_nonzero(active))
             if 2 * idle <= active.size:
-                return self._execute_some(sl, clock, cycles, ready, flops, mem_bytes,
+                return self._execute_some(sl, clock, cycles,
+                                          self._start(clock, ready, more_ready),
+                                          (flops, flops_per, mem_bytes, bytes_per),
                                           np.flatnonzero(~active))
+        for other in more_ready:
+            ready = np.maximum(ready, other)
+        flops = flops if flops_per is None else flops * flops_per
+        mem_bytes = mem_bytes if bytes_per is None else mem_bytes * bytes_per
+        ready = np.broadcast_to(np.asarray(ready, dtype=float), rect.shape)
         start = np.maximum(clock, ready)
         # masked in-place updates: the same arithmetic as np.where chains, fewer passes
         stalled = self.stalled[sl]
@@ -304,11 +328,10 @@ class Fabric:
         return end
 
     def _execute_some(self, sl: tuple[slice, slice], clock: np.ndarray, cycles: np.ndarray,
-                      ready: np.ndarray, flops: np.ndarray | float,
-                      mem_bytes: np.ndarray | float, idle: np.ndarray) -> np.ndarray:
+                      start: np.ndarray, counts: Counts, idle: np.ndarray) -> np.ndarray:
         """`execute` when at most half the PEs of the rectangle have no work (``idle``: their
         flat indices; the rectangle's state arrays are contiguous) and nothing waits on
-        memory.
+        memory; ``start``: a fresh array of max(clock, ready).
 
         Masked updates cost several plain passes each over a scattered mask; here every
         update runs over the whole rectangle and the idle PEs' old values are put back
@@ -319,11 +342,10 @@ class Fabric:
             return array.reshape(-1)      # a view: the arrays are contiguous
 
         with np.errstate(invalid="ignore", over="ignore"):
-            start = np.maximum(clock, ready)
             start_idle = flat(start)[idle]
             stalled = self.stalled[sl]
             kept = flat(stalled)[idle]
-            stalled += np.subtract(start, clock)
+            stalled += np.subtract(start, clock, out=self._temp(start.shape))
             flat(stalled)[idle] = kept
             self.busy[sl] += cycles
             end = np.add(start, cycles, out=start)
@@ -331,51 +353,82 @@ class Fabric:
             kept = flat(clock)[idle]
             clock[...] = end
             flat(clock)[idle] = kept
-        if np.ndim(flops) or flops:
-            self.flops[sl] += flops
-        if np.ndim(mem_bytes) or mem_bytes:
-            self.mem_bytes[sl] += mem_bytes
+        self._counters(sl, counts)
         return end
 
+    def _temp(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A scratch float64 array of ``shape``, reused from call to call (a fresh
+        wafer-sized array costs page faults on every use). Never handed out."""
+        size = int(np.prod(shape))
+        if self._scratch.size < size:
+            self._scratch = np.empty(size)
+        return self._scratch[:size].reshape(shape)
+
+    def _start(self, clock: np.ndarray, ready: np.ndarray | float,
+               more: Sequence[np.ndarray | float]) -> np.ndarray:
+        """A fresh array of max(clock, ready, *more)."""
+        start = np.maximum(clock, ready)
+        for other in more:
+            if np.broadcast_shapes(start.shape, np.shape(other)) == start.shape:
+                np.maximum(start, other, out=start)
+            else:
+                start = np.maximum(start, other)
+        return start
+
+    def _product(self, value: np.ndarray | float, per: float | None) -> np.ndarray | float:
+        """``value * per`` (``value`` if ``per`` is None); an array product in `_temp`."""
+        if per is None:
+            return value
+        if np.ndim(value) == 0:
+            return value * per
+        return np.multiply(value, per, out=self._temp(np.shape(value)))
+
+    def _counters(self, sl: tuple[slice, slice] | None, counts: Counts) -> None:
+        """Add the flops and memory bytes of an operation (``sl`` None: the whole fabric,
+        compact). Counters that would only gain zero are left alone."""
+        flops, flops_per, mem_bytes, bytes_per = counts
+        for name, value, per in (("flops", flops, flops_per),
+                                 ("mem_bytes", mem_bytes, bytes_per)):
+            if np.ndim(value) or value:
+                value = self._product(value, per)
+                if sl is None:
+                    self._add(name, value)
+                else:
+                    getattr(self, name)[sl] += value
+
     def _execute_compact(self, cycles: np.ndarray | float, ready: np.ndarray | float,
-                         flops: np.ndarray | float, mem_bytes: np.ndarray | float
+                         more_ready: Sequence[np.ndarray | float], counts: Counts
                          ) -> np.ndarray:
         """`_execute_all` over the whole fabric on the compact state: the same operations
         in the same order, on arrays as wide as the operands make them."""
         clock = self._state["ce_clock"]
-        start = np.maximum(clock, ready)
-        gap = np.subtract(start, clock)
+        start = self._start(clock, ready, more_ready)
+        gap = np.subtract(start, clock, out=self._temp(start.shape))
         self._add("stalled", gap)
         self._add("busy", cycles)
         end = np.add(start, cycles, out=start) \
             if np.broadcast_shapes(start.shape, np.shape(cycles)) == start.shape \
             else np.add(start, cycles)
         self._assign("ce_clock", end)
-        if np.ndim(flops) or flops:
-            self._add("flops", flops)
-        if np.ndim(mem_bytes) or mem_bytes:
-            self._add("mem_bytes", mem_bytes)
+        self._counters(None, counts)
         return end
 
     def _execute_all(self, sl: tuple[slice, slice], clock: np.ndarray,
-                     cycles: np.ndarray | float, ready: np.ndarray | float,
-                     flops: np.ndarray | float, mem_bytes: np.ndarray | float) -> np.ndarray:
-        """`execute` when every PE of the rectangle works and nothing waits on memory.
+                     cycles: np.ndarray | float, start: np.ndarray, counts: Counts
+                     ) -> np.ndarray:
+        """`execute` when every PE of the rectangle works and nothing waits on memory;
+        ``start``: a fresh array of max(clock, ready).
 
         The same operations in the same order, without the masks (each masked pass costs
         about three plain ones) and with no pass for a counter that gains zero; wafer-wide
         primitives run this way almost always.
         """
-        start = np.maximum(clock, ready)
-        gap = np.subtract(start, clock)
+        gap = np.subtract(start, clock, out=self._temp(start.shape))
         self.stalled[sl] += gap
         self.busy[sl] += cycles
         end = np.add(start, cycles, out=start)
         clock[...] = end
-        if np.ndim(flops) or flops:
-            self.flops[sl] += flops
-        if np.ndim(mem_bytes) or mem_bytes:
-            self.mem_bytes[sl] += mem_bytes
+        self._counters(sl, counts)
         return end
 
     # -- ports ---------------------------------------------------------------------------
