@@ -2,11 +2,13 @@
 
 Runs a full-grid allreduce (row chain reduce, column chain reduce, column and row
 broadcast) and one 25-point stencil step on 32 x 32 and 64 x 64 grids, checks the numbers
-against NumPy, and prints where the time went. Every rate is given as ratios to two
-references measured in the same run:
+against NumPy, and prints where the time went. Every rate is given as ratios to references
+measured in the same run:
 
-* the same program with the NumPy router step (`Router.step_numpy`, the reference the
-  compiled loop is tested against): the speed-up of the compiled step;
+* the NumPy reference loop (`ComputeEngines.step` and `Router.step_numpy` from Python
+  every cycle, what the compiled loop is tested against bit for bit);
+* the NumPy compute engines with the compiled router step (`jit.router_step`), the
+  fastest path before the whole loop was compiled;
 * one grid-wide NumPy operation (a float32 add over rows x cols values): a simulated cycle
   costs this many of them, a figure that holds on a busy or a quiet machine alike.
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from waferscale.fabric.cycle.router import Router
 from waferscale.fabric.cycle.runs import run_allreduce, run_shift
-from waferscale.fabric.cycle.sim import RunResult
+from waferscale.fabric.cycle.sim import CycleSim, RunResult
 from waferscale.fabric.cycle.stencil import run_stencil
 from waferscale.hardware import custom_spec
 
@@ -47,10 +49,14 @@ def numpy_pass_s(pes: int) -> float:
     return best
 
 
-def simulate(spec: object, name: str, n: int, args: argparse.Namespace, compiled: bool
+#: how each run steps: (CycleSim.compiled_from_pes, Router.compiled_from_pes)
+MODES = {"compiled": (0, 0), "router": (None, 0), "numpy": (None, None)}
+
+
+def simulate(spec: object, name: str, n: int, args: argparse.Namespace, mode: str
              ) -> tuple[RunResult, bool, str]:
-    """One program with the compiled or the NumPy router step; (result, values ok, what)."""
-    Router.compiled_from_pes = 0 if compiled else None
+    """One program stepped as ``mode`` says (see `MODES`); (result, values ok, what)."""
+    CycleSim.compiled_from_pes, Router.compiled_from_pes = MODES[mode]
     try:
         if name == "allreduce":
             run = run_allreduce(spec, n, n, args.wavelets, "both", "chain")
@@ -58,7 +64,7 @@ def simulate(spec: object, name: str, n: int, args: argparse.Namespace, compiled
         krun = run_stencil(spec, n, n, args.nz)
         return krun.result, krun.max_error() < 1e-5, f"stencil step nz={args.nz}"
     finally:
-        Router.compiled_from_pes = 1024
+        CycleSim.compiled_from_pes, Router.compiled_from_pes = 1024, 1024
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -68,28 +74,35 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--grids", type=int, nargs="+", default=[32, 64])
     args = parser.parse_args(argv)
     spec = custom_spec(name="bench", rows=max(args.grids), cols=max(args.grids))
-    Router.compiled_from_pes = 0
-    run_shift(spec, 2, 2, 2)        # load the compiled step before anything is timed
-    Router.compiled_from_pes = 1024
+    for mode in ("compiled", "router"):     # load the compiled code before timing
+        CycleSim.compiled_from_pes, Router.compiled_from_pes = MODES[mode]
+        run_shift(spec, 2, 2, 2)
+    CycleSim.compiled_from_pes, Router.compiled_from_pes = 1024, 1024
     rates = []
     for n in args.grids:
         unit = numpy_pass_s(n * n)
         for name in ("allreduce", "stencil"):
-            result, ok, what = simulate(spec, name, n, args, compiled=True)
-            ref, ref_ok, _ = simulate(spec, name, n, args, compiled=False)
-            rate, ref_rate = result.pe_cycles_per_cpu_s, ref.pe_cycles_per_cpu_s
+            result, ok, what = simulate(spec, name, n, args, "compiled")
+            mid, mid_ok, _ = simulate(spec, name, n, args, "router")
+            ref, ref_ok, _ = simulate(spec, name, n, args, "numpy")
+            rate = result.pe_cycles_per_cpu_s
+            mid_rate, ref_rate = mid.pe_cycles_per_cpu_s, ref.pe_cycles_per_cpu_s
             rates.append(rate)
-            per_cycle = result.cpu_s / max(result.cycles, 1)
+            cost = {k: r.cpu_s / max(r.cycles, 1) / unit
+                    for k, r in (("c", result), ("m", mid), ("r", ref))}
             print(f"{n}x{n} {what}: {result.cycles} cycles, {rate:,.0f} PE-cycles per CPU "
-                  f"second = {rate / ref_rate:.2f}x the NumPy router's ({ref_rate:,.0f}); a "
-                  f"cycle costs {per_cycle / unit:,.0f} grid-wide NumPy adds "
-                  f"(NumPy router: {ref.cpu_s / max(ref.cycles, 1) / unit:,.0f}); "
+                  f"second = {rate / ref_rate:.2f}x the NumPy loop's ({ref_rate:,.0f}), "
+                  f"{rate / mid_rate:.2f}x NumPy CEs with the compiled router ({mid_rate:,.0f});"
+                  f" a cycle costs {cost['c']:,.0f} grid-wide NumPy adds (NumPy loop: "
+                  f"{cost['r']:,.0f}, compiled router only: {cost['m']:,.0f}); "
                   f"{result.pe_cycles_per_s:,.0f} PE-cycles/s wall; values "
-                  f"{'ok' if ok and ref_ok else 'WRONG'}")
+                  f"{'ok' if ok and mid_ok and ref_ok else 'WRONG'}")
             for line in result.profile_lines():
                 print(f"    {line}")
-            if not (ok and ref_ok) or ref.cycles != result.cycles:
-                print("values disagree with NumPy or between the two routers", file=sys.stderr)
+            same = ref.cycles == result.cycles == mid.cycles \
+                and ref.link_transfers == result.link_transfers == mid.link_transfers
+            if not (ok and mid_ok and ref_ok) or not same:
+                print("values disagree with NumPy or between the steps", file=sys.stderr)
                 sys.exit(1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average {load:.2f} on {os.cpu_count()} CPUs")
