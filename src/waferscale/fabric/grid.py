@@ -50,6 +50,24 @@ _PORT_STATE = ("port_clock", "port_wavelets")
 # then on it is one array that callers may hold and write into, as before.
 
 
+def _untouched(value: np.ndarray) -> bool:
+    """A compact array that is still the initial +0.0 everywhere."""
+    return value.size == 1 and value.flat[0] == 0 and not np.signbit(value.flat[0])
+
+
+def _expand(value: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A full copy of a compact array (zeros by calloc: pages only as they are touched)."""
+    return np.zeros(shape) if _untouched(value) else np.array(np.broadcast_to(value, shape))
+
+
+def _expand_ports(ports: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    full = np.zeros((6, *shape))
+    for p, value in enumerate(ports):
+        if not _untouched(value):
+            full[p] = value
+    return full
+
+
 def _pe_state(name: str) -> property:
     def get(self: Fabric) -> np.ndarray:
         return self._full(name)
@@ -155,7 +173,7 @@ class Fabric:
         """The [rows, cols] state ``name``, made full and kept so."""
         value = self._state[name]
         if value.shape != self._shape:
-            value = self._state[name] = np.array(np.broadcast_to(value, self._shape))
+            value = self._state[name] = _expand(value, self._shape)
         return value
 
     def _full_ports(self, kind: str) -> np.ndarray:
@@ -163,9 +181,7 @@ class Fabric:
         view of it, so that later in-place updates reach it."""
         full = self._ports_full[kind]
         if full is None:
-            full = np.empty((6, *self._shape))
-            for p, value in enumerate(self._ports[kind]):
-                full[p] = value
+            full = _expand_ports(self._ports[kind], self._shape)
             self._ports_full[kind] = full
             self._ports[kind] = [full[p] for p in range(6)]
         return full
@@ -173,16 +189,11 @@ class Fabric:
     def _peek(self, name: str) -> np.ndarray:
         """The full [rows, cols] state without keeping it full (for summaries)."""
         value = self._state[name]
-        return value if value.shape == self._shape \
-            else np.array(np.broadcast_to(value, self._shape))
+        return value if value.shape == self._shape else _expand(value, self._shape)
 
     def _peek_ports(self, kind: str) -> np.ndarray:
         full = self._ports_full[kind]
-        if full is None:
-            full = np.empty((6, *self._shape))
-            for p, value in enumerate(self._ports[kind]):
-                full[p] = value
-        return full
+        return _expand_ports(self._ports[kind], self._shape) if full is None else full
 
     def _is_full(self, value: np.ndarray) -> bool:
         return value.shape == self._shape
