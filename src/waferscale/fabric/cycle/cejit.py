@@ -163,8 +163,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
     (idle, picked, act, gcnt, gsorted, granted, gval, res, gpos, fin, tmp, qstamp, qlast,
      qpos, errsel) = scratch
     (qval, qrdy, head, cnt, cap, hrdy, lat, awake, pend, tx, feeders) = queues
-    (nch, shift, mask, never, slot_dst, slot_link, slot_rank, link_width, rr, best, req_src,
-     req_port, req_dst, popped) = router
+    (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst) = router
     words, rcap, wcap, rampcap, microthreads, budget = (consts[0], consts[1], consts[2],
                                                         consts[3], consts[4], consts[5])
     npes = cur.size
@@ -429,6 +428,8 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                     for idx in range(s, s + cnt_u):
                         rem = i_n[idx] - i_prog[idx]
                         if rem <= 0:
+                            fin[nfin] = idx     # a zero-length instance ends unstepped
+                            nfin += 1
                             continue
                         if fin1 and hrdy[i_q[idx, 1]] > t:
                             continue
@@ -461,14 +462,17 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             ramp_left[p] -= 1
                         granted[ng] = idx
                         ng += 1
+                        if rem == 1:
+                            fin[nfin] = idx
+                            nfin += 1
                     if ng:
                         # every operand of every granted instance is read before any write
                         for i in range(1, nopd):
                             stamp += 1
+                            kind = opd_kind[o0, i]
                             for j in range(ng):
                                 idx = granted[j]
                                 o = i_op[idx]
-                                kind = opd_kind[o, i]
                                 if kind == K_MEM:
                                     v = sram[i_addr[idx, i] + i_prog[idx] * opd_stride[o, i]]
                                 elif kind == K_FABIN:
@@ -514,10 +518,6 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             i_prog[idx] += 1
                             flag[i_pe[idx]] |= 1
                         ctr[ELEMENTS] += ng
-                    for idx in range(s, s + cnt_u):
-                        if i_prog[idx] >= i_n[idx]:
-                            fin[nfin] = idx
-                            nfin += 1
                 if nfin == 0:
                     continue
                 did = True
@@ -577,9 +577,8 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
         moved = 0
         if ctr[OCCUPANCY] != 0:
             moved, held = router_step(t, nch, hrdy, awake, pend, tx, cnt, cap, head, qval,
-                                      qrdy, lat, feeders, shift, mask, never, slot_dst,
-                                      slot_link, slot_rank, link_width, rr, best, req_src,
-                                      req_port, req_dst, popped)
+                                      qrdy, lat, feeders, shift, mask, never, slot_pack,
+                                      link_pack, req_slot, req_dst)
             ctr[OCCUPANCY] += held
             ctr[MOVED] += moved
         # ---- state counters, livelock, fast-forward -----------------------------------------
@@ -780,12 +779,8 @@ class CompiledRun:
                         self.errsel)
         self.queues = (q.val, q.rdy, q.head, q.cnt, q.cap, q.hrdy, q.lat, q.awake, q.pend,
                        q.tx, q.feeders)
-        r = router
-        nslot = ch.nch * 5
-        self.router_tabs = (ch.nch, q.shift, q.mask, np.int64(NEVER), r.slot_dst, r.slot_link,
-                            r.slot_rank, r.link_width, r.rr, r.best,
-                            np.zeros(nslot, dtype=np.int64), np.zeros(nslot, dtype=np.int64),
-                            np.zeros(nslot, dtype=np.int64), np.zeros(q.n, dtype=np.uint8))
+        self.router_tabs = (ch.nch, q.shift, q.mask, np.int64(NEVER),
+                            *router.compiled_tables())
 
     def run(self, t: int, max_cycles: int, window: int) -> int:
         """Run the compiled loop from cycle ``t``; returns the outcome code (`ctr` holds

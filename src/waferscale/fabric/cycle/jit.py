@@ -17,81 +17,84 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-#: larger than any round-robin key (a link has at most 5 * colours channels)
-_BIG = 1 << 40
+#: larger than any round-robin key (a link has at most 5 * colours channels): no request
+_NONE = 1 << 30
 
 
 @numba.njit(cache=True, nogil=True)
 def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.ndarray,
                 tx: np.ndarray, cnt: np.ndarray, cap: np.ndarray, head: np.ndarray,
                 val: np.ndarray, rdy: np.ndarray, lat: np.ndarray, feeders: np.ndarray,
-                shift: int, mask: int, never: int, slot_dst: np.ndarray,
-                slot_link: np.ndarray, slot_rank: np.ndarray, link_width: np.ndarray,
-                rr: np.ndarray, best: np.ndarray, req_src: np.ndarray, req_port: np.ndarray,
-                req_dst: np.ndarray, popped: np.ndarray) -> tuple[int, int]:
+                shift: int, mask: int, never: int, slot_pack: np.ndarray,
+                link_pack: np.ndarray, req_slot: np.ndarray, req_dst: np.ndarray
+                ) -> tuple[int, int]:
     """One cycle of every router (`Router.step_numpy`'s semantics); returns (wavelets
-    moved, change of the wavelets held in router channels)."""
-    # requests: every owed port of every arrived, awake head; credit checked before any move
+    moved, change of the wavelets held in router channels).
+
+    ``slot_pack`` holds (destination queue, link row, rank on the link) per (channel,
+    out-port) slot and ``link_pack`` (round-robin pointer, best key so far, width) per
+    link, one row each so that a request touches one cache line of each.
+    """
+    # requests: every owed port of every arrived, awake head; credit checked before any
+    # move, and the lowest rotated rank per link found in the same pass
     n = 0
     blocked = 0
+    conflict = False
     for c in range(nch):
         if hrdy[c] > t or not awake[c]:
             continue
         bits = pend[c]
         for p in range(5):
             if bits & (1 << p):
-                req_src[n] = c
-                req_port[n] = p
-                d = slot_dst[c * 5 + p]
-                req_dst[n] = d if cnt[d] < cap[d] else -1
-                if req_dst[n] < 0:
+                slot = c * 5 + p
+                d = np.int64(slot_pack[slot, 0])
+                req_slot[n] = slot
+                if cnt[d] < cap[d]:
+                    req_dst[n] = d
+                    link = slot_pack[slot, 1]
+                    # (rank - rr) mod width without a division: both lie in [0, width)
+                    key = slot_pack[slot, 2] - link_pack[link, 0]
+                    if key < 0:
+                        key += link_pack[link, 2]
+                    b = link_pack[link, 1]
+                    if b != _NONE:
+                        conflict = True
+                    if key < b:
+                        link_pack[link, 1] = key
+                else:
+                    req_dst[n] = -1
                     blocked += 1
                 n += 1
     if n == 0 or blocked == n:
         if blocked:
             for i in range(n):
-                awake[req_src[i]] = False
+                awake[req_slot[i] // 5] = False
         return 0, 0
     if blocked:
         # blocked on credit: sleep until a pop, unless another of its ports can go
         for i in range(n):
             if req_dst[i] < 0:
-                awake[req_src[i]] = False
+                awake[req_slot[i] // 5] = False
         for i in range(n):
             if req_dst[i] >= 0:
-                awake[req_src[i]] = True
-    # arbitration: several channels on one link -> the lowest key after its pointer wins
-    conflict = False
-    for i in range(n):
-        if req_dst[i] < 0:
-            continue
-        slot = req_src[i] * 5 + req_port[i]
-        link = slot_link[slot]
-        if best[link] != _BIG:
-            conflict = True
-        # (rank - rr) mod width without a division: both lie in [0, width)
-        key = slot_rank[slot] - rr[link]
-        if key < 0:
-            key += link_width[link]
-        if key < best[link]:
-            best[link] = key
+                awake[req_slot[i] // 5] = True
+    # the winner of every link moves a copy of its head
     moved = 0
     into_routers = 0
     for i in range(n):
         d = req_dst[i]
         if d < 0:
             continue
-        c = req_src[i]
-        slot = c * 5 + req_port[i]
-        link = slot_link[slot]
+        slot = req_slot[i]
         if conflict:
-            key = slot_rank[slot] - rr[link]
+            link = slot_pack[slot, 1]
+            key = slot_pack[slot, 2] - link_pack[link, 0]
             if key < 0:
-                key += link_width[link]
-            if key != best[link]:
+                key += link_pack[link, 2]
+            if key != link_pack[link, 1]:
                 req_dst[i] = -1
                 continue
-        # push a copy of c's head into d
+        c = slot // 5
         k = cnt[d]
         pos = (d << shift) + ((head[d] + k) & mask)
         val[pos] = val[(c << shift) + head[c]]
@@ -99,24 +102,26 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         cnt[d] = k + 1
         if k == 0:
             hrdy[d] = t + lat[d]
-        pend[c] &= ~np.uint8(1 << req_port[i])
+        pend[c] &= ~np.uint8(1 << (slot - c * 5))
         moved += 1
         if d < nch:
             into_routers += 1
+    # winners advance their link's pointer (when any link had a contest); keys reset
     for i in range(n):
-        slot = req_src[i] * 5 + req_port[i]
-        link = slot_link[slot]
+        slot = req_slot[i]
+        link = slot_pack[slot, 1]
         if conflict and req_dst[i] >= 0:
-            nxt = slot_rank[slot] + 1
-            rr[link] = 0 if nxt >= link_width[link] else nxt
-    for i in range(n):
-        best[slot_link[req_src[i] * 5 + req_port[i]]] = _BIG
-    # heads that every owed port has taken leave their queue
+            nxt = slot_pack[slot, 2] + 1
+            link_pack[link, 0] = 0 if nxt >= link_pack[link, 2] else nxt
+        link_pack[link, 1] = _NONE
+    # heads that every owed port has taken leave their queue; the refilled ``pend`` (never
+    # 0 for a channel that asked) keeps a multicast head from leaving twice
     npop = 0
     for i in range(n):
-        c = req_src[i]
-        if req_dst[i] >= 0 and pend[c] == 0 and popped[c] == 0:
-            popped[c] = 1
+        if req_dst[i] < 0:
+            continue
+        c = req_slot[i] // 5
+        if pend[c] == 0:
             npop += 1
             head[c] = (head[c] + 1) & mask
             cnt[c] -= 1
@@ -125,6 +130,4 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             for j in range(feeders.shape[1]):
                 awake[feeders[c, j]] = True
             pend[c] = tx[c]
-    for i in range(n):
-        popped[req_src[i]] = 0
     return moved, into_routers - npop

@@ -83,18 +83,26 @@ class Router:
                 or self.ch.pes < self.compiled_from_pes:
             return self.step_numpy(t)
         if self._scratch is None:
-            self._scratch = (np.zeros(self.ch.nch * 5, dtype=np.int64),
-                             np.zeros(self.ch.nch * 5, dtype=np.int64),
-                             np.zeros(self.ch.nch * 5, dtype=np.int64),
-                             np.zeros(self.q.n, dtype=np.uint8))
+            self._scratch = self.compiled_tables()
         q = self.q
         moved, held = jit().router_step(
             t, self.ch.nch, q.hrdy, q.awake, q.pend, q.tx, q.cnt, q.cap, q.head, q.val, q.rdy,
-            q.lat, q.feeders, q.shift, q.mask, NEVER, self.slot_dst, self.slot_link,
-            self.slot_rank, self.link_width, self.rr, self.best, *self._scratch)
+            q.lat, q.feeders, q.shift, q.mask, NEVER, *self._scratch)
         self.occupancy += held
         self.moved += moved
         return moved
+
+    def compiled_tables(self) -> tuple[np.ndarray, ...]:
+        """The compiled step's own tables: (destination, link, rank) per slot and (pointer,
+        best key, width) per link in one row each, and its request scratch. Its pointers
+        live here, not in ``rr``: a run uses one step or the other throughout."""
+        nslot = self.ch.nch * 5
+        # int32 halves what a request touches; keys are below a link's width, so 1 << 30
+        # stands for "no request yet" (`jit._NONE`)
+        slot_pack = np.stack([self.slot_dst, self.slot_link, self.slot_rank], axis=1)
+        link_pack = np.stack([self.rr, np.full_like(self.rr, 1 << 30), self.link_width], axis=1)
+        return (slot_pack.astype(np.int32), link_pack.astype(np.int32),
+                np.zeros(nslot, dtype=np.int64), np.zeros(nslot, dtype=np.int64))
 
     def step_numpy(self, t: int) -> int:
         """`step` in vectorised NumPy: the reference, and the path that records traces."""
