@@ -746,13 +746,16 @@ class CompiledRun:
         total = int(unit_start[-1])
         big = max(max(caps, default=1), 1)
         self.unit_count = np.zeros(max(len(units), 1), dtype=np.int64)
-        self.i_pe = np.zeros(max(total, 1), dtype=np.int64)
+        # int32 and only as many operand columns as the widest instruction: the unit scans
+        # stream these every cycle
+        used = max((len(op.operands) for op in ce.ops), default=1)
+        self.i_pe = np.zeros(max(total, 1), dtype=np.int32)
         self.i_op = np.zeros_like(self.i_pe)
-        self.i_n = np.zeros_like(self.i_pe)
-        self.i_prog = np.zeros_like(self.i_pe)
-        self.i_addr = np.zeros((max(total, 1), nopd), dtype=np.int64)
-        self.i_q = np.zeros_like(self.i_addr)
-        self.i_sval = np.zeros((max(total, 1), nopd), dtype=np.float32)
+        self.i_n = np.zeros(max(total, 1), dtype=np.int64)
+        self.i_prog = np.zeros_like(self.i_n)
+        self.i_addr = np.zeros((max(total, 1), used), dtype=np.int64)
+        self.i_q = np.zeros((max(total, 1), used), dtype=np.int32)
+        self.i_sval = np.zeros((max(total, 1), used), dtype=np.float32)
         self.ctr = np.zeros(10, dtype=np.int64)
         self.ctr[LAST_ACTIVE] = -1
         self.errsel = np.zeros(pes, dtype=np.int64)

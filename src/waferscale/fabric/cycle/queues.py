@@ -23,7 +23,8 @@ NEVER = np.iinfo(np.int64).max // 2
 class Queues:
     """Ring buffers: flat ``val``/``rdy`` (queue-major), ``head``, ``cnt``, ``cap``."""
 
-    def __init__(self, ch: Channels, spec: WaferSpec, config: CycleConfig) -> None:
+    def __init__(self, ch: Channels, spec: WaferSpec, config: CycleConfig,
+                 wide: bool = False) -> None:
         n = ch.sentinel + 1
         lat = np.zeros(n, dtype=np.int64)
         cap = np.zeros(n, dtype=np.int64)
@@ -43,7 +44,8 @@ class Queues:
         self.n = n
         self.lat, self.cap = lat, cap
         self.val = np.zeros(n << self.shift, dtype=np.float32)
-        self.rdy = np.zeros(n << self.shift, dtype=np.int64)
+        # arrival cycles fit 32 bits unless a run may go past 2**31 cycles (`wide`)
+        self.rdy = np.zeros(n << self.shift, dtype=np.int64 if wide else np.int32)
         self.head = np.zeros(n, dtype=np.int64)
         self.cnt = np.zeros(n, dtype=np.int64)
         # arrival cycle of each queue's head wavelet (NEVER when empty): one gather tells
@@ -86,7 +88,7 @@ class Queues:
         self.head[idx] = head
         cnt = self.cnt[idx] - 1
         self.cnt[idx] = cnt
-        self.hrdy[idx] = np.where(cnt > 0, self.rdy[base + head], NEVER)
+        self.hrdy[idx] = np.where(cnt > 0, self.rdy[base + head], np.int64(NEVER))
         self.awake[idx] = True
         self.awake[self.feeders[idx]] = True
         return values
