@@ -169,7 +169,8 @@ class MeshTensor:
     def ready(self) -> np.ndarray:
         """[rows, cols] of the rectangle: when each PE's tile is complete (made full)."""
         ready = self._ready
-        if isinstance(ready, np.ndarray) and ready.ndim == 2 and ready.shape != self.rect.shape:
+        if isinstance(ready, np.ndarray) and ready.shape != self.rect.shape \
+                and _broadcasts(ready.shape, self.rect.shape):
             ready = self._ready = np.array(np.broadcast_to(ready, self.rect.shape))
         return ready
 
