@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch._functorch.aot_autograd import make_boxed_func
 
 from waferscale.compiler.capture import fold_constants, from_fx
 from waferscale.hardware.spec import get_spec
@@ -285,8 +286,9 @@ def _compiler(opts: dict[str, Any], params: list[bool], *, backward: bool, train
                           record["source"])
             return gm.forward(*args)
 
-        run._boxed_call = False  # type: ignore[attr-defined]
-        return run
+        # aot_autograd's calling convention: one list of arguments (a plain function
+        # works too, with a UserWarning printed into the user's program every run)
+        return make_boxed_func(run)
 
     return compile_graph
 

@@ -58,7 +58,9 @@ def water_fill(work: np.ndarray, latency: np.ndarray, min_area: np.ndarray,
         # no block needs more than the free area: the clip changes no comparison with
         # it and keeps the sum finite where T sits at a block's latency (work / ~0)
         slack = np.maximum(t - latency, 1e-300)
-        out = np.minimum(np.minimum(cap, total_area), np.maximum(min_area, work / slack))
+        with np.errstate(over="ignore"):   # work / ~0 is inf, clipped on the next line
+            need = work / slack
+        out = np.minimum(np.minimum(cap, total_area), np.maximum(min_area, need))
         for k in curved:
             a, ts = curves[k]  # type: ignore[index]
             out[k] = min(cap[k], max(min_area[k], curve_area(a, ts, t)))
