@@ -161,7 +161,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
      up_of) = pe_state
     (unit_count, i_pe, i_op, i_n, i_prog, i_addr, i_q, i_sval) = inst
     (idle, picked, act, gcnt, gsorted, granted, gval, res, gpos, fin, tmp, qstamp, qlast,
-     qpos, errsel) = scratch
+     qpos, errsel, pe_mark) = scratch
     (qval, qrdy, head, cnt, cap, hrdy, lat, awake, pend, tx, feeders) = queues
     (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst) = router
     words, rcap, wcap, rampcap, microthreads, budget = (consts[0], consts[1], consts[2],
@@ -171,7 +171,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
     ngid = succ.shape[0]
     nunit = unit_start.size - 1
     nq = hrdy.size
-    stamp = qstamp.max()
+    stamp = max(qstamp.max(), pe_mark.max())
     while True:
         ctr[T] = t
         if t >= max_cycles:
@@ -425,6 +425,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                     fin2 = nopd > 2 and opd_kind[o0, 2] == K_FABIN
                     fin3 = nopd > 3 and opd_kind[o0, 3] == K_FABIN
                     ng = 0
+                    multi = False
                     for idx in range(s, s + cnt_u):
                         rem = i_n[idx] - i_prog[idx]
                         if rem <= 0:
@@ -462,10 +463,69 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             ramp_left[p] -= 1
                         granted[ng] = idx
                         ng += 1
+                        if pe_mark[p] == stamp + 1:
+                            multi = True
+                        pe_mark[p] = stamp + 1
                         if rem == 1:
                             fin[nfin] = idx
                             nfin += 1
-                    if ng:
+                    stamp += 1
+                    if ng and not multi:
+                        # one granted instance per PE: PEs share no memory and no queue, so
+                        # reading, computing and writing instance by instance is the same
+                        # as the reference's operand-by-operand batches
+                        kind1 = opd_kind[o0, 1] if nopd > 1 else K_ARG
+                        kind2 = opd_kind[o0, 2] if nopd > 2 else K_ARG
+                        kind3 = opd_kind[o0, 3] if nopd > 3 else K_ARG
+                        for j in range(ng):
+                            idx = granted[j]
+                            o = i_op[idx]
+                            at = i_prog[idx]
+                            a = np.float32(0)
+                            b = np.float32(0)
+                            c = np.float32(0)
+                            if nopd > 1:
+                                if kind1 == K_MEM:
+                                    a = sram[i_addr[idx, 1] + at * opd_stride[o, 1]]
+                                elif kind1 == K_FABIN:
+                                    a = _pop(i_q[idx, 1], qval, qrdy, head, cnt, hrdy, awake,
+                                             feeders, shift, mask, never)
+                                else:
+                                    a = i_sval[idx, 1]
+                            if nopd > 2:
+                                if kind2 == K_MEM:
+                                    b = sram[i_addr[idx, 2] + at * opd_stride[o, 2]]
+                                elif kind2 == K_FABIN:
+                                    b = _pop(i_q[idx, 2], qval, qrdy, head, cnt, hrdy, awake,
+                                             feeders, shift, mask, never)
+                                else:
+                                    b = i_sval[idx, 2]
+                            if nopd > 3:
+                                if kind3 == K_MEM:
+                                    c = sram[i_addr[idx, 3] + at * opd_stride[o, 3]]
+                                elif kind3 == K_FABIN:
+                                    c = _pop(i_q[idx, 3], qval, qrdy, head, cnt, hrdy, awake,
+                                             feeders, shift, mask, never)
+                                else:
+                                    c = i_sval[idx, 3]
+                            v = _compute(code, a, b, c)
+                            if fab_out:
+                                q = i_q[idx, 0]
+                                ready = t + lat[q]
+                                k = cnt[q]
+                                qval[(q << shift) + ((head[q] + k) & mask)] = v
+                                qrdy[(q << shift) + ((head[q] + k) & mask)] = ready
+                                cnt[q] = k + 1
+                                if k == 0:
+                                    hrdy[q] = ready
+                            else:
+                                sram[i_addr[idx, 0] + at * opd_stride[o, 0]] = v
+                            i_prog[idx] = at + 1
+                            flag[i_pe[idx]] |= 1
+                        if fab_out:
+                            ctr[OCCUPANCY] += ng
+                        ctr[ELEMENTS] += ng
+                    elif ng:
                         # every operand of every granted instance is read before any write
                         for i in range(1, nopd):
                             stamp += 1
@@ -779,7 +839,7 @@ class CompiledRun:
                         np.zeros(ngid + 1, dtype=np.int64), np.zeros(big, dtype=np.int64),
                         np.zeros(pes, dtype=np.int64), np.zeros(nq, dtype=np.int64),
                         np.zeros(nq, dtype=np.float32), np.zeros(nq, dtype=np.int64),
-                        self.errsel)
+                        self.errsel, np.zeros(pes, dtype=np.int64))
         self.queues = (q.val, q.rdy, q.head, q.cnt, q.cap, q.hrdy, q.lat, q.awake, q.pend,
                        q.tx, q.feeders)
         self.router_tabs = (ch.nch, q.shift, q.mask, np.int64(NEVER),

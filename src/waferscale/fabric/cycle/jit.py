@@ -106,21 +106,20 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         moved += 1
         if d < nch:
             into_routers += 1
-    # winners advance their link's pointer (when any link had a contest); keys reset
-    for i in range(n):
-        slot = req_slot[i]
-        link = slot_pack[slot, 1]
-        if conflict and req_dst[i] >= 0:
-            nxt = slot_pack[slot, 2] + 1
-            link_pack[link, 0] = 0 if nxt >= link_pack[link, 2] else nxt
-        link_pack[link, 1] = _NONE
+    # winners advance their link's pointer (when any link had a contest), keys reset, and
     # heads that every owed port has taken leave their queue; the refilled ``pend`` (never
     # 0 for a channel that asked) keeps a multicast head from leaving twice
     npop = 0
     for i in range(n):
+        slot = req_slot[i]
+        link = slot_pack[slot, 1]
+        link_pack[link, 1] = _NONE
         if req_dst[i] < 0:
             continue
-        c = req_slot[i] // 5
+        if conflict:
+            nxt = slot_pack[slot, 2] + 1
+            link_pack[link, 0] = 0 if nxt >= link_pack[link, 2] else nxt
+        c = slot // 5
         if pend[c] == 0:
             npop += 1
             head[c] = (head[c] + 1) & mask
