@@ -42,12 +42,16 @@ class Queues:
         self.shift = max(capmax - 1, 1).bit_length()
         self.mask = (1 << self.shift) - 1
         self.n = n
-        self.lat, self.cap = lat, cap
+        # arrival cycles, latencies, credits and ring positions fit 32 bits (half the cache
+        # lines per queue) unless a run may reach 2**30 cycles (`wide`) or a hop takes that
+        # long; ``hrdy`` stays 64-bit for NEVER
+        small = not wide and int(lat.max(initial=0)) < 1 << 30
+        dtype = np.int32 if small else np.int64
+        self.lat, self.cap = lat.astype(dtype), cap.astype(dtype)
         self.val = np.zeros(n << self.shift, dtype=np.float32)
-        # arrival cycles fit 32 bits unless a run may go past 2**31 cycles (`wide`)
-        self.rdy = np.zeros(n << self.shift, dtype=np.int64 if wide else np.int32)
-        self.head = np.zeros(n, dtype=np.int64)
-        self.cnt = np.zeros(n, dtype=np.int64)
+        self.rdy = np.zeros(n << self.shift, dtype=dtype)
+        self.head = np.zeros(n, dtype=dtype)
+        self.cnt = np.zeros(n, dtype=dtype)
         # arrival cycle of each queue's head wavelet (NEVER when empty): one gather tells
         # the router and the CEs which heads can move
         self.hrdy = np.full(n, NEVER, dtype=np.int64)

@@ -146,7 +146,7 @@ class CycleSim:
         self.routes.validate()
         code = compile_program(self.program)
         ch = Channels(self.routes)
-        q = Queues(ch, self.spec, self.config, wide=max_cycles >= 1 << 31)
+        q = Queues(ch, self.spec, self.config, wide=max_cycles >= 1 << 30)
         router = Router(ch, q)
         ce = self.ce = ComputeEngines(self.spec, self.config, self.program, code, self.routes,
                                       ch, q, router)
