@@ -5,6 +5,9 @@ in a handful of NumPy operations. A cycle in which nothing moves and nothing is 
 not stepped again: the loop jumps to the next cycle at which a queued wavelet arrives (the
 only event that can restart a quiet machine). If there is none and the program has not
 finished, it is a deadlock, reported with the PEs, colours and queues involved.
+
+On grids of `CycleSim.compiled_from_pes` PEs or more (and no trace) the same loop runs
+compiled (`cejit.run_cycles`), all cycles in one call; the NumPy loop is its reference.
 """
 
 from __future__ import annotations
