@@ -149,7 +149,7 @@ def _advance(gid, sel, nsel, succ, pc, cur):
             cur[p] = -1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, scratch,
                queues, router):
     """Run from cycle ``t`` until the machine is quiet or something needs Python."""
@@ -813,7 +813,8 @@ class CompiledRun:
         self.i_op = np.zeros_like(self.i_pe)
         self.i_n = np.zeros(max(total, 1), dtype=np.int64)
         self.i_prog = np.zeros_like(self.i_n)
-        self.i_addr = np.zeros((max(total, 1), used), dtype=np.int64)
+        addr_t = np.int32 if pes * ce.words < 1 << 31 else np.int64
+        self.i_addr = np.zeros((max(total, 1), used), dtype=addr_t)
         self.i_q = np.zeros((max(total, 1), used), dtype=np.int32)
         self.i_sval = np.zeros((max(total, 1), used), dtype=np.float32)
         self.ctr = np.zeros(10, dtype=np.int64)
