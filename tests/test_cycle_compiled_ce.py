@@ -9,7 +9,7 @@ the same errors.
 import numpy as np
 import pytest
 
-from waferscale.errors import DeadlockError, LivelockError, ProgramError
+from waferscale.errors import CycleLimitError, DeadlockError, LivelockError, ProgramError
 from waferscale.fabric.cycle import (
     CycleSim,
     FabIn,
@@ -111,3 +111,13 @@ def test_compiled_loop_fails_like_numpy(monkeypatch, build, error):
     fast, slow = _both(monkeypatch, lambda: _failure(build))
     assert fast == slow
     assert issubclass(fast[0], error)
+
+
+def test_compiled_loop_hits_the_cycle_limit_like_numpy(monkeypatch):
+    def stopped():
+        with pytest.raises(CycleLimitError) as info:
+            _line(2, 2).run(max_cycles=6)
+        return str(info.value), info.value.details
+
+    fast, slow = _both(monkeypatch, stopped)
+    assert fast == slow
