@@ -24,8 +24,8 @@ from collections import Counter
 from typing import Any, TextIO
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch._functorch.aot_autograd import make_boxed_func
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from waferscale.compiler.capture import fold_constants, from_fx
 from waferscale.hardware.spec import get_spec
