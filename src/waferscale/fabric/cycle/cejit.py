@@ -683,7 +683,6 @@ class CompiledRun:
     def __init__(self, ce, router) -> None:  # noqa: ANN001 (ce.py imports this lazily)
         from waferscale.fabric.cycle import isa
         from waferscale.fabric.cycle.fused import OpGroup
-        from waferscale.fabric.cycle.queues import NEVER
 
         self.ce, self.router = ce, router
         q, ch, code, prog = ce.q, ce.ch, ce.code, ce.prog
@@ -843,7 +842,7 @@ class CompiledRun:
                         self.errsel, np.zeros(pes, dtype=np.int64))
         self.queues = (q.val, q.rdy, q.head, q.cnt, q.cap, q.hrdy, q.lat, q.awake, q.pend,
                        q.tx, q.feeders)
-        self.router_tabs = (ch.nch, q.shift, q.mask, np.int64(NEVER),
+        self.router_tabs = (ch.nch, q.shift, q.mask, np.int64(q.never),
                             *router.compiled_tables())
 
     def run(self, t: int, max_cycles: int, window: int) -> int:

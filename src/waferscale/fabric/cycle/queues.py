@@ -17,6 +17,7 @@ from waferscale.fabric.cycle.ports import R
 from waferscale.fabric.cycle.routing import Channels
 from waferscale.hardware.spec import WaferSpec
 
+#: the arrival cycle of an empty queue's head (`Queues.never` where ``hrdy`` is 32-bit)
 NEVER = np.iinfo(np.int64).max // 2
 
 
@@ -44,17 +45,18 @@ class Queues:
         self.n = n
         # arrival cycles, latencies, credits and ring positions fit 32 bits (half the cache
         # lines per queue) unless a run may reach 2**30 cycles (`wide`) or a hop takes that
-        # long; ``hrdy`` stays 64-bit for NEVER
+        # long; so does ``hrdy``, whose empty mark is then the largest int32 (``never``)
         small = not wide and int(lat.max(initial=0)) < 1 << 30
         dtype = np.int32 if small else np.int64
+        self.never = int(np.iinfo(np.int32).max) if small else int(NEVER)
         self.lat, self.cap = lat.astype(dtype), cap.astype(dtype)
         self.val = np.zeros(n << self.shift, dtype=np.float32)
         self.rdy = np.zeros(n << self.shift, dtype=dtype)
         self.head = np.zeros(n, dtype=dtype)
         self.cnt = np.zeros(n, dtype=dtype)
-        # arrival cycle of each queue's head wavelet (NEVER when empty): one gather tells
-        # the router and the CEs which heads can move
-        self.hrdy = np.full(n, NEVER, dtype=np.int64)
+        # arrival cycle of each queue's head wavelet (``never`` when empty): one gather
+        # tells the router and the CEs which heads can move
+        self.hrdy = np.full(n, self.never, dtype=dtype)
         # pending out-ports of each router channel's head wavelet (multicast progress)
         self.tx = np.zeros(n, dtype=np.uint8)
         self.tx[: ch.nch] = ch.ch_tx
@@ -62,7 +64,7 @@ class Queues:
         # a router channel whose head found every owed queue full sleeps until one of
         # those queues pops (or its own head changes): the router then skips it
         self.awake = np.ones(n, dtype=bool)
-        self.feeders = _feeders(ch, n)
+        self.feeders = _feeders(ch, n).astype(dtype)
 
     def ready(self, idx: np.ndarray, t: int) -> np.ndarray:
         """Whether the head of each queue in ``idx`` has arrived by cycle ``t``."""
@@ -92,14 +94,14 @@ class Queues:
         self.head[idx] = head
         cnt = self.cnt[idx] - 1
         self.cnt[idx] = cnt
-        self.hrdy[idx] = np.where(cnt > 0, self.rdy[base + head], np.int64(NEVER))
+        self.hrdy[idx] = np.where(cnt > 0, self.rdy[base + head], self.hrdy.dtype.type(self.never))
         self.awake[idx] = True
         self.awake[self.feeders[idx]] = True
         return values
 
     def next_ready(self, t: int) -> int | None:
         """The earliest future cycle at which some queue head becomes visible."""
-        later = self.hrdy[(self.hrdy > t) & (self.hrdy < NEVER)]
+        later = self.hrdy[(self.hrdy > t) & (self.hrdy < self.never)]
         return int(later.min()) if later.size else None
 
 

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import numpy as np
 
-from waferscale.fabric.cycle.queues import NEVER, Queues
+from waferscale.fabric.cycle.queues import Queues
 from waferscale.fabric.cycle.routing import Channels
 
 _BIG = np.int64(1 << 40)
@@ -87,7 +87,7 @@ class Router:
         q = self.q
         moved, held = jit().router_step(
             t, self.ch.nch, q.hrdy, q.awake, q.pend, q.tx, q.cnt, q.cap, q.head, q.val, q.rdy,
-            q.lat, q.feeders, q.shift, q.mask, NEVER, *self._scratch)
+            q.lat, q.feeders, q.shift, q.mask, q.never, *self._scratch)
         self.occupancy += held
         self.moved += moved
         return moved
@@ -102,7 +102,7 @@ class Router:
         slot_pack = np.stack([self.slot_dst, self.slot_link, self.slot_rank], axis=1)
         link_pack = np.stack([self.rr, np.full_like(self.rr, 1 << 30), self.link_width], axis=1)
         return (slot_pack.astype(np.int32), link_pack.astype(np.int32),
-                np.zeros(nslot, dtype=np.int64), np.zeros(nslot, dtype=np.int64))
+                np.zeros(nslot, dtype=np.int32), np.zeros(nslot, dtype=np.int32))
 
     def step_numpy(self, t: int) -> int:
         """`step` in vectorised NumPy: the reference, and the path that records traces."""
