@@ -41,7 +41,6 @@ I_VEC, I_SETREG, I_ADDREG, I_ACTIVATE, I_BLOCK, I_UNBLOCK = range(6)
 OPS = {"mov": 0, "add": 1, "sub": 2, "mul": 3, "max": 4, "fmac": 5}
 #: comparisons of `isa.Cond`
 CMPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
-_BIG = 1 << 40
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -446,14 +445,13 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                         if not ok:
                             continue
                         p = i_pe[idx]
-                        allowed = _BIG
-                        if reads:
-                            allowed = min(allowed, rd_left[p] // reads)
-                        if writes:
-                            allowed = min(allowed, wr_left[p] // writes)
-                        if fab_out:
-                            allowed = min(allowed, ramp_left[p])
-                        if allowed <= 0:
+                        # room for one element on every port it uses; ``left // per < 1``
+                        # read as ``left < per``: no division (tens of cycles) per instance
+                        if reads and rd_left[p] < reads:
+                            continue
+                        if writes and wr_left[p] < writes:
+                            continue
+                        if fab_out and ramp_left[p] < 1:
                             continue
                         if reads:
                             rd_left[p] -= reads
