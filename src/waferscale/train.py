@@ -301,7 +301,8 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
         "systems": systems, "batch_per_system": batch // systems,
         "losses": [r.loss for r in rows],
         "samples_per_second": rows[-1].samples_per_second if rows else 0.0,
-        "wall_seconds": wafer_wall, "parameters": trainer.memoryx.parameters,
+        "wall_seconds": wafer_wall, "step_wall_seconds": [r.wall_seconds for r in rows],
+        "parameters": trainer.memoryx.parameters,
         "checkpoint": checkpoint_dir}
     if systems > 1:
         out.update(cluster_start_seconds=start_seconds, faults=faults)
@@ -310,14 +311,17 @@ def train_on_genomes(model_name: str, fasta: str, *, steps: int, batch: int, seq
         t1 = time.perf_counter()
         opt = config.torch_optimizer(list(reference.parameters()))
         reference.train()
-        eager_losses = []
+        eager_losses, eager_steps = [], []
         for i in range(start, steps):
+            t_step = time.perf_counter()
             loss = reference(**batches(i)).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
             eager_losses.append(float(loss.detach()))
+            eager_steps.append(time.perf_counter() - t_step)
         out.update(eager_losses=eager_losses, eager_wall_seconds=time.perf_counter() - t1,
+                   eager_step_wall_seconds=eager_steps,
                    max_loss_difference=max((abs(a - b) for a, b in
                                             zip(out["losses"], eager_losses, strict=True)),
                                            default=0.0))

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -1199,6 +1200,37 @@ def _row_products(outs: list[np.ndarray | None], a: torch.Tensor, b: torch.Tenso
     return pieces
 
 
+#: Dense GEMM rounds already run: `_round_key` -> (cycles, SRAM peak, busy share, the
+#: entries `run` ran rather than copied from a neighbour, `run_stage`'s ``ran_here``). A
+#: training step runs every GEMM stage again with the same shapes, and the layers of a
+#: model repeat their shapes, so without it every step re-simulated the same ring clocks
+#: (GenSLM-25M at 256 tokens: a 256 x 256 MeshGEMM whose steps never settle into the
+#: period `_Periodic` skips took most of a step's wall time). Bounded: cleared when full.
+_ROUNDS: dict[tuple[Any, ...], tuple[float, int, float, tuple[int, ...]]] = {}
+_ROUNDS_KEPT = 4096
+
+
+def _round_key(ctx: ExecContext, st: Stage, p: int, gc: int,
+               shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+               ) -> tuple[Any, ...]:
+    """Everything a dense round's figures depend on, for `_ROUNDS`.
+
+    Why it is exact: a dense round (no zero skipping, fp32 accumulate) runs `run` for each
+    entry on a fresh ``ctx.fabric(st)``, which is made from the spec, the stage's
+    rectangle, timing-only or not and the stage's link latencies; entry j sits at the
+    origin its index and the tiling's ``gc`` columns give, on ``p`` x ``p`` sub-grids, in
+    the stage's dtype, with the ring schedule `FORWARDING` says; and no clock, SRAM
+    allocation or counter depends on a value (dense, the values are one whole product,
+    `_whole_product`). So two rounds with equal keys leave equal fabrics, hence equal
+    cycles, SRAM peaks and busy shares.
+    """
+    extra = (ctx.link_extra or {}).get(st.name)
+    links = None if extra is None else (extra.shape, str(extra.dtype),
+                                         hashlib.sha256(extra.tobytes()).hexdigest())
+    return (ctx.spec, tuple(st.rect), ctx.timing_only, links, p, gc, st.dtype,
+            "meshgemm" in FORWARDING, shapes)
+
+
 def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
               bias: torch.Tensor | None, alpha: float = 1.0, beta: float = 1.0
               ) -> tuple[torch.Tensor | None, StageRun]:
@@ -1252,26 +1284,36 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
     density = None
     nnz, total = 0, 0
     rounds = -(-n_entries // slots)
-    # a dense round whose entries have the shapes of an earlier round's runs the same
-    # clocks on its fresh fabric (no clock depends on a value, and every round of the
-    # stage has the same link latencies): its cycles, SRAM peak and busy share are that
-    # round's, and its values the products `run` would return (one whole product each)
+    # a dense round that an earlier one matches in every input of its clocks (`_round_key`:
+    # an earlier round of this stage, of another stage or of an earlier run) gives that
+    # round's cycles, SRAM peak and busy share, and its values the products `run` would
+    # return (one whole product each)
     reuse = skip is None and not prm.skip and not prm.skip_weights
-    rounds_seen: dict[tuple[Any, ...], tuple[float, int, float]] = {}
+    # the round shapes this call has met: a row chunk of a later round with them gets its
+    # values with its neighbours' (`_row_products`); the first round of a shape gives the
+    # chunks it ran (rather than copied) a product of their own, as its fabric run did,
+    # so that the values keep their bits whether the round's figures came from `_ROUNDS`
+    # or not (one product over more rows may round differently)
+    met: set[tuple[Any, ...]] = set()
     for r in range(rounds):
         pairs = [entry(r * slots + j) for j in range(min(slots, n_entries - r * slots))]
         shapes = tuple((tuple(ai.shape), tuple(bi.shape)) for ai, bi in pairs)
-        again = rounds_seen.get(shapes) if reuse else None
+        round_key = _round_key(ctx, st, p, gc, shapes) if reuse else None
+        again = _ROUNDS.get(round_key) if round_key is not None else None
         if again is not None:
             if not timing_only:
-                outs.extend(None if split else product(to_np(ai), to_np(bi), st.dtype)
-                            for ai, bi in pairs)
+                ran = () if shapes in met else again[3]
+                outs.extend(product(to_np(ai), to_np(bi), st.dtype)
+                            if not split or j in ran else None
+                            for j, (ai, bi) in enumerate(pairs))
+            met.add(shapes)
             cycles += again[0]
             peak = max(peak, again[1])
             busy.append(again[2])
             continue
         fab = ctx.fabric(st)
         slowest = 0.0
+        ran_here: list[int] = []    # the entries `run` ran (the others were copied)
         # dense entries of one shape on fresh sub-grids with the same link latencies run
         # the same clocks, translated: run the first, copy its sub-grid's state to the rest
         first: dict[tuple[Any, ...], tuple[tuple[int, int], float, float]] = {}
@@ -1287,6 +1329,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
                 slowest = max(slowest, seen[1])
                 continue
             hops = fab.wavelet_hops
+            ran_here.append(j)
             if timing_only:
                 # zero weights skipped: each block's nonzeros counted from the weight's
                 # values when it has them (a meta weight runs dense blocks)
@@ -1310,7 +1353,11 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         round_peak, round_busy = int(fab.sram.peak()), fab.stats()["busy_fraction"]
         peak = max(peak, round_peak)
         busy.append(round_busy)
-        rounds_seen.setdefault(shapes, (slowest, round_peak, round_busy))
+        met.add(shapes)
+        if round_key is not None:
+            if len(_ROUNDS) >= _ROUNDS_KEPT:
+                _ROUNDS.clear()
+            _ROUNDS[round_key] = (slowest, round_peak, round_busy, tuple(ran_here))
     if prm.skip and total:
         density = nnz / total
     peak += stage_extra_bytes(prm, st.dtype, p, mg)
