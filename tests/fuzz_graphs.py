@@ -27,6 +27,13 @@ with ``scale = max(1, max |r|)`` and ``r`` the same module run in float64 on the
   * scale``. An ill-conditioned graph (a layer norm over a near-constant softmax row
   divides bf16 rounding noise by a tiny standard deviation) differs from eager by more
   than bf16's resolution in both directions; a wrong result is far from float64 too.
+* when both fail, element by element: the wafer is within the tolerance plus twice how far
+  eager's own output moves when the input moves by one unit in the last place
+  (`sensitivity`, a few random perturbations). Where an output depends on rounding
+  discontinuously (a layer norm over two nearly equal values snaps to +-1, so one ulp
+  upstream flips its sign; seed 207155 of the 10,000-case run), eager matching float64
+  is luck, and neither side's rounding order is wrong; a wafer error in an element that
+  rounding does not move is still a mismatch.
 """
 
 from __future__ import annotations
@@ -523,9 +530,33 @@ def _flat(out: Any) -> list[torch.Tensor]:
     return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
-def compare(case: Case, got: Any, eager: Any, ref64: Any) -> tuple[bool, float, str]:
+def sensitivity(model: torch.nn.Module, args: Sequence[torch.Tensor], trials: int = 4
+                ) -> list[torch.Tensor]:
+    """Per output element, the most eager's output moves (float64) over ``trials`` runs
+    with every floating input moved by one unit in the last place of its dtype, up or
+    down at random: how much rounding alone can change that element."""
+    gen = torch.Generator().manual_seed(12345)
+    base = [t.double() for t in _flat(model(*args))]
+    spread = [torch.zeros_like(t) for t in base]
+    for _ in range(trials):
+        moved = []
+        for a in args:
+            if not a.is_floating_point():
+                moved.append(a)
+                continue
+            ulp = torch.finfo(a.dtype).eps
+            sign = torch.randint(0, 2, a.shape, generator=gen).double() * 2 - 1
+            moved.append((a.double() * (1 + ulp * sign)).to(a.dtype))
+        for s, b, o in zip(spread, base, _flat(model(*moved)), strict=True):
+            torch.maximum(s, (o.double() - b).abs(), out=s)
+    return spread
+
+
+def compare(case: Case, got: Any, eager: Any, ref64: Any,
+            spread: list[torch.Tensor] | None = None) -> tuple[bool, float, str]:
     """Whether the wafer's outputs are within tolerance (module docstring), the worst
-    error over the scale, and a line for a mismatch."""
+    error over the scale, and a line for a mismatch. ``spread``: `sensitivity` of
+    eager's outputs, for the last criterion (None: not applied)."""
     tol = TOL[case.dtype]
     worst = 0.0
     for k, (w, e, r) in enumerate(zip(_flat(got), _flat(eager), _flat(ref64), strict=True)):
@@ -545,6 +576,8 @@ def compare(case: Case, got: Any, eager: Any, ref64: Any) -> tuple[bool, float, 
         err_w = float((w - r).abs().max()) / scale
         err_e = float((e - r).abs().max()) / scale
         if err_w <= 2 * err_e + tol:
+            continue
+        if spread is not None and bool(((w - e).abs() <= tol * scale + 2 * spread[k]).all()):
             continue
         return False, err, (f"output {k}: max |wafer - eager| = {err:.3g} x {scale:.3g} "
                             f"(tolerance {tol:g}); vs float64: wafer {err_w:.3g}, eager "
@@ -599,8 +632,12 @@ def check_case(case: Case, *, estimate: bool = True, spec: Any = "wse2") -> Outc
         return Outcome("crash", f"{stage}: {type(exc).__name__}: {str(exc)[:300]} "
                                 f"(at {where})")
     ok, err, line = compare(case, got, eager, r)
+    if not ok:   # maybe ill-conditioned: how far does rounding alone move eager?
+        with torch.no_grad():
+            spread = sensitivity(model, args)
+        ok, err, line = compare(case, got, eager, r, spread)
     return Outcome("ok" if ok else "mismatch", line, err, fb)
 
 
 __all__ = ["Case", "Draw", "FuzzModule", "Outcome", "SIZES", "TOL", "check_case", "compare",
-           "generate", "hypothesis_strategy", "inputs"]
+           "generate", "hypothesis_strategy", "inputs", "sensitivity"]

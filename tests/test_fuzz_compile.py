@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fuzz_graphs import Case, FuzzModule, check_case, compare, hypothesis_strategy, inputs
+from fuzz_graphs import (
+    Case,
+    FuzzModule,
+    check_case,
+    compare,
+    hypothesis_strategy,
+    inputs,
+    sensitivity,
+)
 from hypothesis import HealthCheck, given, settings
 
 import waferscale
@@ -441,3 +449,47 @@ def test_non_causal_sdpa_runs_on_gemm_and_softmax(q_shape, kv_shape, dtype) -> N
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     case = Case(str(dtype).split(".")[1], q_shape, (("sdpa", 0, 0, 0, False),), (1,))
     assert check_case(case).status == "ok"
+
+
+# -------------------------------------------- findings of the 10,000-case run (seeds 200000+)
+def test_bf16_non_causal_sdpa_keeps_its_scores_in_fp32() -> None:
+    """Fuzz seeds 206504 and 207203: q = k = v holding a masked_fill of -30 give logits in
+    the thousands; rounded to bf16 between the scores GEMM and the softmax (ulp 8-16 there)
+    they flipped near-one-hot rows (error 1.2-2.6 against eager's 0.08). The decomposition
+    now computes the scores and softmax in fp32, as SDPA does, and casts the
+    probabilities back."""
+    case = Case("bfloat16", (3, 7, 8, 8), (("causal_mask", 0), ("sdpa", 1, 1, 1, False)),
+                (2,), seed=29325)
+    assert check_case(case, estimate=False).status == "ok"
+    cm = waferscale.compile(FuzzModule(case).eval(), inputs(case))
+    g = cm.program.graph
+    scores, out = [n for n in g.calls() if n.short == "bmm"]
+    assert scores.meta["dtype"] == "float32" and out.meta["dtype"] == "bfloat16"
+    assert [n.meta["dtype"] for n in g.calls() if n.short == "_softmax"] == ["float32"]
+
+
+def test_rounding_chaos_is_not_a_mismatch_but_wrong_values_are() -> None:
+    """Fuzz seed 207155: log-softmax over 2 values, a division, then two layer norms over
+    those 2 values: the first snaps to +-1 by the sign of a one-ulp difference, so the
+    wafer's (correctly rounded) log-softmax gave the opposite sign to eager's in one row
+    (error 2), where eager happened to match float64. `compare` now measures how far one
+    ulp of input moves eager's own output (`sensitivity`) and allows that, element by
+    element; a wrong value where rounding moves nothing is still caught."""
+    case = Case("bfloat16", (13, 8, 3, 3), (
+        ("permute", 0, (0, 1, 2, 3)), ("slice", 1, 3, 0, 2), ("softmax", 2, -1, True),
+        ("binary", 3, 2, "div_safe"), ("layer_norm", 4, True), ("layer_norm", 5, False)),
+        (6,), seed=16005)
+    assert check_case(case, estimate=False).status == "ok"
+    m = FuzzModule(case).eval()
+    args = inputs(case)
+    with torch.no_grad():
+        eager = m(*args)
+        spread = sensitivity(m, args)
+        r = FuzzModule(case).double().eval()
+        r.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+        ref = r(*(a.double() for a in args))
+    assert float(spread[0].max()) > 1.0            # some rows flip under one ulp of input
+    wrong = eager.clone()
+    calm = int(spread[0].flatten().argmin())
+    wrong.view(-1)[calm] += 0.5
+    assert not compare(case, wrong, eager, ref, spread)[0]

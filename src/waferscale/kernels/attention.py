@@ -1496,16 +1496,30 @@ def decompose_non_causal(g: Graph) -> int:
         scale = node.kwargs.get("scale")
         scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
         aten = torch.ops.aten
-        steps: list[tuple[str, Any, tuple[Any, ...]]] = [
+        steps: list[tuple[Any, ...]] = [
             ("q3", aten.reshape.default, (q, [groups, s_q, d])),
             ("k3", aten.reshape.default, (k, [groups, s_k, d])),
             ("v3", aten.reshape.default, (v, [groups, s_k, d_v])),
             ("kt", aten.transpose.int, ("k3", 1, 2)),
-            ("scores", aten.bmm.default, ("q3", "kt")),
-            ("scaled", aten.mul.Tensor, ("scores", scale)),
-            ("probs", aten._softmax.default, ("scaled", -1, False)),
-            ("out3", aten.bmm.default, ("probs", "v3")),
         ]
+        dtype = getattr(torch, g.nodes[q.name].meta["dtype"]) if isinstance(q, Ref) else None
+        if dtype in (torch.float16, torch.bfloat16):
+            # scores and softmax in fp32, as SDPA computes them (and a flash kernel keeps
+            # them in its accumulators); 16-bit scores between the stages lose whole units
+            # of large logits, which flips near-one-hot rows (fuzz seeds 206504, 207203).
+            # The cost: q k^T priced as an fp32 GEMM, an over-estimate of the hardware's
+            # fp16 x fp16 -> fp32 FMAC (fmachs) path, which the IR cannot express.
+            steps += [("q3f", aten._to_copy.default, ("q3",), {"dtype": torch.float32}),
+                      ("ktf", aten._to_copy.default, ("kt",), {"dtype": torch.float32}),
+                      ("scores", aten.bmm.default, ("q3f", "ktf")),
+                      ("scaled", aten.mul.Tensor, ("scores", scale)),
+                      ("probs32", aten._softmax.default, ("scaled", -1, False)),
+                      ("probs", aten._to_copy.default, ("probs32",), {"dtype": dtype})]
+        else:
+            steps += [("scores", aten.bmm.default, ("q3", "kt")),
+                      ("scaled", aten.mul.Tensor, ("scores", scale)),
+                      ("probs", aten._softmax.default, ("scaled", -1, False))]
+        steps.append(("out3", aten.bmm.default, ("probs", "v3")))
         made = _insert_before(g, node, steps)
         node.target, node.fn = "aten.reshape.default", aten.reshape.default
         node.args, node.kwargs = (Ref(made["out3"]), list(node.meta["shape"])), {}
@@ -1513,11 +1527,11 @@ def decompose_non_causal(g: Graph) -> int:
     return rewrites
 
 
-def _insert_before(g: Graph, at: Node, steps: list[tuple[str, Any, tuple[Any, ...]]]
-                   ) -> dict[str, str]:
-    """Insert ``steps`` (local name, ATen op, args naming earlier steps or graph refs)
-    before ``at`` in the graph's order, with their shape/dtype meta from running the ops
-    on meta tensors and ``at``'s source line. Returns local name -> node name."""
+def _insert_before(g: Graph, at: Node, steps: list[tuple[Any, ...]]) -> dict[str, str]:
+    """Insert ``steps`` (local name, ATen op, args naming earlier steps or graph refs, and
+    optionally keyword arguments) before ``at`` in the graph's order, with their
+    shape/dtype meta from running the ops on meta tensors and ``at``'s source line.
+    Returns local name -> node name."""
     names: dict[str, str] = {}
     metas: dict[str, torch.Tensor] = {}
 
@@ -1528,16 +1542,18 @@ def _insert_before(g: Graph, at: Node, steps: list[tuple[str, Any, tuple[Any, ..
         return metas[x] if isinstance(x, str) and x in metas else x
 
     new: list[Node] = []
-    for local, fn, args in steps:
+    for local, fn, args, *rest in steps:
+        kwargs = rest[0] if rest else {}
         name = f"{at.name}_{local}"
         while name in g.nodes:
             name += "_"
-        value = fn(*(meta_of(a) for a in args))
+        value = fn(*(meta_of(a) for a in args), **kwargs)
         metas[local], names[local] = value, name
         refs = tuple(Ref(names[a]) if isinstance(a, str) and a in names else a for a in args)
         meta = tensor_meta(value)
         meta.update({k: at.meta[k] for k in ("source", "code", "module") if k in at.meta})
-        new.append(Node(name, "call", target=str(fn), args=refs, meta=meta, fn=fn))
+        new.append(Node(name, "call", target=str(fn), args=refs, kwargs=dict(kwargs),
+                        meta=meta, fn=fn))
     order = list(g.nodes.values())
     i = order.index(at)
     g.nodes = {n.name: n for n in order[:i] + new + order[i:]}
