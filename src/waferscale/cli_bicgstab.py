@@ -107,7 +107,7 @@ def bicgstab_report(spec_name: str, grid: str, iters: int, mode: bool | None,
     fabric = Fabric(spec, y, x)
     solve = bi.run(fabric, diags, b, iters, tol)
     ref = bi.reference(diags, b, iters, tol)
-    true = _true_residual(diags, b, solve.x)
+    true = bi.true_residual(diags, b, solve.x)
     n = min(len(ref.residuals), len(solve.residuals))
     report.update(
         iterations=len(solve.iteration_cycles), cycles=solve.cycles,
@@ -119,24 +119,6 @@ def bicgstab_report(spec_name: str, grid: str, iters: int, mode: bool | None,
             np.subtract(solve.residuals[:n], ref.residuals[:n])))) if n else 0.0,
         wall_seconds=time.perf_counter() - t0)
     return report
-
-
-def _true_residual(diags: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
-    """||b - A x|| / ||b|| in fp64 (the recurrence's residual drifts from it in fp16)."""
-    ax = _apply64(diags, x)
-    bn = float(np.linalg.norm(b.astype(np.float64)))
-    return float(np.linalg.norm(b.astype(np.float64) - ax)) / bn if bn else 0.0
-
-
-def _apply64(diags: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """A x in fp64 (the 7-point operator, zeros outside the grid)."""
-    d = diags.astype(np.float64)
-    p = np.pad(x.astype(np.float64), 1)
-    ny, nx, nz = x.shape
-    nbs = (p[1:-1, 1:-1, 1:-1], p[1:-1, 1:-1, 0:nz], p[1:-1, 1:-1, 2:nz + 2],
-           p[1:-1, 0:nx, 1:-1], p[1:-1, 2:nx + 2, 1:-1], p[0:ny, 1:-1, 1:-1],
-           p[2:ny + 2, 1:-1, 1:-1])
-    return sum(d[k] * nb for k, nb in enumerate(nbs))
 
 
 def _print(r: dict[str, Any]) -> None:

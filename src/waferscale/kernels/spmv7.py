@@ -221,12 +221,12 @@ def random_problem(x: int, y: int, z: int, seed: int = 0, dominance: float = 1.5
     return diags, b
 
 
-def reference(diags: np.ndarray, x: np.ndarray) -> np.ndarray:
+def reference(diags: np.ndarray, x: np.ndarray, dtype: type = np.float16) -> np.ndarray:
     """NumPy oracle: y = A x in fp16, terms added in `DIAGONALS` order, one rounding per
     multiply and per add (zeros outside the grid). Arrays are [y, x, z] (diagonals
-    [7, y, x, z])."""
-    d = np.asarray(diags, np.float16)
-    v = np.asarray(x, np.float16)
+    [7, y, x, z]). ``dtype=np.float64``: the operator itself, for true residuals."""
+    d = np.asarray(diags, dtype)
+    v = np.asarray(x, dtype)
     p = np.pad(v, 1)
     ny, nx, nz = v.shape
     neighbours = (p[1:-1, 1:-1, 0:nz], p[1:-1, 1:-1, 2:nz + 2],       # z-1, z+1
