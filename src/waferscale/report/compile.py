@@ -136,10 +136,6 @@ def compile_report(model: str, *, seq: int, batch: int, estimate: bool, strict: 
         check_host_memory(model, seq, batch, "add --estimate to plan and time it on meta "
                                              "weights, or use a smaller --batch or --seq")
     mode = "estimate" if estimate else "auto"
-    if density is not None:
-        from waferscale.compiler.density import Density, check_mode
-        density = Density(**density)  # type: ignore[assignment]
-        check_mode(density, mode)  # type: ignore[arg-type]
     if meta:
         cm = _compile_preset_meta(model, seq=seq, batch=batch, layers=layers, spec=spec,
                                   mode=mode, strict=strict, reserve=reserve, pin=pin,
