@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from waferscale.compiler.errors import CompileError
 from waferscale.ir import Graph
-from waferscale.kernels.gemm import STATED_DENSITY
+from waferscale.kernels.gemm import STATED_DENSITY, is_relu
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,7 @@ def annotate(g: Graph, density: Density | None) -> str:
             n.meta[STATED_DENSITY] = density.weights
         parts.append(f"weights {density.weights:g} ({len(weights)} weight tensors)")
     if density.activations is not None:
-        relus = [n for n in g.calls() if n.short == "relu"
-                 or (n.short == "clamp_min" and len(n.args) > 1 and n.args[1] == 0)]
+        relus = [n for n in g.calls() if is_relu(n)]
         for n in relus:
             n.meta[STATED_DENSITY] = density.activations
         parts.append(f"ReLU outputs {density.activations:g} ({len(relus)} ReLUs)")

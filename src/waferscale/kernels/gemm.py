@@ -890,6 +890,12 @@ class GemmParams(StageParams):
                 (True, True): "both"}[(self.skip, w)]
 
 
+def is_relu(node: Node) -> bool:
+    """A ReLU as captured graphs spell it (``relu``, or ``clamp_min`` at 0)."""
+    return node.short == "relu" or (node.short == "clamp_min" and len(node.args) > 1
+                                    and node.args[1] == 0)
+
+
 def _relu_source(g: Graph, x: Any) -> Node | None:
     """The ReLU a GEMM's activation comes from (through layout nodes), or None: only a
     ReLU's output is known to hold zeros worth skipping."""
@@ -898,7 +904,7 @@ def _relu_source(g: Graph, x: Any) -> Node | None:
         node = g.nodes[name]
         if node.op != "call":
             return None
-        if node.short in ("relu",) or (node.short == "clamp_min" and node.args[1] == 0):
+        if is_relu(node):
             return node
         if is_layout(node):
             refs = [i for i in node.inputs if g.nodes[i].op != "const"]
