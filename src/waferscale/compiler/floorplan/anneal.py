@@ -118,8 +118,7 @@ def initial_layout(problem: PlacementProblem, config: FloorplanConfig | None = N
     slicer = Slicer(order, targets, need, max_aspect,
                     geometry.R, geometry.C, geometry.H, geometry.W,
                     max_rows=problem.max_rows, max_cols=problem.max_cols,
-                    leaf_time=lambda b, h, w: float(problem.rect_times(
-                        np.array([b]), np.array([h]), np.array([w]))[0]))
+                    leaf_time=problem.rect_time)
     roots: list[Node] = []
     if order.size:
         for (lo, hi), reg in zip(_deal_to_regions(slicer, regions), regions, strict=True):

@@ -261,7 +261,7 @@ class PlacementProblem:
                 h = int(min(rows_cap, max(1, round(math.sqrt(a * aspect)))))
                 w = int(min(cols_cap, max(1, -(-a // h))))
                 h = int(min(rows_cap, max(h, -(-a // w))))
-                t = float(self.rect_times(np.array([b]), np.array([h]), np.array([w]))[0])
+                t = self.rect_time(b, h, w)
                 worst, most = max(worst, t), max(most, h * w)
             pts[most] = min(worst, pts.get(most, math.inf))
 
@@ -280,6 +280,24 @@ class PlacementProblem:
         keys = sorted(pts)
         times = np.minimum.accumulate(np.array([pts[a] for a in keys]))
         return np.array(keys, dtype=float), times
+
+    def rect_time(self, b: int, h: int, w: int) -> float:
+        """`rect_times` of one block, in plain Python floats (the same IEEE operations, so
+        the same bits): the slicer sizes leaves one at a time, some hundred thousand times
+        per placement of a training graph, and NumPy's overhead on one-element arrays was
+        most of that time."""
+        b, h, w = int(b), int(h), int(w)
+        if self.has_time_at[b]:
+            memo = self._memo[b]
+            key = (h, w)
+            t = memo.get(key)
+            if t is None:
+                fn = self.blocks[b].time_at
+                assert fn is not None
+                t = memo[key] = float(fn(h, w)) if h > 0 and w > 0 else math.inf
+            return t
+        used = min(float(h), float(self.max_rows[b])) * min(float(w), float(self.max_cols[b]))
+        return (float(self.work[b]) / used if used > 0 else math.inf) + float(self.latency[b])
 
     def rect_times(self, idx: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Cycles per sample of blocks ``idx`` on ``h x w`` rectangles: the block's
