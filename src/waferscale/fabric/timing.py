@@ -129,12 +129,17 @@ def vector_cycles(spec: WaferSpec, elements: np.ndarray | float, dtype: str, op:
     ``integral``: the caller knows the counts are whole numbers, so at one element per
     cycle they are the cycles themselves (returned as they are, not copied).
     """
-    elements = np.asarray(elements, dtype=float)
     width = spec.simd.width(dtype, op, accumulate)
     word = spec.mem_word_bits / 8
     per_element = max(1.0 / width,
                       reads * element_bytes / (spec.mem_reads_per_cycle * word),
                       writes * element_bytes / (spec.mem_writes_per_cycle * word))
+    if not isinstance(elements, np.ndarray) and not integral:
+        # one count (kernel sizing asks millions of them): the same float64 product and
+        # ceiling in plain Python, returned as NumPy's scalar would be
+        cycles = float(elements) * per_element
+        return np.float64(math.ceil(cycles) if math.isfinite(cycles) else cycles)
+    elements = np.asarray(elements, dtype=float)
     if integral and per_element == 1.0:
         return elements
     cycles = elements * per_element

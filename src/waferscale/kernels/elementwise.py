@@ -105,8 +105,11 @@ def op_cycles(spec: WaferSpec, elements: np.ndarray | float, dtype: str, op: str
     if op not in OP_COSTS:
         raise KernelError(f"op {op!r} has no cost entry; known ops: {', '.join(OP_COSTS)}")
     c = OP_COSTS[op]
-    elements = np.asarray(elements, dtype=float)
-    return vector_cycles(spec, elements * c.passes, dtype, c.simd, reads=reads / c.passes,
+    if isinstance(elements, np.ndarray):
+        elements = elements.astype(float, copy=False) * c.passes
+    else:
+        elements = float(elements) * c.passes
+    return vector_cycles(spec, elements, dtype, c.simd, reads=reads / c.passes,
                          writes=writes / c.passes, accumulate=accumulate,
                          element_bytes=BYTES[dtype])
 
