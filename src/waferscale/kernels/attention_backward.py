@@ -160,23 +160,32 @@ def _pending(spec: WaferSpec, geo: Geometry, dtype: str) -> int:
 
 def step_cycles(spec: WaferSpec, geo: Geometry, dtype: str, diagonal: bool) -> float:
     """CE cycles of one (query block, key block) step (module docstring's passes)."""
-    acc = WORK if dtype != "fp32" else None
-    scores = geo.g * geo.tq * geo.tq
-    products = 5 * float(op_cycles(spec, scores * geo.head_dim, dtype, "fmac", reads=2,
-                                   accumulate=acc))
-    return (products
-            + (float(op_cycles(spec, scores, WORK, "select")) if diagonal else 0.0)
-            + float(op_cycles(spec, scores, WORK, "exp", reads=2))       # P = exp(. - lse)
-            + float(op_cycles(spec, scores, WORK, "sub", reads=2))       # dP - D
-            + float(op_cycles(spec, scores, WORK, "mul", reads=2)))      # P * (.)
+    return _step(spec, geo.g, geo.tq, geo.head_dim, dtype, diagonal, False)
 
 
 def _stream_step(spec: WaferSpec, geo: Geometry, dtype: str, diagonal: bool) -> float:
     """A streaming step: the shift's passes plus adding the passing running sum of the
     previous block's dK / dV (2 g tq D fp32, on a microthread)."""
-    blk = geo.g * geo.tq * geo.head_dim
-    return step_cycles(spec, geo, dtype, diagonal) + float(
-        op_cycles(spec, 2 * blk, WORK, "add", reads=2))
+    return _step(spec, geo.g, geo.tq, geo.head_dim, dtype, diagonal, True)
+
+
+@functools.lru_cache(maxsize=65536)
+def _step(spec: WaferSpec, g: int, tq: int, head_dim: int, dtype: str, diagonal: bool,
+          stream: bool) -> float:
+    """`step_cycles` (``stream``: `_stream_step`) from the block sizes they depend on.
+    Cached: `choose_layout` prices thousands of layouts that share a few (g, tq)."""
+    acc = WORK if dtype != "fp32" else None
+    scores = g * tq * tq
+    products = 5 * float(op_cycles(spec, scores * head_dim, dtype, "fmac", reads=2,
+                                   accumulate=acc))
+    step = (products
+            + (float(op_cycles(spec, scores, WORK, "select")) if diagonal else 0.0)
+            + float(op_cycles(spec, scores, WORK, "exp", reads=2))       # P = exp(. - lse)
+            + float(op_cycles(spec, scores, WORK, "sub", reads=2))       # dP - D
+            + float(op_cycles(spec, scores, WORK, "mul", reads=2)))      # P * (.)
+    if stream:
+        step += float(op_cycles(spec, 2 * g * tq * head_dim, WORK, "add", reads=2))
+    return step
 
 
 def _stream_cost(spec: WaferSpec, geo: Geometry, dtype: str) -> float:
