@@ -309,17 +309,8 @@ class PlacementProblem:
         with np.errstate(divide="ignore"):
             t = (np.where(used > 0, self.work[idx] / np.maximum(used, 1e-300), np.inf)
                  + self.latency[idx])
-        cb = self.has_time_at[idx]
-        if cb.any():
-            for j in np.flatnonzero(cb):
-                b, hh, ww = int(idx[j]), int(h[j]), int(w[j])
-                memo = self._memo[b]
-                key = (hh, ww)
-                if key not in memo:
-                    fn = self.blocks[b].time_at
-                    assert fn is not None
-                    memo[key] = float(fn(hh, ww)) if hh > 0 and ww > 0 else math.inf
-                t[j] = memo[key]
+        for j in np.flatnonzero(self.has_time_at[idx]):
+            t[j] = self.rect_time(idx[j], h[j], w[j])   # the memoised ``time_at``
         return t
 
 
