@@ -304,3 +304,28 @@ def test_shape_model_guides_placement() -> None:
     r = res.rects["n"]
     assert r.cols <= 8 and r.rows >= 8
     assert res.quality.bottleneck_cycles >= narrow(r.rows, r.cols) - 1e-9
+
+
+def test_rect_time_is_rect_times_bit_for_bit() -> None:
+    """The slicer's one-block sizing (`rect_time`, plain floats) against the vectorised
+    `rect_times` it stands in for: the same float for every block and shape, including
+    the shape caps, zero-area shapes and a block with its own (memoised) ``time_at``."""
+    spec = custom_spec(name="t", rows=64, cols=64)
+    calls: list[tuple[int, int]] = []
+
+    def time_at(rows: int, cols: int) -> float:
+        calls.append((rows, cols))
+        return 1e5 / (rows * cols) ** 0.7 + 3.0
+
+    blocks = [Block("a", 12345.6, latency_cycles=7.25),
+              Block("b", 9.87e6, max_rows=5, max_cols=40, latency_cycles=0.1),
+              Block("c", 1.0e6, time_at=time_at)]
+    problem = PlacementProblem(blocks, [Net("a", "b", 1.0), Net("b", "c", 1.0)], spec)
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 3, size=400)
+    h, w = rng.integers(0, 70, size=400), rng.integers(0, 70, size=400)
+    vec = problem.rect_times(idx, h, w)
+    one = np.array([problem.rect_time(b, r, c) for b, r, c in zip(idx, h, w, strict=True)])
+    assert np.array_equal(vec, one)
+    assert vec[(h == 0) & (idx < 2)].tolist() == [math.inf] * int(np.sum((h == 0) & (idx < 2)))
+    assert len(calls) == len(set(calls))     # each shape's time_at asked once

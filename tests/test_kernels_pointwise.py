@@ -313,3 +313,17 @@ def test_timing_only_runs_take_the_same_cycles():
     np.testing.assert_array_equal(full.ce_clock, timed.ce_clock)
     assert full.elapsed() == timed.elapsed()
     assert full.sram.peak() == timed.sram.peak()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_one_count_costs_what_the_array_path_costs(dtype: str) -> None:
+    """`op_cycles` / `vector_cycles` on one count (the plain-float path kernel sizing
+    takes) give the array path's value and type, element by element, for every op."""
+    counts = [0, 1, 3, 7.5, 1023, 2 ** 20 + 1, 3.3e9, float("inf")]
+    for op in ew.OP_COSTS:
+        arr = ew.op_cycles(SPEC, np.array(counts, dtype=float), dtype, op, reads=2)
+        one = [ew.op_cycles(SPEC, c, dtype, op, reads=2) for c in counts]
+        assert all(isinstance(x, np.float64) for x in one)
+        assert np.array_equal(arr, np.array(one))
+    assert vector_cycles(SPEC, 10.0, dtype, "add", reads=3, writes=1) == \
+        vector_cycles(SPEC, np.array([10.0]), dtype, "add", reads=3, writes=1)[0]
