@@ -131,3 +131,31 @@ def test_sum_with_a_dtype_falls_back() -> None:
     node = next(n for n in cm.program.graph.calls() if n.short == "sum")
     assert node.meta["kind"] == "fallback"
     assert reduce_layout(node, cm.program.graph) is None
+
+
+class SumsAndPointwise(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(x) * 3.0 + x                       # a pointwise stage
+        return h.sum((0, 1)) + h.mean(1).sum(0) * 0.5   # leading, middle and leading dims
+
+
+def test_remembered_figures_and_values_equal_a_fresh_run(monkeypatch) -> None:
+    """A second call reads the reduce and pointwise stages' figures from
+    `family._FIGURES` and computes their values without the fabric: every stage figure
+    and every output bit equal those of a run that simulated them afresh."""
+    from waferscale.kernels import family
+    monkeypatch.setattr(family, "_FIGURES", {})
+    m = SumsAndPointwise()
+    x = torch.randn(3, 40, 24)
+    cm = waferscale.compile(m, (x,), strict=True)
+    kinds = {s.kind for s in cm.program.stages}
+    assert {"reduce", "pointwise"} <= kinds
+    first, first_runs = cm(x), dict(cm.last_run["runs"])
+    assert len(family._FIGURES) >= 3
+    y = torch.randn(3, 40, 24) * 5
+    again, again_runs = cm(y), dict(cm.last_run["runs"])
+    family._FIGURES.clear()
+    fresh, fresh_runs = cm(y), dict(cm.last_run["runs"])
+    assert first_runs == again_runs == fresh_runs
+    assert torch.equal(again.view(torch.int32), fresh.view(torch.int32))
+    assert not torch.equal(first, again)

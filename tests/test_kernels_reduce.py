@@ -7,6 +7,8 @@ absolute values), then rounded once to the storage dtype (one unit of its roundo
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from waferscale.errors import KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
@@ -94,3 +96,31 @@ def test_means_match_numpy_and_cost(layout, axis, dtype):
     expected = rd.cost(SPEC, shape, (rows, cols), axis, dtype=dtype, count=count)
     assert expected > rd.cost(SPEC, shape, (rows, cols), axis, dtype=dtype)
     assert f.elapsed() == pytest.approx(expected, rel=0.01)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(1, 70), cols=st.integers(1, 70), r=st.integers(1, 9),
+       c=st.integers(1, 9), axis=st.sampled_from([0, 1]),
+       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), count=st.sampled_from([1, 3, 7]),
+       seed=st.integers(0, 2**31 - 1), specials=st.booleans())
+def test_values_are_the_fabric_runs_bits(rows, cols, r, c, axis, dtype, count, seed, specials):
+    """`values` (the runtime's path once a stage's figures are remembered) returns what the
+    fabric run returns, bit for bit: same sums in the same order, NaN payloads, signed
+    zeros and infinities included."""
+    r, c = min(r, rows), min(c, cols)
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, cols)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+    if specials:
+        pick = rng.random((rows, cols))
+        x[pick < 0.1] = -0.0
+        x[(pick >= 0.1) & (pick < 0.13)] = np.inf
+        x[(pick >= 0.13) & (pick < 0.15)] = np.nan
+    fab = Fabric(SPEC, r, c)
+    ran = rd.run(MeshTensor.from_numpy(fab, x, dtype=dtype), axis, count=count).to_numpy()
+    got = rd.values(x, axis, (r, c), dtype, count)
+    assert got.shape == ran.shape and got.dtype == np.float32
+    assert np.array_equal(_bits(got), _bits(ran))

@@ -16,6 +16,7 @@ returns a new stage (`dataclasses.replace`), it never edits one in place.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -372,7 +373,46 @@ def done(fab: Fabric, extra: float = 0.0, density: float | None = None) -> Stage
     return StageRun(fab.elapsed() + extra, int(fab.sram.peak()), s["busy_fraction"], density)
 
 
+def links_key(ctx: ExecContext, st: Stage) -> tuple[Any, ...] | None:
+    """The detour latencies of the stage's links (`ExecContext.link_extra`) as a hashable
+    key: None on a perfect wafer, else their shape, dtype and a digest of their values."""
+    extra = (ctx.link_extra or {}).get(st.name)
+    return None if extra is None else (extra.shape, str(extra.dtype),
+                                       hashlib.sha256(extra.tobytes()).hexdigest())
+
+
+#: What stages whose clocks no value can change measured, by `figures_key`. A training step
+#: runs every stage again with the same shapes (and a model's layers repeat theirs), so a
+#: family whose figures depend only on the key reads them here and computes its values
+#: alone, the same bits as its fabric run gives (each such family's test checks that).
+#: Bounded: cleared when full.
+_FIGURES: dict[tuple[Any, ...], StageRun] = {}
+_FIGURES_KEPT = 4096
+
+
+def figures_key(ctx: ExecContext, st: Stage, *extra: Any) -> tuple[Any, ...]:
+    """Everything the figures of a value-independent stage depend on: its family, the
+    spec, its rectangle, dtype and parameters, the mode and its links' detours (the inputs
+    of ``ctx.fabric(st)`` and of the family's program); ``extra``: what else the family's
+    ``execute`` reads (an output shape)."""
+    return (st.kind, ctx.spec, tuple(st.rect), st.dtype, st.params, ctx.timing_only,
+            links_key(ctx, st), *extra)
+
+
+def remembered(key: tuple[Any, ...]) -> StageRun | None:
+    """The figures a stage with this `figures_key` measured before, if any."""
+    return _FIGURES.get(key)
+
+
+def remember(key: tuple[Any, ...], measured: StageRun) -> StageRun:
+    """Keep ``measured`` under ``key`` (for `remembered`); returns it."""
+    if len(_FIGURES) >= _FIGURES_KEPT:
+        _FIGURES.clear()
+    _FIGURES[key] = measured
+    return measured
+
+
 __all__ = ["ExecContext", "FLOAT_DTYPES", "KernelFamily", "MOVE", "RELABEL", "RowFamily",
            "Sizing", "Stage", "StageParams", "StageRun", "TORCH_TO_FABRIC", "done",
-           "fabric_dtype_of", "float_out", "is_layout", "moves_data", "row_rect", "rows_cols",
-           "shape_of", "to_np", "to_torch"]
+           "fabric_dtype_of", "figures_key", "float_out", "is_layout", "links_key", "moves_data",
+           "remember", "remembered", "row_rect", "rows_cols", "shape_of", "to_np", "to_torch"]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +81,7 @@ from waferscale.kernels.family import (
     StageParams,
     StageRun,
     is_layout,
+    links_key,
     shape_of,
     to_np,
     to_torch,
@@ -1230,10 +1230,7 @@ def _round_key(ctx: ExecContext, st: Stage, p: int, gc: int,
     `_whole_product`). So two rounds with equal keys leave equal fabrics, hence equal
     cycles, SRAM peaks and busy shares.
     """
-    extra = (ctx.link_extra or {}).get(st.name)
-    links = None if extra is None else (extra.shape, str(extra.dtype),
-                                         hashlib.sha256(extra.tobytes()).hexdigest())
-    return (ctx.spec, tuple(st.rect), ctx.timing_only, links, p, gc, st.dtype,
+    return (ctx.spec, tuple(st.rect), ctx.timing_only, links_key(ctx, st), p, gc, st.dtype,
             "meshgemm" in FORWARDING, shapes)
 
 
