@@ -277,6 +277,19 @@ def _plain(v: Any, shape: tuple[int, ...] | None = None) -> Any:
     return np.float32(v) if isinstance(v, (int, float, bool)) else v
 
 
+def _owned(res: np.ndarray, shape: tuple[int, ...], operands: list[Any]) -> np.ndarray:
+    """``res`` as a value of its own: itself when it is a fresh, whole, writable array (it
+    goes to torch without a copy), else a copy (a broadcast, or an operand's own memory
+    when an op returns its input): values must never alias each other. Copying every
+    result (and every operand) was a third of GenSLM-25M's functional forward at 10,240
+    tokens."""
+    if res.shape != shape or not (res.flags.c_contiguous and res.flags.writeable) \
+            or any(isinstance(v, np.ndarray) and np.may_share_memory(res, v)
+                   for v in operands):
+        return np.array(np.broadcast_to(res, shape), np.float32)
+    return res
+
+
 class Pointwise(KernelFamily):
     """Fused chains of elementwise ops (module docstring)."""
 
@@ -348,16 +361,16 @@ class Pointwise(KernelFamily):
             measured = remember(key, done(fab))
         if not ctx.timing_only:
             local: dict[str, np.ndarray] = {}
+            read: list[Any] = []
             for name in st.nodes:
                 member = g.nodes[name]
                 vals = [local[a.name] if isinstance(a, Ref) and a.name in local
                         else _plain(ctx.env[a.name], shape) if isinstance(a, Ref)
                         else a if isinstance(a, (list, tuple)) else _plain(a)
                         for a in member.args]
+                read += vals
                 local[name] = node_value(member, vals)
-            # a fresh, writable array: the result must not alias an operand or a view
-            ctx.env[node.name] = to_torch(np.array(np.broadcast_to(local[node.name], shape),
-                                                   np.float32),
+            ctx.env[node.name] = to_torch(_owned(local[node.name], shape, read),
                                           getattr(torch, node.meta["dtype"]))
         return measured
 
@@ -371,16 +384,8 @@ class Pointwise(KernelFamily):
                 else _plain(v)
                 for v in (ctx.env[a.name] if isinstance(a, Ref) else a for a in node.args)]
         res = node_value(node, vals)
-        shape = tuple(node.meta["shape"])
-        # the result goes to torch without a copy when it is a fresh, whole array; a
-        # broadcast, or an operand's own memory (an op that returns its input), is copied:
-        # values must never alias each other. Copying every result (and every operand)
-        # was a third of GenSLM-25M's functional forward at 10,240 tokens.
-        if res.shape != shape or not (res.flags.c_contiguous and res.flags.writeable) \
-                or any(isinstance(v, np.ndarray) and np.may_share_memory(res, v)
-                       for v in vals):
-            res = np.array(np.broadcast_to(res, shape), np.float32)
-        ctx.env[node.name] = to_torch(res, getattr(torch, node.meta["dtype"]))
+        ctx.env[node.name] = to_torch(_owned(res, tuple(node.meta["shape"]), vals),
+                                      getattr(torch, node.meta["dtype"]))
 
 
 FAMILY = Pointwise()

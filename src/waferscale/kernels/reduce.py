@@ -137,34 +137,38 @@ def values(x: np.ndarray, axis: int, rect_shape: tuple[int, int], dtype: str = "
     ``rect_shape``, to the bit, without a fabric: the pipelined runtime's values once a
     stage's figures are known (`family.remembered`).
 
-    The fp32 sums are NumPy's over the same arrays as `run`'s: the zero-padded tiles in
-    their [R, C, tr, tc] layout summed over the tile axis, then the per-PE partials summed
-    along each line through `movement.local_view` (the root first, as `movement.reduce`
-    combines them). The same shapes and strides keep NumPy's summation order (sequential
-    across rows, pairwise along a contiguous axis), so the bits; `tests/test_reduce.py`
-    compares the two over shapes, rectangles, dtypes and special values.
+    The fp32 sums are NumPy's in the order `run`'s are: NumPy sums a contiguous axis
+    pairwise and any other one row after row, so the order follows the memory layout.
+    `run` sums each zero-padded tile ([R, C, tr, tc]) over its rows, row after row (or
+    pairwise over tr when tc = 1, the only axis left), and over its columns pairwise; then
+    the per-PE partials along each line, root first (`movement.reduce`). Here the tile
+    sums run on the padded matrix as it is where the order is the same (a reduction of
+    [R, tr, C*tc] over tr, of [R*tr, C, tc] over tc), without `run`'s copy into tiles, and
+    the line sums on partials laid out as `run`'s are. `tests/test_kernels_reduce.py`
+    compares the bits over shapes, rectangles, dtypes and special values.
     """
     check_dtype(KERNEL, dtype)
     _check(x.shape, axis, 0, 1)
     (rows, cols), (r, c) = x.shape, rect_shape
     tr, tc = tile_shape(x.shape, rect_shape, 0, 1)
     stored = to_storage(x, dtype)
-    padded = stored
-    if (rows, cols) != (r * tr, c * tc):
-        padded = np.zeros((r * tr, c * tc), dtype=stored.dtype)
-        padded[:rows, :cols] = stored
-    tiles = np.ascontiguousarray(padded.reshape(r, tr, c, tc).transpose(0, 2, 1, 3),
-                                 dtype=np.float32)
+    padded = np.zeros((r * tr, c * tc), dtype=np.float32)
+    padded[:rows, :cols] = stored
     if axis == 1:
-        part = tiles.sum(-1, keepdims=True)                           # [R, C, tr, 1]
-        if c > 1:
+        part = padded.reshape(r * tr, c, tc).sum(-1)                  # [R*tr, C]
+        part = np.ascontiguousarray(part.reshape(r, tr, c).transpose(0, 2, 1))[..., None]
+        if c > 1:                                                     # [R, C, tr, 1]
             to_line, _ = mv.local_view("row", True)
             part = to_line(part).sum(axis=1, keepdims=True)           # [R, 1, tr, 1]
         sums = part.reshape(r * tr, 1)[:rows]
     else:
-        part = tiles.sum(-2, keepdims=True)                           # [R, C, 1, tc]
+        if tc > 1:
+            part = padded.reshape(r, tr, c * tc).sum(1)               # [R, C*tc]
+        else:
+            part = np.ascontiguousarray(padded.reshape(r, tr, c).transpose(0, 2, 1)).sum(-1)
         to_line, _ = mv.local_view("col", True)
-        sums = to_line(part).sum(axis=1, keepdims=True).reshape(1, c * tc)[:, :cols]
+        sums = to_line(part.reshape(r, c, 1, tc)).sum(axis=1, keepdims=True)
+        sums = sums.reshape(1, c * tc)[:, :cols]
     if count != 1:
         sums = sums / np.float32(count)
     return np.ascontiguousarray(to_storage(sums, dtype), dtype=np.float32)

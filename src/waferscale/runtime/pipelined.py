@@ -73,11 +73,10 @@ def _last_uses(g: Graph, stages: dict[str, Any]) -> dict[int, list[str]]:
     them as the run goes keeps one layer's activations alive, not the whole model's:
     GenSLM-25M at 10,240 tokens held every intermediate of its 8 layers (about 10 GB)."""
     pos = {name: i for i, name in enumerate(g.nodes)}
-    end: dict[str, int] = {}
-    for name, node in g.nodes.items():
-        st = stages.get(node.meta.get("stage", ""))
-        end[name] = max([pos[name]] + [pos[n] for n in st.nodes if n in pos]) \
-            if st is not None else pos[name]
+    last = {s.name: max((pos[n] for n in s.nodes if n in pos), default=-1)
+            for s in stages.values()}
+    end = {name: max(pos[name], last.get(node.meta.get("stage", ""), -1))
+           for name, node in g.nodes.items()}
     drop: dict[int, list[str]] = {}
     for name, users in g.users().items():
         if users and "<output>" not in users and g.nodes[name].op != "const":
