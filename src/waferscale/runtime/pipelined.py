@@ -3,15 +3,19 @@
 The graph is walked in order. Constants are resident (their SRAM is charged to the stage
 that reads them); every other node is executed by the kernel family of its kind
 (`kernels.registry`): kernel stages run on a fabric the size of their rectangle (values
-and cycles from the fabric), nodes fused into another family's stage give their values
-only (their cycles are the stage's), host fallbacks run in PyTorch and their inputs and
-outputs cross the system I/O. Layout nodes run as exact torch relabelings/copies on the
-values (their fabric cost was planned as data movement). Each stage's measured cycles are
-checked against the plan's closed-form ``cost()``.
+and cycles from the fabric; a family whose clocks no value changes reads the figures an
+earlier stage with the same `family.figures_key` measured, and computes the same values
+without the fabric, as the GEMM's rounds do by `gemm._round_key`), nodes fused into
+another family's stage give their values only (their cycles are the stage's), host
+fallbacks run in PyTorch and their inputs and outputs cross the system I/O. Layout nodes
+run as exact torch relabelings/copies on the values (their fabric cost was planned as data
+movement). Each stage's measured cycles are checked against the plan's closed-form
+``cost()``.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -84,6 +88,24 @@ def _last_uses(g: Graph, stages: dict[str, Any]) -> dict[int, list[str]]:
     return drop
 
 
+#: `_last_uses` of the programs run in this process, by id, with a weak reference that
+#: tells the same program from a new one at a recycled id: a training step runs the same
+#: two graphs every step, and walking every node's inputs was ~2 % of a step.
+_DROPS: dict[int, tuple[weakref.ref[Program], dict[int, list[str]]]] = {}
+
+
+def _drops(program: Program, stages: dict[str, Any]) -> dict[int, list[str]]:
+    """`_last_uses` of ``program``'s graph, computed once per program."""
+    hit = _DROPS.get(id(program))
+    if hit is not None and hit[0]() is program:
+        return hit[1]
+    drop = _last_uses(program.graph, stages)
+    for key in [k for k, (ref, _) in _DROPS.items() if ref() is None]:
+        del _DROPS[key]
+    _DROPS[id(program)] = (weakref.ref(program), drop)
+    return drop
+
+
 def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
             *, timing_only: bool = False, remap: Remap | None = None
             ) -> tuple[list[Any], dict[str, StageRun]]:
@@ -102,7 +124,7 @@ def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | No
                       stage_link_extra(program, remap) if remap is not None else None)
     runs: dict[str, StageRun] = {}
     stages = {s.name: s for s in program.stages}
-    drop = _last_uses(g, stages)
+    drop = _drops(program, stages)
     for i, node in enumerate(g.nodes.values()):
         for name in drop.get(i - 1, ()):   # read by nothing from here on: free it
             env.pop(name, None)
