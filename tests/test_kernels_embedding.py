@@ -145,3 +145,24 @@ def test_runtime_stage_runs_the_planned_layout(timing_only):
     assert run.sram_peak == em.sram_bytes(12, 40, 10, (8, 2), layout="sharded")
     if not timing_only:
         torch.testing.assert_close(out, table[ids], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_replicated_values_are_the_fabric_runs_bits(shape, dtype):
+    """`replicated_values` (the runtime's path once a stage's figures are remembered) gives
+    the replicated run's bits, signed zeros included, and refuses the ids `run` refuses."""
+    tokens, vocab, hidden, rows, cols = shape
+    rows = min(rows, tokens)                  # the replicated layout needs a token per row
+    table = RNG.standard_normal((vocab, hidden)).astype(np.float32)
+    table[0, : hidden // 2] = -0.0
+    ids = make_ids("random", tokens, vocab, rows)
+    ids[0] = 0
+    fab = Fabric(SPEC, rows, cols)
+    ran = em.run(fab, ids, table, dtype=dtype, layout="replicated").to_numpy()
+    got = em.replicated_values(ids, table, dtype)
+    assert got.dtype == np.float32 and got.shape == ran.shape
+    assert np.array_equal(got.view(np.uint32), np.ascontiguousarray(ran, np.float32).view(
+        np.uint32))
+    with pytest.raises(KernelError, match="out of range"):
+        em.replicated_values(np.array([0, vocab]), table, dtype)

@@ -59,6 +59,9 @@ from waferscale.kernels.family import (
     StageParams,
     StageRun,
     done,
+    figures_key,
+    remember,
+    remembered,
     row_rect,
     shape_of,
     to_np,
@@ -201,14 +204,7 @@ def run(fabric: Fabric, ids: np.ndarray, table: np.ndarray | tuple[int, int], *,
             raise KernelShapeError(f"{KERNEL}: table of shape {table.shape} must be "
                                    f"[vocab, hidden]")
         vocab, hidden = table.shape
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise KernelError(f"{KERNEL}: token ids must be integers, got dtype {ids.dtype}")
-    ids = ids.reshape(-1)
-    bad = np.nonzero((ids < 0) | (ids >= vocab))[0]
-    if bad.size:
-        raise KernelError(f"{KERNEL}: token id {int(ids[bad[0]])} at position {int(bad[0])} is "
-                          f"out of range for a vocabulary of {vocab} (valid ids 0..{vocab - 1}); "
-                          f"{bad.size} id(s) out of range")
+    ids = _checked_ids(ids, vocab)
     check(fabric.spec, ids.size, vocab, hidden, rect.shape, dtype, layout=layout)
     row_map = 0 if layout == "sharded" else None
     name = fabric.fresh_name("embed_table")
@@ -220,6 +216,29 @@ def run(fabric: Fabric, ids: np.ndarray, table: np.ndarray | tuple[int, int], *,
     if layout == "replicated":
         return _run_replicated(fabric, rect, ids, tab, dtype)
     return _run_sharded(fabric, rect, ids, tab, dtype)
+
+
+def _checked_ids(ids: np.ndarray, vocab: int) -> np.ndarray:
+    """``ids`` flattened, or a `KernelError` naming the first one that is not an integer
+    in [0, vocab)."""
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise KernelError(f"{KERNEL}: token ids must be integers, got dtype {ids.dtype}")
+    ids = ids.reshape(-1)
+    bad = np.nonzero((ids < 0) | (ids >= vocab))[0]
+    if bad.size:
+        raise KernelError(f"{KERNEL}: token id {int(ids[bad[0]])} at position {int(bad[0])} is "
+                          f"out of range for a vocabulary of {vocab} (valid ids 0..{vocab - 1}); "
+                          f"{bad.size} id(s) out of range")
+    return ids
+
+
+def replicated_values(ids: np.ndarray, table: np.ndarray, dtype: str = "fp32") -> np.ndarray:
+    """What the replicated layout's ``run(...).to_numpy()`` returns, without a fabric:
+    the table's rows as the tiles store them (rounded to ``dtype``), gathered, as fp32. A
+    gather copies, so these are the fabric run's bits (tests/test_kernels_embedding.py)."""
+    table = np.asarray(table)
+    ids = _checked_ids(np.asarray(ids), table.shape[0])
+    return to_storage(table.astype(np.float32), dtype)[ids].astype(np.float32)
 
 
 def _run_replicated(fabric: Fabric, rect: Rect, ids: np.ndarray, tab: MeshTensor,
@@ -490,10 +509,17 @@ def run_stage(ctx: ExecContext, st: Stage, table: torch.Tensor, ids: torch.Tenso
         n, (v, h) = flat.numel(), table.shape
         return None, StageRun(cost(ctx.spec, n, v, h, st.rect, dtype=st.dtype, layout=layout),
                               sram_bytes(n, v, h, st.rect, st.dtype, layout=layout), 1.0)
-    fab = ctx.fabric(st)
-    out = run(fab, flat.numpy(), to_np(table), dtype=st.dtype, layout=layout)
-    val = out.to_numpy().reshape(*ids.shape, table.shape[1])
-    return to_torch(val, table.dtype), done(fab)
+    # the replicated lookup's clocks depend on no id (every PE sweeps its tile): a stage
+    # with the figures of an earlier one (every training step) reads them and gathers
+    key = figures_key(ctx, st)
+    measured = remembered(key) if layout == "replicated" else None
+    if measured is not None:
+        val = replicated_values(flat.numpy(), to_np(table), st.dtype)
+    else:
+        fab = ctx.fabric(st)
+        val = run(fab, flat.numpy(), to_np(table), dtype=st.dtype, layout=layout).to_numpy()
+        measured = remember(key, done(fab))
+    return to_torch(val.reshape(*ids.shape, table.shape[1]), table.dtype), measured
 
 
 class Embedding(KernelFamily):
