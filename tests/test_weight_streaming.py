@@ -167,6 +167,22 @@ def test_forward_in_weight_streaming_mode_matches_eager() -> None:
     assert sum(r["weight_bytes"] for r in ws["forward"]["stages"]) == 4 * params
 
 
+@pytest.mark.parametrize("mode", ["pipelined", "weight_streaming"])
+def test_seconds_per_batch_is_the_reports(mode: str) -> None:
+    """`CompiledModel.seconds_per_batch` (what a training step reads for its samples/s)
+    is the report's time per batch, to the bit, before and after a run."""
+    torch.manual_seed(0)
+    m = MLP().eval()
+    x = torch.randn(24, 32)
+    cm = waferscale.compile(m, (x,), mode=mode, max_side=16)
+    for _ in range(2):
+        rep = cm.report()
+        ws = rep.get("weight_streaming")
+        expected = ws["seconds_per_batch"] if ws else rep["period_cycles"] / rep["clock_hz"]
+        assert cm.seconds_per_batch() == expected > 0
+        cm(x)
+
+
 def test_training_step_in_weight_streaming_mode_gives_eager_gradients() -> None:
     """torch.compile with options={"mode": "weight_streaming"}: the forward and backward
     graphs run on the wafer in this mode and the gradients are eager's."""

@@ -218,6 +218,19 @@ class CompiledModel:
         self.last_run = {"runs": runs}
         return self.report()
 
+    def seconds_per_batch(self) -> float:
+        """The wafer's time per batch, what `report` derives its throughput from: weight
+        streaming's when the program streams, else the pipeline's period (its slowest
+        stage, `estimate.stage_times`) at the spec's clock. Without the rest of the report:
+        a training step asks for it every step."""
+        if self.program.streaming is not None:
+            return float(self.report()["weight_streaming"]["seconds_per_batch"])
+        from waferscale.runtime.estimate import stage_times
+
+        runs = self.last_run["runs"] if self.last_run is not None else {}
+        times = stage_times(self.program, {k: r.cycles for k, r in runs.items()})
+        return max(times.values()) / self.program.spec.clock_hz if times else 0.0
+
     def report(self) -> dict[str, Any]:
         """Mode, throughput, per-stage figures, SRAM, fallbacks (measured after a run)."""
         from waferscale.hardware.system import CS2_SYSTEM

@@ -135,11 +135,10 @@ def step_samples_per_second(graphs: list[Any], spec: str, batch: int, optimizer:
                                  *, systems: int = 1, system: SystemSpec = CS2_SYSTEM
                                  ) -> float:
     """Simulated throughput of one training step of compiled ``graphs`` (`api.CompiledModel`
-    objects: a ``program`` and a ``report()``) on ``batch``
-    samples per system: weight streaming's training timeline (for ``systems`` systems
-    on one SwarmX tree) when every graph streams; otherwise one sample through each
-    graph's pipeline back to back (its period, the wafer's time per batch) times the
-    systems."""
+    objects: a ``program`` and ``seconds_per_batch()``) on ``batch`` samples per system:
+    weight streaming's training timeline (for ``systems`` systems on one SwarmX tree) when
+    every graph streams; otherwise one sample through each graph's pipeline back to back
+    (its period, the wafer's time per batch) times the systems."""
     if not graphs:
         return 0.0
     if all(c.program.streaming is not None for c in graphs):
@@ -147,11 +146,7 @@ def step_samples_per_second(graphs: list[Any], spec: str, batch: int, optimizer:
         rep = training_report(fw, bw, get_spec(spec), system, batch=batch, tokens=batch,
                               systems=systems, optimizer=optimizer)
         return float(rep["samples_per_second"])
-    seconds = 0.0
-    for c in graphs:
-        r = c.report()
-        ws = r.get("weight_streaming")
-        seconds += ws["seconds_per_batch"] if ws else r["period_cycles"] / r["clock_hz"]
+    seconds = sum(c.seconds_per_batch() for c in graphs)
     return systems * batch / seconds if seconds else 0.0
 
 
