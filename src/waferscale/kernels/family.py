@@ -354,6 +354,8 @@ def row_rect(spec: WaferSpec, t: int, h: int, area: float,
 
 def to_np(x: torch.Tensor) -> np.ndarray:
     """A tensor's values as NumPy (floats as fp32: the fabric's working precision)."""
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        return x.detach().numpy()     # the common case without two no-op conversions
     return x.detach().to(torch.float32).cpu().numpy() if x.is_floating_point() \
         else x.detach().cpu().numpy()
 
