@@ -408,17 +408,22 @@ def _whole_product(a_val: np.ndarray | None, prob: GemmProblem, algorithm: str) 
             and algorithm != "summa")
 
 
-def product(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
-    """``A @ B`` in fp32 from operands rounded to their storage dtype, as the tiles hold them.
+def product(a: np.ndarray, b: np.ndarray, dtype: str, out: np.ndarray | None = None
+            ) -> np.ndarray:
+    """``A @ B`` in fp32 from operands rounded to their storage dtype, as the tiles hold them;
+    written into ``out`` (a C-contiguous fp32 array of the product's shape) when given.
 
     Through torch: the compiled model runs torch between its GEMMs, and NumPy's own BLAS
     threads then fight torch's spinning workers for the cores (a 0.1 ms product took 16 ms);
-    torch's matmul shares its thread pool.
+    torch's matmul shares its thread pool (and gives the same bits with or without ``out``).
     """
     work = np.float32
-    a32 = np.asarray(to_storage(a, dtype), dtype=work)
-    b32 = np.asarray(to_storage(b, dtype), dtype=work)
-    return torch.from_numpy(a32).matmul(torch.from_numpy(b32)).numpy()
+    a32 = torch.from_numpy(np.asarray(to_storage(a, dtype), dtype=work))
+    b32 = torch.from_numpy(np.asarray(to_storage(b, dtype), dtype=work))
+    if out is None:
+        return a32.matmul(b32).numpy()
+    torch.matmul(a32, b32, out=torch.from_numpy(out))
+    return out
 
 
 class _Periodic:
@@ -1179,10 +1184,11 @@ def _copy_region(fab: Fabric, src: tuple[int, int], dst: tuple[int, int], p: int
 
 
 def _row_products(outs: list[np.ndarray | None], a: torch.Tensor, b: torch.Tensor, mg: int,
-                  dtype: str) -> list[np.ndarray]:
-    """The row chunks of a row-split ``a @ b`` in order: ``outs[i]`` where chunk i's fabric
-    run gave its value, and one `product` per run of consecutive chunks left as None (the
-    chunks whose clocks `_copy_region` copied) instead of one per chunk.
+                  dtype: str) -> np.ndarray:
+    """The [M, N] product of a row-split ``a @ b`` from its row chunks in order: ``outs[i]``
+    where chunk i's fabric run gave its value, and one `product` per run of consecutive
+    chunks left as None (the chunks whose clocks `_copy_region` copied) instead of one per
+    chunk, each written in place into the result (no copy of the pieces to stack them).
 
     Why: GenSLM-25M at 1,024 tokens made 324 such per-chunk products, most of the
     functional run's time (each a small BLAS call, many with zero rows padded to the grid
@@ -1190,20 +1196,23 @@ def _row_products(outs: list[np.ndarray | None], a: torch.Tensor, b: torch.Tenso
     over k, which the BLAS sums in the same order whatever rows surround it (MKL here:
     checked bit for bit on the model's GEMM shapes), and a padded chunk's zero rows are
     cropped anyway."""
-    pieces: list[np.ndarray] = []
+    m = int(a.shape[0])
+    out = np.empty((m, int(b.shape[1])), dtype=np.float32)
+    bn = to_np(b)
     i = 0
     while i < len(outs):
         done_i = outs[i]
         if done_i is not None:
-            pieces.append(done_i)
+            rows = min(mg, m - i * mg)
+            out[i * mg:i * mg + rows] = done_i[:rows]
             i += 1
             continue
         j = i
         while j < len(outs) and outs[j] is None:
             j += 1
-        pieces.append(product(to_np(a[i * mg:j * mg]), to_np(b), dtype))
+        product(to_np(a[i * mg:j * mg]), bn, dtype, out=out[i * mg:min(j * mg, m)])
         i = j
-    return pieces
+    return out
 
 
 #: Dense GEMM rounds already run: `_round_key` -> (cycles, SRAM peak, busy share, the
@@ -1369,8 +1378,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
     if timing_only:
         return None, measured
     if split:
-        out = np.concatenate(_row_products(outs, a3[0], b3[0], mg, st.dtype),
-                             axis=0)[:a3.shape[1]]
+        out = _row_products(outs, a3[0], b3[0], mg, st.dtype)
     elif prm.ksplit > 1:
         out = outs[0].astype(np.float32)
         for part in outs[1:]:   # the chains' order: partial sums in fp32
