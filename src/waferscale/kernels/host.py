@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from waferscale.errors import KernelShapeError
 from waferscale.hardware.spec import WaferSpec
 from waferscale.ir import Graph, Node
@@ -36,8 +38,22 @@ class HostParams(StageParams):
 
 
 def run_on_host(ctx: ExecContext, st: Stage, node: Node) -> StageRun:
-    """The op in PyTorch; the stage is charged its planned I/O time."""
-    ctx.env[node.name] = ctx.host(node)
+    """The op in PyTorch with its deterministic algorithms; the stage is charged its planned
+    I/O time.
+
+    Why deterministic: a training graph's embedding backward falls back to ``index_put``
+    with ``accumulate=True``, which by default adds the rows of repeated ids in whatever
+    order PyTorch's threads reach them; on a busy machine the wafer's losses then differed
+    in the last bit from run to run. The deterministic kernel adds them in one order (the
+    one a quiet machine's runs gave: the losses of 8 GenSLM-25M steps are the same bits).
+    Ops without a deterministic kernel run as before (``warn_only``)."""
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        ctx.env[node.name] = ctx.host(node)
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
     return StageRun(st.cost_cycles, 0, 0.0)
 
 
