@@ -162,7 +162,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
     (idle, picked, act, gcnt, gsorted, granted, gval, res, gpos, fin, tmp, qstamp, qlast,
      qpos, errsel, pe_mark) = scratch
     (qval, qrdy, head, cnt, cap, hrdy, lat, awake, pend, tx, feeders) = queues
-    (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst) = router
+    (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst, live) = router
     words, rcap, wcap, rampcap, microthreads, budget = (consts[0], consts[1], consts[2],
                                                         consts[3], consts[4], consts[5])
     npes = cur.size
@@ -516,6 +516,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                 cnt[q] = k + 1
                                 if k == 0:
                                     hrdy[q] = ready
+                                    live[q >> 6] |= np.int64(1) << (q & 63)
                             else:
                                 sram[i_addr[idx, 0] + at * opd_stride[o, 0]] = v
                             i_prog[idx] = at + 1
@@ -565,6 +566,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                 cnt[q] = k + 1
                                 if k == 0:
                                     hrdy[q] = ready
+                                    live[q >> 6] |= np.int64(1) << (q & 63)
                             ctr[OCCUPANCY] += ng
                         else:
                             for j in range(ng):
@@ -636,7 +638,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
         if ctr[OCCUPANCY] != 0:
             moved, held = router_step(t, nch, hrdy, awake, pend, tx, cnt, cap, head, qval,
                                       qrdy, lat, feeders, shift, mask, never, slot_pack,
-                                      link_pack, req_slot, req_dst)
+                                      link_pack, req_slot, req_dst, live)
             ctr[OCCUPANCY] += held
             ctr[MOVED] += moved
         # ---- state counters, livelock, fast-forward -----------------------------------------
@@ -840,13 +842,19 @@ class CompiledRun:
                         self.errsel, np.zeros(pes, dtype=np.int64))
         self.queues = (q.val, q.rdy, q.head, q.cnt, q.cap, q.hrdy, q.lat, q.awake, q.pend,
                        q.tx, q.feeders)
+        # bit c of ``live`` (64 channels a word) is set while router channel c holds a
+        # wavelet: the router step scans only the words with one (about a third)
+        self.live = np.zeros((ch.nch + 63) >> 6, dtype=np.int64)
         self.router_tabs = (ch.nch, q.shift, q.mask, np.int64(q.never),
-                            *router.compiled_tables())
+                            *router.compiled_tables(), self.live)
 
     def run(self, t: int, max_cycles: int, window: int) -> int:
         """Run the compiled loop from cycle ``t``; returns the outcome code (`ctr` holds
         the cycle and the counters)."""
         self.ctr[OCCUPANCY] = self.router.occupancy
+        full = np.zeros(self.live.size * 64, dtype=np.bool_)
+        full[: self.ce.ch.nch] = self.ce.q.cnt[: self.ce.ch.nch] > 0
+        self.live[:] = np.packbits(full, bitorder="little").view("<i8")
         code = run_cycles(t, max_cycles, window, self.ctr, self.prog_tabs, self.op_tabs,
                           self.pe_state, self.inst, self.scratch, self.queues,
                           self.router_tabs)

@@ -16,9 +16,39 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 #: larger than any round-robin key (a link has at most 5 * colours channels): no request
 _NONE = 1 << 30
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ask(c, n, blocked, conflict, pend, cnt, cap, slot_pack, link_pack, req_slot, req_dst):
+    """The requests of arrived, awake channel ``c``: every owed port, credit checked, the
+    lowest rotated rank per link kept; returns the new (requests, blocked, conflict)."""
+    bits = pend[c]
+    for p in range(5):
+        if bits & (1 << p):
+            slot = c * 5 + p
+            d = np.int64(slot_pack[slot, 0])
+            req_slot[n] = slot
+            if cnt[d] < cap[d]:
+                req_dst[n] = d
+                link = slot_pack[slot, 1]
+                # (rank - rr) mod width without a division: both lie in [0, width)
+                key = slot_pack[slot, 2] - link_pack[link, 0]
+                if key < 0:
+                    key += link_pack[link, 2]
+                b = link_pack[link, 1]
+                if b != _NONE:
+                    conflict = True
+                if key < b:
+                    link_pack[link, 1] = key
+            else:
+                req_dst[n] = -1
+                blocked += 1
+            n += 1
+    return n, blocked, conflict
 
 
 @numba.njit(cache=True, nogil=True)
@@ -26,8 +56,8 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
                 tx: np.ndarray, cnt: np.ndarray, cap: np.ndarray, head: np.ndarray,
                 val: np.ndarray, rdy: np.ndarray, lat: np.ndarray, feeders: np.ndarray,
                 shift: int, mask: int, never: int, slot_pack: np.ndarray,
-                link_pack: np.ndarray, req_slot: np.ndarray, req_dst: np.ndarray
-                ) -> tuple[int, int]:
+                link_pack: np.ndarray, req_slot: np.ndarray, req_dst: np.ndarray,
+                live: np.ndarray) -> tuple[int, int]:
     """One cycle of every router (`Router.step_numpy`'s semantics); returns (wavelets
     moved, change of the wavelets held in router channels).
 
@@ -40,31 +70,24 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
     n = 0
     blocked = 0
     conflict = False
-    for c in range(nch):
-        if hrdy[c] > t or not awake[c]:
-            continue
-        bits = pend[c]
-        for p in range(5):
-            if bits & (1 << p):
-                slot = c * 5 + p
-                d = np.int64(slot_pack[slot, 0])
-                req_slot[n] = slot
-                if cnt[d] < cap[d]:
-                    req_dst[n] = d
-                    link = slot_pack[slot, 1]
-                    # (rank - rr) mod width without a division: both lie in [0, width)
-                    key = slot_pack[slot, 2] - link_pack[link, 0]
-                    if key < 0:
-                        key += link_pack[link, 2]
-                    b = link_pack[link, 1]
-                    if b != _NONE:
-                        conflict = True
-                    if key < b:
-                        link_pack[link, 1] = key
-                else:
-                    req_dst[n] = -1
-                    blocked += 1
-                n += 1
+    track = live.size > 0
+    if track:
+        # only the 64-channel words of ``live`` that hold a non-empty channel
+        for w in range(live.size):
+            word = live[w]
+            while word != 0:
+                c = (w << 6) + trailing_zeros(word)
+                word &= word - 1
+                if hrdy[c] > t or not awake[c]:
+                    continue
+                n, blocked, conflict = _ask(c, n, blocked, conflict, pend, cnt, cap,
+                                            slot_pack, link_pack, req_slot, req_dst)
+    else:
+        for c in range(nch):
+            if hrdy[c] > t or not awake[c]:
+                continue
+            n, blocked, conflict = _ask(c, n, blocked, conflict, pend, cnt, cap, slot_pack,
+                                        link_pack, req_slot, req_dst)
     if n == 0 or blocked == n:
         if blocked:
             for i in range(n):
@@ -102,6 +125,8 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         cnt[d] = k + 1
         if k == 0:
             hrdy[d] = t + lat[d]
+            if track and d < nch:
+                live[d >> 6] |= np.int64(1) << (d & 63)
         pend[c] &= ~np.uint8(1 << (slot - c * 5))
         moved += 1
         if d < nch:
@@ -124,7 +149,12 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             npop += 1
             head[c] = (head[c] + 1) & mask
             cnt[c] -= 1
-            hrdy[c] = rdy[(c << shift) + head[c]] if cnt[c] > 0 else never
+            if cnt[c] > 0:
+                hrdy[c] = rdy[(c << shift) + head[c]]
+            else:
+                hrdy[c] = never
+                if track:
+                    live[c >> 6] &= ~(np.int64(1) << (c & 63))
             awake[c] = True
             for j in range(feeders.shape[1]):
                 awake[feeders[c, j]] = True

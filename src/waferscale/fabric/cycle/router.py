@@ -21,6 +21,9 @@ from waferscale.fabric.cycle.queues import Queues
 from waferscale.fabric.cycle.routing import Channels
 
 _BIG = np.int64(1 << 40)
+#: no live-channel bitset: `jit.router_step` scans every channel (the NumPy CEs push
+#: without keeping one)
+_NO_LIVE = np.zeros(0, dtype=np.int64)
 #: lowest set port of a 5-bit mask
 _LOWEST = np.array([(m & -m).bit_length() - 1 if m else 0 for m in range(32)], dtype=np.int64)
 
@@ -87,7 +90,7 @@ class Router:
         q = self.q
         moved, held = jit().router_step(
             t, self.ch.nch, q.hrdy, q.awake, q.pend, q.tx, q.cnt, q.cap, q.head, q.val, q.rdy,
-            q.lat, q.feeders, q.shift, q.mask, q.never, *self._scratch)
+            q.lat, q.feeders, q.shift, q.mask, q.never, *self._scratch, _NO_LIVE)
         self.occupancy += held
         self.moved += moved
         return moved
