@@ -9,7 +9,9 @@ before anything moves) is the NumPy version's, step for step, so every cycle cou
 and counter is the same; tests run both and compare (tests/test_cycle_router.py).
 
 Nothing here is imported unless a `CycleSim` runs, so the fast model never pays numba's
-import; compiled code is cached on disk next to this file.
+import; compiled code is cached on disk next to this file. `cejit.run_cycles` calls
+`router_step`, and numba keys its cache of that loop on cejit.py alone: a change here is
+only seen there once cejit.py changes too (or its cache files are removed).
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ _NONE = 1 << 30
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _ask(c, n, blocked, conflict, pend, cnt, cap, slot_pack, link_pack, req_slot, req_dst):
+def _ask(c, n, blocked, conflict, nch, pend, cnt, cap, slot_pack, link_pack, req_slot,
+         req_dst):
     """The requests of arrived, awake channel ``c``: every owed port, credit checked, the
     lowest rotated rank per link kept; returns the new (requests, blocked, conflict)."""
     bits = pend[c]
     for p in range(5):
         if bits & (1 << p):
-            slot = c * 5 + p
+            slot = p * nch + c
             d = np.int64(slot_pack[slot, 0])
-            req_slot[n] = slot
+            req_slot[n] = c * 8 + p
             if cnt[d] < cap[d]:
                 req_dst[n] = d
                 link = slot_pack[slot, 1]
@@ -62,8 +65,10 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
     moved, change of the wavelets held in router channels).
 
     ``slot_pack`` holds (destination queue, link row, rank on the link) per (channel,
-    out-port) slot and ``link_pack`` (round-robin pointer, best key so far, width) per
-    link, one row each so that a request touches one cache line of each.
+    out-port) slot, port-major (row ``port * nch + channel``, so that successive channels'
+    slots share cache lines; a request names ``channel * 8 + port``), and ``link_pack``
+    (round-robin pointer, best key so far, width) per link, one row each so that a request
+    touches one cache line of each.
     """
     # requests: every owed port of every arrived, awake head; credit checked before any
     # move, and the lowest rotated rank per link found in the same pass
@@ -80,27 +85,27 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
                 word &= word - 1
                 if hrdy[c] > t or not awake[c]:
                     continue
-                n, blocked, conflict = _ask(c, n, blocked, conflict, pend, cnt, cap,
+                n, blocked, conflict = _ask(c, n, blocked, conflict, nch, pend, cnt, cap,
                                             slot_pack, link_pack, req_slot, req_dst)
     else:
         for c in range(nch):
             if hrdy[c] > t or not awake[c]:
                 continue
-            n, blocked, conflict = _ask(c, n, blocked, conflict, pend, cnt, cap, slot_pack,
-                                        link_pack, req_slot, req_dst)
+            n, blocked, conflict = _ask(c, n, blocked, conflict, nch, pend, cnt, cap,
+                                        slot_pack, link_pack, req_slot, req_dst)
     if n == 0 or blocked == n:
         if blocked:
             for i in range(n):
-                awake[req_slot[i] // 5] = False
+                awake[req_slot[i] >> 3] = False
         return 0, 0
     if blocked:
         # blocked on credit: sleep until a pop, unless another of its ports can go
         for i in range(n):
             if req_dst[i] < 0:
-                awake[req_slot[i] // 5] = False
+                awake[req_slot[i] >> 3] = False
         for i in range(n):
             if req_dst[i] >= 0:
-                awake[req_slot[i] // 5] = True
+                awake[req_slot[i] >> 3] = True
     # the winner of every link moves a copy of its head
     moved = 0
     into_routers = 0
@@ -108,7 +113,9 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         d = req_dst[i]
         if d < 0:
             continue
-        slot = req_slot[i]
+        c = req_slot[i] >> 3
+        p = req_slot[i] & 7
+        slot = p * nch + c
         if conflict:
             link = slot_pack[slot, 1]
             key = slot_pack[slot, 2] - link_pack[link, 0]
@@ -117,7 +124,6 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             if key != link_pack[link, 1]:
                 req_dst[i] = -1
                 continue
-        c = slot // 5
         k = cnt[d]
         pos = (d << shift) + ((head[d] + k) & mask)
         val[pos] = val[(c << shift) + head[c]]
@@ -127,7 +133,7 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             hrdy[d] = t + lat[d]
             if track and d < nch:
                 live[d >> 6] |= np.int64(1) << (d & 63)
-        pend[c] &= ~np.uint8(1 << (slot - c * 5))
+        pend[c] &= ~np.uint8(1 << p)
         moved += 1
         if d < nch:
             into_routers += 1
@@ -136,7 +142,8 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
     # 0 for a channel that asked) keeps a multicast head from leaving twice
     npop = 0
     for i in range(n):
-        slot = req_slot[i]
+        c = req_slot[i] >> 3
+        slot = (req_slot[i] & 7) * nch + c
         link = slot_pack[slot, 1]
         link_pack[link, 1] = _NONE
         if req_dst[i] < 0:
@@ -144,7 +151,6 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
         if conflict:
             nxt = slot_pack[slot, 2] + 1
             link_pack[link, 0] = 0 if nxt >= link_pack[link, 2] else nxt
-        c = slot // 5
         if pend[c] == 0:
             npop += 1
             head[c] = (head[c] + 1) & mask

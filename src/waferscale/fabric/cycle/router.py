@@ -104,6 +104,8 @@ class Router:
         # stands for "no request yet" (`jit._NONE`)
         slot_pack = np.stack([self.slot_dst, self.slot_link, self.slot_rank], axis=1)
         link_pack = np.stack([self.rr, np.full_like(self.rr, 1 << 30), self.link_width], axis=1)
+        # port-major rows (`jit.router_step`): row port * nch + channel
+        slot_pack = slot_pack.reshape(-1, 5, 3).transpose(1, 0, 2).reshape(-1, 3)
         return (slot_pack.astype(np.int32), link_pack.astype(np.int32),
                 np.zeros(nslot, dtype=np.int32), np.zeros(nslot, dtype=np.int32))
 
