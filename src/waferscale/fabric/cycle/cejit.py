@@ -646,7 +646,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                 unit_count[u] = keep - s
             if ctr[ELEMENTS] != before:
                 did = True
-        # ---- routers (`jit.router_step`; its slot rows are port-major) ---------------------
+        # ---- routers (`jit.router_step`: requests, the links' winners move, they pop) -----
         moved = 0
         if ctr[OCCUPANCY] != 0:
             moved, held = router_step(t, nch, hrdy, awake, pend, tx, cnt, cap, head, qval,

@@ -122,7 +122,6 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             if key < 0:
                 key += link_pack[link, 2]
             if key != link_pack[link, 1]:
-                req_dst[i] = -1
                 continue
         k = cnt[d]
         pos = (d << shift) + ((head[d] + k) & mask)
@@ -134,20 +133,20 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             if track and d < nch:
                 live[d >> 6] |= np.int64(1) << (d & 63)
         pend[c] &= ~np.uint8(1 << p)
+        req_slot[moved] = req_slot[i]   # winners, in request order, for the pass below
         moved += 1
         if d < nch:
             into_routers += 1
-    # winners advance their link's pointer (when any link had a contest), keys reset, and
-    # heads that every owed port has taken leave their queue; the refilled ``pend`` (never
-    # 0 for a channel that asked) keeps a multicast head from leaving twice
+    # winners advance their link's pointer (when any link had a contest) and reset its key
+    # (each link with a key has one winner), and heads that every owed port has taken
+    # leave their queue; the refilled ``pend`` (never 0 for a channel that asked) keeps a
+    # multicast head from leaving twice
     npop = 0
-    for i in range(n):
+    for i in range(moved):
         c = req_slot[i] >> 3
         slot = (req_slot[i] & 7) * nch + c
         link = slot_pack[slot, 1]
         link_pack[link, 1] = _NONE
-        if req_dst[i] < 0:
-            continue
         if conflict:
             nxt = slot_pack[slot, 2] + 1
             link_pack[link, 0] = 0 if nxt >= link_pack[link, 2] else nxt
