@@ -139,16 +139,22 @@ def _control(k, sel, nsel, tmp, ctl, src, src_arr, regs, bound, activated, block
 
 
 @numba.njit(cache=True, nogil=True)
-def _transpose(src, dst):
-    """``dst[w, p] = src[p, w]`` in 8 x 8 tiles: about 5 ms for a 64 x 64 grid's SRAM,
-    a quarter of NumPy's strided copy."""
-    rows, cols = src.shape
-    for r0 in range(0, rows, 8):
-        r1 = min(r0 + 8, rows)
-        for c0 in range(0, cols, 8):
-            for c in range(c0, min(c0 + 8, cols)):
-                for r in range(r0, r1):
-                    dst[c, r] = src[r, c]
+def _interleave(sram, words, lanes, temp, forward):
+    """Reorder the SRAM images in place, ``lanes`` PEs at a time: forward, word w of PE p
+    moves from ``p * words + w`` to ``((p // lanes) * words + w) * lanes + p % lanes``
+    (the PEs of a group side by side, word by word); backward undoes it. Each group is
+    copied to ``temp``, then transposed back in 8 x 8 tiles."""
+    size = lanes * words
+    rows, cols = (lanes, words) if forward else (words, lanes)
+    for g in range(sram.size // size):
+        base = g * size
+        temp[:size] = sram[base:base + size]
+        for r0 in range(0, rows, 8):
+            r1 = min(r0 + 8, rows)
+            for c0 in range(0, cols, 8):
+                for c in range(c0, min(c0 + 8, cols)):
+                    for r in range(r0, r1):
+                        sram[base + c * rows + r] = temp[r * cols + c]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -176,8 +182,9 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
      qpos, errsel, pe_mark) = scratch
     (qval, qrdy, head, cnt, cap, hrdy, lat, awake, pend, tx, feeders) = queues
     (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst, live) = router
-    rcap, wcap, rampcap, microthreads, budget = consts[1], consts[2], consts[3], consts[4], \
-        consts[5]
+    words, rcap, wcap, rampcap, microthreads, budget = (consts[0], consts[1], consts[2],
+                                                        consts[3], consts[4], consts[5])
+    lanes = consts[6]
     npes = cur.size
     ntask = first.shape[0]
     ngid = succ.shape[0]
@@ -336,7 +343,8 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
                             kind = opd_kind[o, i]
                             if kind == K_MEM:
                                 base = _isrc(opd_src[o, i], p, src, src_arr, regs)
-                                i_addr[pos, i] = (opd_off[o, i] + base) * npes + p
+                                i_addr[pos, i] = ((p // lanes) * words + opd_off[o, i]
+                                                  + base) * lanes + p % lanes
                             elif kind == K_FABIN:
                                 color = _isrc(opd_src[o, i], p, src, src_arr, regs)
                                 i_q[pos, i] = cq_of[color, p]
@@ -832,21 +840,27 @@ class CompiledRun:
         self.ctr = np.zeros(10, dtype=np.int64)
         self.ctr[LAST_ACTIVE] = -1
         self.errsel = np.zeros(pes, dtype=np.int64)
+        # SRAM interleaved while the loop runs (`_interleave`, in place): the PEs of a group
+        # of ``lanes`` (the largest power of two up to 1,024 that divides the grid) hold
+        # each word side by side, so the PEs of one instruction, scanned in ascending order,
+        # share a cache line per word (16 PEs) instead of using one each, in runs the
+        # hardware prefetches (groups of 16 were slower); an element step of an operand then
+        # moves ``stride * lanes`` words. In place, so no second SRAM image is paged in
+        lanes = 1024
+        while pes % lanes:
+            lanes //= 2
+        self.lanes = lanes
+        self.lane_temp = np.empty(lanes * ce.words, dtype=np.float32)
         consts = np.array([ce.words, ce.port_caps[0], ce.port_caps[1], ce.port_caps[2],
-                           ce.config.microthreads, ce.spec.routable_colors], dtype=np.int64)
+                           ce.config.microthreads, ce.spec.routable_colors, lanes],
+                          dtype=np.int64)
         self.prog_tabs = (code.first, code.succ, gid_info, ctl, src, src_arr, task_cq,
                           has_dq, bound)
-        # the loop's SRAM is word-major (`sram_t`: word w of PE p at w * pes + p), so one
-        # element step of an operand moves ``stride * pes`` words
         self.op_tabs = (op_info, opd["kind"], opd["src"], opd["off"], opd["len"],
-                        opd["stride"], opd["stride"] * pes, opd["srow"], sval_tab, unit_start,
-                        unit_ops, consts)
-        # SRAM word-major while the loop runs: the PEs of one instruction, scanned in
-        # ascending order, then read and write neighbouring words (16 PEs a cache line)
-        # instead of one line each; `run` copies the images in and `sync` back
-        self.sram_t = np.empty(ce.words * pes, dtype=np.float32)
+                        opd["stride"], opd["stride"] * lanes, opd["srow"], sval_tab,
+                        unit_start, unit_ops, consts)
         self.pe_state = (ce.cur, ce.pc, ce.wait, ce.activated, ce.blocked, ce.act_count,
-                         ce.arg, ce.n_async, ce.regs_arr, self.sram_t, ce.rd_left,
+                         ce.arg, ce.n_async, ce.regs_arr, ce.sram_flat, ce.rd_left,
                          ce.wr_left, ce.ramp_left, ce.flag, ce.inflight, ce.stats_flat,
                          ce.code_base, self.op_running, self.op_count, ch.cq_of, ch.up_of)
         self.inst = (self.unit_count, self.i_pe, self.i_op, self.i_n, self.i_prog,
@@ -872,7 +886,7 @@ class CompiledRun:
         """Run the compiled loop from cycle ``t``; returns the outcome code (`ctr` holds
         the cycle and the counters)."""
         self.ctr[OCCUPANCY] = self.router.occupancy
-        _transpose(self.ce.sram, self.sram_t.reshape(self.ce.words, -1))
+        _interleave(self.ce.sram_flat, self.ce.words, self.lanes, self.lane_temp, True)
         full = np.zeros(self.live.size * 64, dtype=np.bool_)
         full[: self.ce.ch.nch] = self.ce.q.cnt[: self.ce.ch.nch] > 0
         self.live[:] = np.packbits(full, bitorder="little").view("<i8")
@@ -883,9 +897,10 @@ class CompiledRun:
         return int(code)
 
     def sync(self) -> None:
-        """Copy the counters and in-flight instructions back where the reports read them."""
+        """Put the SRAM images back in PE order and copy the counters and in-flight
+        instructions back where the reports read them."""
         ce, ctr = self.ce, self.ctr
-        _transpose(self.sram_t.reshape(ce.words, -1), ce.sram)
+        _interleave(ce.sram_flat, ce.words, self.lanes, self.lane_temp, False)
         ce.elements, ce.issued = int(ctr[ELEMENTS]), int(ctr[ISSUED])
         self.router.moved, self.router.occupancy = int(ctr[MOVED]), int(ctr[OCCUPANCY])
         for o, op in enumerate(ce.ops):
