@@ -890,10 +890,12 @@ class CompiledRun:
         full = np.zeros(self.live.size * 64, dtype=np.bool_)
         full[: self.ce.ch.nch] = self.ce.q.cnt[: self.ce.ch.nch] > 0
         self.live[:] = np.packbits(full, bitorder="little").view("<i8")
-        code = run_cycles(t, max_cycles, window, self.ctr, self.prog_tabs, self.op_tabs,
-                          self.pe_state, self.inst, self.scratch, self.queues,
-                          self.router_tabs)
-        self.sync()
+        try:
+            code = run_cycles(t, max_cycles, window, self.ctr, self.prog_tabs, self.op_tabs,
+                              self.pe_state, self.inst, self.scratch, self.queues,
+                              self.router_tabs)
+        finally:
+            self.sync()     # SRAM back in PE order whatever happens
         return int(code)
 
     def sync(self) -> None:
