@@ -10,8 +10,9 @@ and counter is the same; tests run both and compare (tests/test_cycle_router.py)
 
 Nothing here is imported unless a `CycleSim` runs, so the fast model never pays numba's
 import; compiled code is cached on disk next to this file. `cejit.run_cycles` calls
-`router_step`, and numba keys its cache of that loop on cejit.py alone: a change here is
-only seen there once cejit.py changes too (or its cache files are removed).
+`router_step`, and numba keys its cache of that loop on cejit.py alone: cejit.py takes
+this file's time stamp when this one is newer (`cejit._stamp_after`), so that an edit here
+recompiles the loop.
 """
 
 from __future__ import annotations
