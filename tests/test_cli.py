@@ -39,3 +39,14 @@ def test_user_mistakes_are_one_line():
         result = runner.invoke(app, args)
         assert result.exit_code == 2, args
         assert result.stderr.strip().startswith("error: ") and "\n" not in result.stderr.strip()
+
+
+def test_compile_defaults_fit_every_models_positions():
+    """``compile gpt2`` on its defaults: the 2,048 tokens of the others would overrun its
+    1,024-position table, so the default is the table's length there."""
+    from waferscale.models import DEFAULT_SEQ, default_seq
+
+    assert default_seq("gpt2") == 1024 and default_seq("genslm-25m") == DEFAULT_SEQ
+    result = runner.invoke(app, ["compile", "gpt2", "--estimate", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tokens"] == 1024

@@ -361,7 +361,9 @@ def _print_training(t: dict[str, Any]) -> None:
 
 @app.command(name="compile")
 def compile_(model: ModelArg,
-             seq: Annotated[int, typer.Option("--seq", help="tokens per sample")] = 2048,
+             seq: Annotated[int | None, typer.Option(
+                 "--seq", help="tokens per sample [default: 2048, or the model's position "
+                               "table when shorter]")] = None,
              batch: Annotated[int, typer.Option("--batch", help="samples per batch")] = 1,
              estimate: Annotated[bool, typer.Option(
                  "--estimate", help="plan and time only (meta device, no weights)")] = False,
@@ -388,7 +390,9 @@ def compile_(model: ModelArg,
              json_out: JsonOpt = False, spec: SpecOpt = "wse2") -> None:
     """Compile a PyTorch model for the wafer and report its plan and throughput."""
     def body() -> None:
+        from waferscale.models import default_seq
         from waferscale.report.compile import compile_report
+        n = default_seq(model) if seq is None else seq
         stated = (weight_density, activation_density)
         if stated != (None, None) and (not estimate or train):
             raise WaferscaleError("--weight-density/--activation-density state what an "
@@ -399,14 +403,14 @@ def compile_(model: ModelArg,
             if not estimate:
                 raise WaferscaleError("--train times a training step on meta weights: add "
                                       "--estimate (functional training is not a command yet)")
-            t = train_report(model, seq=seq, batch=batch, dtype=dtype, spec=spec,
+            t = train_report(model, seq=n, batch=batch, dtype=dtype, spec=spec,
                              systems=systems)
             if json_out:
                 _emit(t)
             else:
                 _print_training(t)
             return
-        r = compile_report(model, seq=seq, batch=batch, estimate=estimate, strict=strict,
+        r = compile_report(model, seq=n, batch=batch, estimate=estimate, strict=strict,
                            spec=spec, reserve=[parse_rect(x) for x in reserve or []],
                            map_path=map_out,
                            density=None if stated == (None, None) else

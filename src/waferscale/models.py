@@ -26,10 +26,21 @@ from waferscale.workloads.presets import GENSLM_PRESETS, MODEL_NAMES
 LLM_ONLY: tuple[str, ...] = tuple(n for n in LLM_PRESETS if n not in MODEL_NAMES)
 #: Every preset MODEL may name: the GenSLM sizes, ``gpt2``, then the LLM presets.
 PRESETS: tuple[str, ...] = MODEL_NAMES + LLM_ONLY
+#: Tokens per sample the commands use when ``--seq`` is not given (`default_seq`).
+DEFAULT_SEQ = 2048
 #: Above this many parameters a preset is built on the meta device (no weights here).
 META_ABOVE = 1_000_000_000
 #: GPT-2 small, rounded; the GenSLM counts come from the preset table.
 GPT2_PARAMS = 124_000_000
+
+
+def default_seq(model: str) -> int:
+    """`DEFAULT_SEQ`, or the model's learned position table when it is shorter: ``gpt2``
+    (`build_gpt2`, GPT-2 small's 1,024 positions) refused ``compile gpt2`` on the defaults.
+    The GPT-2 sizes of `workloads.llm` build a table as long as the sequence."""
+    if model == "gpt2":
+        return min(DEFAULT_SEQ, int(LLM_PRESETS["gpt2"].config["n_positions"]))
+    return DEFAULT_SEQ
 
 
 class ModelSpecError(CompileError):
