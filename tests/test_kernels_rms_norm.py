@@ -215,3 +215,21 @@ def test_bf16_llama_norm_core_matched_between_its_casts():
         (cast,) = users[n.name]
         assert g.nodes[cast].target == "aten._to_copy.default"
     assert not [n for n in g.calls() if n.meta["kind"] == "fallback"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_users_kept_incrementally_equal_a_fresh_count(dtype, monkeypatch):
+    """`fuse_rms_norm` moves a rewritten node between its inputs' user lists instead of
+    recounting them per norm: after every rewrite the lists equal `Graph.users()`, in
+    order, and the fused graph is the same."""
+    g = capture(_tiny_llama(dtype), {"input_ids": torch.zeros(1, 8, dtype=torch.long)})
+    checked: list[int] = []
+    real = rn._match
+
+    def match(graph, node, users):
+        assert users == graph.users()        # what the previous rewrite left is exact
+        checked.append(1)
+        return real(graph, node, users)
+
+    monkeypatch.setattr(rn, "_match", match)
+    assert rn.fuse_rms_norm(g) == 5 and len(checked) >= 5

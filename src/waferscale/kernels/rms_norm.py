@@ -276,6 +276,7 @@ def fuse_rms_norm(g: Graph) -> int:
     """
     found = 0
     users = g.users()
+    pos = {name: i for i, name in enumerate(g.nodes)}
     for node in list(g.calls()):
         if node.target != "aten.pow.Tensor_Scalar":
             continue
@@ -283,10 +284,22 @@ def fuse_rms_norm(g: Graph) -> int:
         if m is None:
             continue
         final, src = m["final"], m["source"]
+        before = final.inputs
         rewrite_call(final, RMS_NORM, rms_norm,
                      (Ref(m["x"]), None if m["weight"] is None else Ref(m["weight"]), m["eps"]),
                      src)
-        users = g.users()        # the rewritten node reads other values now
+        # the rewritten node reads other values now: move it between their users' lists,
+        # kept in graph order as `Graph.users` makes them (recomputing them for every norm
+        # took 4 s of an 80-layer model's compile)
+        for name in before:
+            users[name].remove(final.name)
+        for name in final.inputs:
+            readers = users[name]
+            at = next((i for i, u in enumerate(readers)
+                       if u != "<output>" and pos[u] > pos[final.name]), None)
+            if at is None:
+                at = len(readers) - readers.count("<output>")
+            readers.insert(at, final.name)
         found += 1
     if found:
         eliminate_dead(g)
