@@ -7,7 +7,7 @@ measured in the same run:
 
 * the NumPy reference loop (`ComputeEngines.step` and `Router.step_numpy` from Python
   every cycle, what the compiled loop is tested against bit for bit);
-* the NumPy compute engines with the compiled router step (`jit.router_step`), the
+* the NumPy compute engines with the compiled router step (`cejit.router_step`), the
   fastest path before the whole loop was compiled;
 * one grid-wide NumPy operation (a float32 add over rows x cols values): a simulated cycle
   costs this many of them, a figure that holds on a busy or a quiet machine alike.

@@ -141,7 +141,7 @@ def _outcome(run) -> list:
 @pytest.mark.parametrize("program", ["stencil", "allreduce", "multicast", "tree", "ktree",
                                      "stream", "gemv"])
 def test_compiled_loops_match_numpy_bit_for_bit(monkeypatch, program):
-    """The numba router loop (`cycle.jit`) is the NumPy step compiled: same cycle count,
+    """The numba router loop (`cejit.router_step`) is the NumPy step compiled: same cycle count,
     state counters, link transfers and values on every program shape (multicast heads,
     several colours on a link, back-pressure, data tasks, several vector ops on one PE)."""
     from waferscale.fabric.cycle import runs

@@ -21,7 +21,7 @@ from waferscale.fabric.cycle.queues import Queues
 from waferscale.fabric.cycle.routing import Channels
 
 _BIG = np.int64(1 << 40)
-#: no live-channel bitset: `jit.router_step` scans every channel (the NumPy CEs push
+#: no live-channel bitset: `cejit.router_step` scans every channel (the NumPy CEs push
 #: without keeping one)
 _NO_LIVE = np.zeros(0, dtype=np.int64)
 #: lowest set port of a 5-bit mask
@@ -30,7 +30,7 @@ _LOWEST = np.array([(m & -m).bit_length() - 1 if m else 0 for m in range(32)], d
 
 def jit() -> ModuleType:
     """The compiled kernels, imported on first use (numba's import is not free)."""
-    from waferscale.fabric.cycle import jit as compiled
+    from waferscale.fabric.cycle import cejit as compiled
 
     return compiled
 
@@ -38,7 +38,7 @@ def jit() -> ModuleType:
 class Router:
     """Vectorised arbitration and transfer over the compiled link table."""
 
-    #: step with the compiled loop (`jit.router_step`) on grids of at least this many PEs;
+    #: step with the compiled loop (`cejit.router_step`) on grids of at least this many PEs;
     #: smaller ones (most tests, the CLI's checks) skip numba's import and cache load, about
     #: a second, which their few thousand requests a cycle would not win back. Tests set
     #: it to 0 or to None (never) to compare the two steps.
@@ -77,7 +77,7 @@ class Router:
     def step(self, t: int) -> int:
         """Advance all links by one cycle; return the number of wavelets moved.
 
-        The compiled loop (`jit.router_step`) unless a trace is recorded; both are the same
+        The compiled loop (`cejit.router_step`) unless a trace is recorded; both are the same
         arbitration, the NumPy one is the reference and records the trace.
         """
         if self.occupancy == 0:
@@ -101,10 +101,10 @@ class Router:
         live here, not in ``rr``: a run uses one step or the other throughout."""
         nslot = self.ch.nch * 5
         # int32 halves what a request touches; keys are below a link's width, so 1 << 30
-        # stands for "no request yet" (`jit._NONE`)
+        # stands for "no request yet" (`cejit._NONE`)
         slot_pack = np.stack([self.slot_dst, self.slot_link, self.slot_rank], axis=1)
         link_pack = np.stack([self.rr, np.full_like(self.rr, 1 << 30), self.link_width], axis=1)
-        # port-major rows (`jit.router_step`): row port * nch + channel
+        # port-major rows (`cejit.router_step`): row port * nch + channel
         slot_pack = slot_pack.reshape(-1, 5, 3).transpose(1, 0, 2).reshape(-1, 3)
         return (slot_pack.astype(np.int32), link_pack.astype(np.int32),
                 np.zeros(nslot, dtype=np.int32), np.zeros(nslot, dtype=np.int32))
