@@ -218,18 +218,21 @@ class CompiledModel:
         self.last_run = {"runs": runs}
         return self.report()
 
+    def _measured(self) -> dict[str, Any]:
+        """What each stage measured in the last run (none before a run)."""
+        return self.last_run["runs"] if self.last_run is not None else {}
+
     def seconds_per_batch(self) -> float:
         """The wafer's time per batch, what `report` derives its throughput from: weight
-        streaming's when the program streams, else the pipeline's period (its slowest
-        stage, `estimate.stage_times`) at the spec's clock. Without the rest of the report:
-        a training step asks for it every step."""
+        streaming's when the program streams, else the pipeline's period
+        (`estimate.period_cycles`) at the spec's clock. Without the rest of the report: a
+        training step asks for it every step."""
         if self.program.streaming is not None:
             return float(self.report()["weight_streaming"]["seconds_per_batch"])
-        from waferscale.runtime.estimate import stage_times
+        from waferscale.runtime.estimate import period_cycles
 
-        runs = self.last_run["runs"] if self.last_run is not None else {}
-        times = stage_times(self.program, {k: r.cycles for k, r in runs.items()})
-        return max(times.values()) / self.program.spec.clock_hz if times else 0.0
+        cycles = {k: r.cycles for k, r in self._measured().items()}
+        return period_cycles(self.program, cycles) / self.program.spec.clock_hz
 
     def report(self) -> dict[str, Any]:
         """Mode, throughput, per-stage figures, SRAM, fallbacks (measured after a run)."""
@@ -239,7 +242,7 @@ class CompiledModel:
 
         prog = self.program
         measured = self.last_run is not None
-        runs = self.last_run["runs"] if measured else {}
+        runs = self._measured()
         cycles = {k: r.cycles for k, r in runs.items()}
         sram = {k: r.sram_peak for k, r in runs.items() if r.sram_peak}
         busy = {k: r.busy_fraction for k, r in runs.items()}

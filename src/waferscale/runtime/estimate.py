@@ -25,6 +25,12 @@ def stage_times(program: Program, cycles: dict[str, float]) -> dict[str, float]:
             for s in program.stages}
 
 
+def period_cycles(program: Program, cycles: dict[str, float]) -> float:
+    """Cycles between two batches leaving the pipeline: its slowest stage's time."""
+    times = stage_times(program, cycles)
+    return max(times.values()) if times else 0.0
+
+
 def summarize(program: Program, cycles: dict[str, float], *, batch: int, tokens: int,
               sram: dict[str, int] | None = None, busy: dict[str, float] | None = None,
               measured: bool = False) -> dict[str, Any]:
@@ -32,7 +38,7 @@ def summarize(program: Program, cycles: dict[str, float], *, batch: int, tokens:
     spec = program.spec
     times = stage_times(program, cycles)
     stages = program.stages
-    period = max(times.values()) if times else 0.0
+    period = period_cycles(program, cycles)
     fill = sum(times.values())
     bottleneck = max(times, key=times.get) if times else ""
     rows = []
@@ -70,4 +76,4 @@ def summarize(program: Program, cycles: dict[str, float], *, batch: int, tokens:
     }
 
 
-__all__ = ["stage_times", "summarize"]
+__all__ = ["period_cycles", "stage_times", "summarize"]
