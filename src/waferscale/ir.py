@@ -16,9 +16,10 @@ value goes, and a ``meta`` dict that passes annotate and later passes read:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -238,7 +239,21 @@ def source_of(stack_trace: str | None) -> tuple[str, str]:
     return "", ""
 
 
+_T = TypeVar("_T")
+
+
+def per_graph(store: dict[int, _T], g: Graph, make: Callable[[], _T]) -> _T:
+    """``make()`` once per graph object: kept in ``store`` by the graph's id and dropped
+    when the graph is collected (so a new graph at a recycled id never reads it). For what
+    a pass derives from a compiled graph every run and the graph never changes after
+    compiling."""
+    key = id(g)
+    if key not in store:
+        store[key] = make()
+        weakref.finalize(g, store.pop, key, None)
+    return store[key]
+
+
 __all__ = ["DTYPE_NAMES", "Graph", "Node", "Ref", "const_value", "eliminate_dead", "fabric_dtype",
-           "iter_refs", "map_refs", "map_refs_list", "ref_name", "rewrite_call", "sole_user",
-           "source_of",
-           "tensor_meta"]
+           "iter_refs", "map_refs", "map_refs_list", "per_graph", "ref_name", "rewrite_call",
+           "sole_user", "source_of", "tensor_meta"]

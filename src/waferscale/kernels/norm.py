@@ -12,7 +12,6 @@ residual streams do reach. All statistics are fp32; the output is rounded once.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from waferscale.fabric import MeshTensor
 from waferscale.fabric.dtypes import BYTES, to_storage
 from waferscale.fabric.tensor import AxisMap
 from waferscale.hardware.spec import WaferSpec, get_spec
-from waferscale.ir import Graph, Node, iter_refs
+from waferscale.ir import Graph, Node, iter_refs, per_graph
 from waferscale.kernels.elementwise import (
     WORK,
     RowLayout,
@@ -237,15 +236,11 @@ def reads_stats(g: Graph, name: str) -> bool:
     but ``getitem(name, 0)``: a training graph's backward does, an inference forward
     reads the normalised values only, and computing its statistics anyway was 7 % of
     GenSLM-25M's functional forward. Unread, they are left as None."""
-    names = _READ_BEYOND_FIRST.get(id(g))
-    if names is None:
-        names = frozenset(
-            [r.name for n in g.nodes.values()
-             if not (n.short == "getitem" and len(n.args) == 2 and n.args[1] == 0)
-             for r in iter_refs((n.args, n.kwargs))]
-            + [r.name for r in iter_refs(g.outputs)])
-        _READ_BEYOND_FIRST[id(g)] = names
-        weakref.finalize(g, _READ_BEYOND_FIRST.pop, id(g), None)
+    names = per_graph(_READ_BEYOND_FIRST, g, lambda: frozenset(
+        [r.name for n in g.nodes.values()
+         if not (n.short == "getitem" and len(n.args) == 2 and n.args[1] == 0)
+         for r in iter_refs((n.args, n.kwargs))]
+        + [r.name for r in iter_refs(g.outputs)]))
     return name in names
 
 

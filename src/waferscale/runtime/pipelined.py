@@ -15,7 +15,6 @@ movement). Each stage's measured cycles are checked against the plan's closed-fo
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch.utils._pytree as pytree
 from waferscale.compiler.program import Program
 from waferscale.fabric.defective import link_extra_at
 from waferscale.hardware.defects import Remap
-from waferscale.ir import Graph, Ref
+from waferscale.ir import Graph, Ref, per_graph
 from waferscale.kernels.family import ExecContext, StageRun, is_layout
 from waferscale.kernels.registry import HOST, family
 
@@ -88,22 +87,9 @@ def _last_uses(g: Graph, stages: dict[str, Any]) -> dict[int, list[str]]:
     return drop
 
 
-#: `_last_uses` of the programs run in this process, by id, with a weak reference that
-#: tells the same program from a new one at a recycled id: a training step runs the same
-#: two graphs every step, and walking every node's inputs was ~2 % of a step.
-_DROPS: dict[int, tuple[weakref.ref[Program], dict[int, list[str]]]] = {}
-
-
-def _drops(program: Program, stages: dict[str, Any]) -> dict[int, list[str]]:
-    """`_last_uses` of ``program``'s graph, computed once per program."""
-    hit = _DROPS.get(id(program))
-    if hit is not None and hit[0]() is program:
-        return hit[1]
-    drop = _last_uses(program.graph, stages)
-    for key in [k for k, (ref, _) in _DROPS.items() if ref() is None]:
-        del _DROPS[key]
-    _DROPS[id(program)] = (weakref.ref(program), drop)
-    return drop
+#: `_last_uses` of the graphs run in this process (`ir.per_graph`): a training step runs
+#: the same two graphs every step, and walking every node's inputs was ~2 % of a step.
+_DROPS: dict[int, dict[int, list[str]]] = {}
 
 
 def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
@@ -124,7 +110,7 @@ def execute(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any] | No
                       stage_link_extra(program, remap) if remap is not None else None)
     runs: dict[str, StageRun] = {}
     stages = {s.name: s for s in program.stages}
-    drop = _drops(program, stages)
+    drop = per_graph(_DROPS, g, lambda: _last_uses(g, stages))
     for i, node in enumerate(g.nodes.values()):
         for name in drop.get(i - 1, ()):   # read by nothing from here on: free it
             env.pop(name, None)
