@@ -144,6 +144,7 @@ BAD: list[tuple[str, int, str]] = [
     ("compile", 2, "Missing argument"),
     ("compile genslm-25m --seq abc", 2, "--seq"),
     ("compile genslm-25m --batch 1.5", 2, "--batch"),
+    ("compile gpt2 --seq 5000 --estimate", 2, "use at most 1024 tokens (--seq)"),
     ("compile {d}/small.py:f --weight-density 0.1", 2, "add --estimate"),
     ("compile {d}/small.py:f --estimate --weight-density 0", 2, "a number in (0, 1]"),
     ("compile {d}/small.py:f --estimate --activation-density nan", 2, "a number in (0, 1]"),

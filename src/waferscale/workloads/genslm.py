@@ -178,8 +178,9 @@ def gpt2_config(
     config.dtype = dtype
     if seq_len is not None and not 1 <= seq_len <= config.n_positions:
         raise WorkloadError(
-            f"seq_len {seq_len} outside gpt2's 1..{config.n_positions} positions; "
-            "pass n_positions= to build a longer table"
+            f"seq_len {seq_len} outside gpt2's 1..{config.n_positions} positions: use at "
+            f"most {config.n_positions} tokens (--seq), or pass n_positions= to build a "
+            "longer table"
         )
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
