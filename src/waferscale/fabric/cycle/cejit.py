@@ -861,7 +861,6 @@ class CompiledRun:
 
     def __init__(self, ce, router) -> None:  # noqa: ANN001 (ce.py imports this lazily)
         from waferscale.fabric.cycle import isa
-        from waferscale.fabric.cycle.fused import OpGroup
 
         self.ce, self.router = ce, router
         q, ch, code, prog = ce.q, ce.ch, ce.code, ce.prog
@@ -919,7 +918,7 @@ class CompiledRun:
                 control(gid, ins)
         # units: the reference's fused groups and single wide ops, in its order
         units = ce.groups
-        members = [u.members if isinstance(u, OpGroup) else [u.op] for u in units]
+        members = [u.members for u in units]
         unit_of = {id(m): (u, j) for u, ms in enumerate(members) for j, m in enumerate(ms)}
         width = max((len(ms) for ms in members), default=1)
         unit_ops = np.full((max(len(units), 1), width), -1, dtype=np.int64)
@@ -937,7 +936,7 @@ class CompiledRun:
             unit_ops[u, j] = o
             op_info[o] = (OPS[ins.op], len(op.operands), source(op.n_src), op.reads,
                           op.writes, int(op.fab_out), u, op.width, int(ins.async_),
-                          int(not isinstance(units[u], OpGroup)), -1, op.gid)
+                          int(not units[u].fused), -1, op.gid)
             if ins.then is not None:
                 control(ngid + o, ins.then)
                 op_info[o, 10] = ngid + o

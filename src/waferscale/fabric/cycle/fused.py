@@ -26,8 +26,12 @@ _BIG = np.int64(1 << 40)
 class Single:
     """A wide instruction stepped on its own."""
 
+    #: stepped on its own, not as a batch of narrow instances (`OpGroup`)
+    fused = False
+
     def __init__(self, op: OpState) -> None:
         self.op = op
+        self.members = [op]
 
     @property
     def count(self) -> int:
@@ -44,6 +48,8 @@ class OpGroup:
     Instances live in flat arrays in launch order; a launch appends, a finish removes, so
     nothing is rebuilt while the batch runs.
     """
+
+    fused = True
 
     def __init__(self, members: list[OpState], pes: int) -> None:
         self.members = members
