@@ -109,3 +109,30 @@ def test_parse_rect() -> None:
     assert parse_rect("1, 2,3,4") == (1, 2, 3, 4)
     with pytest.raises(WaferscaleError):
         parse_rect("1,2,3")
+
+
+def test_layers_share_sizings_and_the_shared_memo_changes_no_time() -> None:
+    """`Stage.as_sized` drops only what sizing never reads: each stage sizes to the same
+    figures as its anonymous twin, the second layer's stages have the first's twins (so the
+    placer sizes them once), and `stage_time_at` with a memo shared by all stages returns
+    the times of closures that each size on their own."""
+    import waferscale
+    from waferscale.compiler.place import stage_time_at
+    from waferscale.compiler.plan import moves_of, on_wafer, size_stage
+
+    m, ex, _ = load_model("genslm-25m", seq=SEQ, batch=1, layers=2)
+    prog = waferscale.compile(m, ex, spec="wse2", mode="estimate").program
+    spec, moves = prog.spec, moves_of(prog.graph)
+    stages = on_wafer(prog.plan.stages)
+    twins = [st.as_sized() for st in stages]
+    assert len(set(twins)) < len(twins)          # the two layers' stages coincide
+    assert all(t.name == "" and t.nodes == () for t in twins)
+    memo: dict = {}
+    for st, twin in zip(stages, twins, strict=True):
+        for bounds in ((8, 8), (16, 40), (33, 7)):
+            assert size_stage(spec, twin, 0.0, None, bounds).sizing \
+                == size_stage(spec, st, 0.0, None, bounds).sizing, (st.name, bounds)
+        shared = stage_time_at(spec, st, moves.get(st.name, []), memo=memo)
+        alone = stage_time_at(spec, st, moves.get(st.name, []))
+        for rows, cols in ((4, 4), (12, 30), (40, 9), (64, 64)):
+            assert shared(rows, cols) == alone(rows, cols), (st.name, rows, cols)

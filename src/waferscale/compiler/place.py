@@ -141,9 +141,14 @@ def calibrate(spec: WaferSpec, st: Stage, moves: list[Node],
     return Calibration(max(w, 1.0), lat, sram)
 
 
+#: Sizings shared by the `stage_time_at` of one placement: stage as sized (`Stage.as_sized`),
+#: the elements its layout ops move, ``max_side`` -> {(rows, cols): (rect or None, cycles)}.
+SizingMemo = dict[tuple[Any, ...], dict[tuple[int, int], tuple[tuple[int, int] | None, float]]]
+
+
 def stage_time_at(spec: WaferSpec, st: Stage, moves: list[Node],
-                  max_side: int | None = None, inbound: tuple[int, ...] = ()
-                  ):  # noqa: ANN201 - a closure
+                  max_side: int | None = None, inbound: tuple[int, ...] = (),
+                  memo: SizingMemo | None = None):  # noqa: ANN201 - a closure
     """``time_at(rows, cols)`` for the floorplanner: the stage's kernel sized inside a
     ``rows x cols`` rectangle (``size_stage(bounds=)``, the same call that sizes it after
     placement) plus its data movement plus its slowest inbound stream (``inbound``: the
@@ -151,16 +156,31 @@ def stage_time_at(spec: WaferSpec, st: Stage, moves: list[Node],
     the realised figure uses over the routed distance: a thin rectangle receiving a big
     tensor is slow even when its kernel is cheap. inf where the kernel does not fit (SRAM),
     which the slicer treats as an illegal leaf, so no kernel is placed where it cannot run.
-    """
 
-    def time_at(rows: int, cols: int) -> float:
+    Closures given the same ``memo`` share their sizings between stages that size alike
+    (a model's repeated layers): the slicer asks for some ten thousand rectangles per
+    placement, and sizing a GEMM in each was most of the placer's time.
+    """
+    key = (st.as_sized(), tuple(n.meta.get("numel", 0) for n in moves), max_side)
+    sized = {} if memo is None else memo.setdefault(key, {})
+
+    def kernel_at(rows: int, cols: int) -> tuple[tuple[int, int] | None, float]:
         c = _timed(spec, st, moves, bounds=(rows, cols), max_side=max_side)
         if not (c.fits and c.rect[0] <= rows and c.rect[1] <= cols):
+            return None, math.inf
+        return c.rect, float(c.cost_cycles + c.move_cycles)
+
+    def time_at(rows: int, cols: int) -> float:
+        got = sized.get((rows, cols))
+        if got is None:
+            got = sized[(rows, cols)] = kernel_at(rows, cols)
+        rect, cycles = got
+        if rect is None:
             return math.inf
-        r, k = c.rect
+        r, k = rect
         stream = max((stream_cycles(spec, math.ceil(n / max(1, r * k)), r, k, r, k)
                       for n in inbound), default=0.0)
-        return float(c.cost_cycles + c.move_cycles + stream)
+        return cycles + stream
 
     return time_at
 
@@ -243,15 +263,17 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
                            if i in by_name and i != s.name) for s in placed}
     cal = {s.name: calibrate(spec, s, moves.get(s.name, []), max_side) for s in placed}
+    memo: SizingMemo = {}
     fit_sides = {s.name: smallest_square(stage_time_at(spec, s, moves.get(s.name, []),
-                                                        max_side), spec) for s in placed}
+                                                        max_side, memo=memo), spec)
+                 for s in placed}
     blocks = [Block(s.name, cal[s.name].work,
                     min(cal[s.name].sram * SRAM_MARGIN,
                         float(fit_sides[s.name] ** 2 * spec.sram_bytes)),
                     min_pes=min(MIN_PES, max(1, s.pes)), fixed=pins.get(s.name),
                     latency_cycles=cal[s.name].latency,
                     time_at=stage_time_at(spec, s, moves.get(s.name, []), max_side,
-                                          feeds[s.name]))
+                                          feeds[s.name], memo))
               for s in placed]
     traffic: dict[tuple[str, str], float] = {}
     for s in placed:

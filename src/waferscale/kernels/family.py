@@ -42,6 +42,13 @@ class StageParams:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def without_names(self) -> StageParams:
+        """The parameters with every graph node name dropped. Sizing never reads a name,
+        so the repeated layers of a model, equal but for their names, size alike and can
+        share what sizing found (`Stage.as_sized`). A family whose parameters hold names
+        overrides this."""
+        return self
+
 
 @dataclass(frozen=True)
 class Sizing:
@@ -97,6 +104,15 @@ class Stage:
     @property
     def pes(self) -> int:
         return self.rect[0] * self.rect[1]
+
+    def as_sized(self) -> Stage:
+        """What `KernelFamily.size` reads of this stage, as a hashable key: the stage
+        without its names (its own, its nodes', its producers', the parameters') and
+        without a previous sizing. The placer memoises sizings on it, so the twelve equal
+        layers of a transformer are sized once per rectangle instead of twelve times."""
+        return dataclasses.replace(self, name="", nodes=(), inputs=(),
+                                   params=self.params.without_names(), sizing=Sizing(),
+                                   move_cycles=0.0)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "nodes": list(self.nodes),

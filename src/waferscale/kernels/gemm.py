@@ -882,6 +882,13 @@ class GemmParams(StageParams):
         """An mm/addmm whose token rows may be split over groups (a bmm splits batch)."""
         return self.op in ("mm", "addmm") and self.batch == 1
 
+    def without_names(self) -> GemmParams:
+        """The fused epilogues without their node names (`StageParams.without_names`)."""
+        if not self.epilogue:
+            return self
+        return dataclasses.replace(self, epilogue=tuple(
+            dataclasses.replace(e, nodes=()) for e in self.epilogue))
+
     def extras(self) -> tuple[bool, bool, int]:
         """(bias, layer-norm prologue, fused output tiles) for `_extra_bytes`."""
         tiles = 1 + sum(c.streamed for c in self.epilogue) if self.epilogue else 0
@@ -942,18 +949,21 @@ def _weight_density(g: Graph, x: Any) -> float:
     return float(torch.count_nonzero(t)) / t.numel()
 
 
-def _grid_candidates(m: int, k: int, n: int, limit: int) -> list[int]:
+@functools.lru_cache(maxsize=65536)
+def _grid_candidates(m: int, k: int, n: int, limit: int) -> tuple[int, ...]:
     """Grids p <= limit that give distinct tiles (for each tile size of m, k or n the
-    smallest p reaching it): more PEs with the same tiles only add steps or hops."""
+    smallest p reaching it): more PEs with the same tiles only add steps or hops. Cached
+    (as `batched_tiling`): the layout search asks again for every rectangle it tries."""
     out: set[int] = set()
     for d in (m, k, n):
         lim = max(1, min(limit, d))
         for parts in range(1, lim + 1):
             tile = -(-d // parts)
             out.add(-(-d // tile))
-    return sorted(p for p in out if 1 <= p <= limit)
+    return tuple(sorted(p for p in out if 1 <= p <= limit))
 
 
+@functools.lru_cache(maxsize=65536)
 def batched_tiling(batch: int, p: int, rows: int, cols: int) -> tuple[int, int]:
     """(group rows, group cols) of p x p grids a batch of ``batch`` independent GEMMs uses
     in a ``rows x cols`` rectangle: as many groups as fit (at most the batch), side by side
@@ -990,14 +1000,12 @@ def stage_extra_bytes(p: GemmParams, dtype: str, q: int, mg: int) -> int:
     return _extra_bytes(-(-mg // q), -(-p.k // q), -(-p.n // q), BYTES[dtype], p.extras())
 
 
-@functools.lru_cache(maxsize=65536)
 def _gemm_at(spec: WaferSpec, m: int, k: int, n: int, q: int, dtype: str, skip: str | None,
              density: float, extras: tuple[bool, bool, int] = (False, False, 0),
              b_density: float = 1.0) -> tuple[float, int] | None:
     """(cycles, SRAM bytes per PE) of MeshGEMM [m,k]x[k,n] on a q x q grid with the
     stage's ``extras`` (`_extra_bytes`), or None when it does not fit (q > min(m, k, n) or
-    over the SRAM). Cached: the floorplanner asks ``time_at`` for thousands of rectangles
-    and each one searches every grid."""
+    over the SRAM). Memoised by `_GridTable`."""
     if q > min(m, k, n):
         return None
     sram = sram_bytes(m, k, n, q, dtype, "fp32", "meshgemm") + _extra_bytes(
@@ -1028,6 +1036,45 @@ def _rows_that_fit(spec: WaferSpec, k: int, n: int, q: int, dtype: str,
     return int(max(0, (spec.sram_bytes - fixed) // (per_pe(1) - fixed))) * q
 
 
+class _GridTable:
+    """`_gemm_at` and `_rows_that_fit` of one GEMM's fixed arguments (all but its rows and
+    grid), memoised on (rows, grid). The floorplanner asks ``time_at`` for thousands of
+    rectangles and each one searches every grid: a lookup on two ints here costs a fraction
+    of a cache keyed on all ten arguments, the wafer spec among them."""
+
+    __slots__ = ("args", "at_memo", "fit_memo")
+
+    def __init__(self, spec: WaferSpec, k: int, n: int, dtype: str, skip: str | None,
+                 density: float, extras: tuple[bool, bool, int], b_density: float) -> None:
+        self.args = (spec, k, n, dtype, skip, density, extras, b_density)
+        self.at_memo: dict[tuple[int, int], tuple[float, int] | None] = {}
+        self.fit_memo: dict[int, int] = {}
+
+    def at(self, m: int, q: int) -> tuple[float, int] | None:
+        key = (m, q)
+        memo = self.at_memo
+        if key in memo:
+            return memo[key]
+        spec, k, n, dtype, skip, density, extras, b_density = self.args
+        got = memo[key] = _gemm_at(spec, m, k, n, q, dtype, skip, density, extras, b_density)
+        return got
+
+    def rows_that_fit(self, q: int) -> int:
+        fit = self.fit_memo.get(q)
+        if fit is None:
+            spec, k, n, dtype, _, _, extras, _ = self.args
+            fit = self.fit_memo[q] = _rows_that_fit(spec, k, n, q, dtype, extras)
+        return fit
+
+
+@functools.lru_cache(maxsize=1024)
+def _grid_table(spec: WaferSpec, k: int, n: int, dtype: str, skip: str | None,
+                density: float, extras: tuple[bool, bool, int], b_density: float
+                ) -> _GridTable:
+    """The one `_GridTable` of these arguments."""
+    return _GridTable(spec, k, n, dtype, skip, density, extras, b_density)
+
+
 def row_split(m: int, groups: int) -> tuple[int, int]:
     """(rows per group, groups used) when a GEMM's M rows (tokens) are split into at most
     ``groups`` chunks: equal chunks of ``ceil(m / groups)`` rows, the last one shorter, so
@@ -1054,6 +1101,8 @@ def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int,
     wins. Ties go to the fewest PEs."""
     limit = max(1, min(rows, cols, m, k, n))
     best: tuple[float, int, int, int, int, int, int, int] | None = None
+    grids = _grid_table(spec, k, n, dtype, skip, density, extras, b_density)
+    at = grids.at
     for q in _grid_candidates(m, k, n, limit):
         if bounded:
             slots_r, slots_c = max(1, rows // q), max(1, cols // q)
@@ -1067,21 +1116,21 @@ def _gemm_layout(spec: WaferSpec, batch: int, m: int, k: int, n: int, rows: int,
             slots_r, slots_c, slots = gr, gc, gr * gc
         if split and batch == 1:
             mg, used = row_split(m, min(slots, max(1, m // q)))
-            got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras, b_density)
+            got = at(mg, q)
             if got is None and mg > q:
                 # too many rows for the SRAM: chunks of the most rows that fit, the groups
                 # taking them in rounds (a weight-stationary stream of token rows)
-                fit = _rows_that_fit(spec, k, n, q, dtype, extras)
+                fit = grids.rows_that_fit(q)
                 if fit >= 1:
                     mg, used = row_split(m, -(-m // max(q, fit)))
-                    got = _gemm_at(spec, mg, k, n, q, dtype, skip, density, extras, b_density)
+                    got = at(mg, q)
             if got is None:
                 continue
             gr, gc = batched_tiling(min(used, slots), q, slots_r * q, slots_c * q)
             rounds = -(-used // (gr * gc))
         else:
             mg, used = m, 1
-            got = _gemm_at(spec, m, k, n, q, dtype, skip, density, extras, b_density)
+            got = at(m, q)
             if got is None:
                 continue
             if bounded:
