@@ -9,21 +9,11 @@ the code that captures it, so it can be reused across runs.
 
 What is cached: the graph `capture.capture` returns (before lowering, which edits it in
 place), the example inputs as meta tensors (shapes and dtypes: all an estimate reads of
-them) and the compile's train-mode note. Entries are keyed by a SHA-256 of
-
-* the caller's description of the model (preset name, sequence length, batch, layers),
-* the waferscale version and a digest of every ``.py`` and ``.json`` file of the
-  installed package (the capture code, the preset table and the shipped GPT-NeoX configs:
-  any edit to them is a different key, so a development tree never reads a stale entry),
-* the torch, transformers and Python versions (the exported graph is theirs),
-* `FORMAT` (the layout of an entry).
-
-Where: ``$WAFERSCALE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/waferscale``, else
-``~/.cache/waferscale``; entries live under ``captures/`` there, one file each, written
-atomically (a temporary file renamed into place), so concurrent compiles never read a
-half-written entry. ``WAFERSCALE_NO_CACHE=1`` turns the cache off; deleting the directory
-is always safe. An entry that cannot be read (truncated, written by another version of a
-library) counts as a miss and is removed.
+them) and the compile's train-mode note. Entries are keyed by a SHA-256 of the caller's
+description of the model (preset name, sequence length, batch, layers) and of the
+environment that captures it (`disk_cache.environment`: the package's source digest, the
+torch and transformers versions ...); they live in the ``captures/`` folder of the
+compiler's cache (`disk_cache`: where, how to turn it off, atomic writes).
 
 Pickling: ``Node.fn`` holds torch op overloads, which pickle refuses; they are written as
 their qualified names (``aten::mm.default``) and looked up in ``torch.ops`` on load. The
@@ -34,71 +24,33 @@ class) is kept pickled on load (`PickledSpec`): unpickling it imports transforme
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib.metadata
 import io
-import json
-import os
 import pickle
-import sys
-import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
+from waferscale.compiler import disk_cache
 from waferscale.ir import Graph
 
 #: Layout of a cache entry; bump it when `save` writes something `load` cannot read.
 FORMAT = 2
 
 
+KIND = "captures"
+
+
 def cache_dir() -> Path | None:
     """The directory captures are cached in, or None when ``WAFERSCALE_NO_CACHE`` is set."""
-    if os.environ.get("WAFERSCALE_NO_CACHE", "") not in ("", "0"):
-        return None
-    root = os.environ.get("WAFERSCALE_CACHE_DIR")
-    if root:
-        return Path(root) / "captures"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "waferscale" / "captures"
-
-
-@lru_cache(maxsize=1)
-def source_digest() -> str:
-    """SHA-256 of every ``.py`` and ``.json`` file of the waferscale package (path and
-    bytes): what a capture's code and the presets' configs are made of."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")
-                       and "__pycache__" not in p.parts):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(b"\0")
-        h.update(path.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
+    return disk_cache.cache_dir(KIND)
 
 
 def key(**parts: Any) -> str:
     """The cache key of a capture described by ``parts`` (JSON-able values), in the
     environment that makes it (see the module docstring)."""
-    from waferscale import __version__
-
-    doc = {"format": FORMAT, "waferscale": __version__, "source": source_digest(),
-           "torch": torch.__version__, "transformers": _version("transformers"),
-           "python": list(sys.version_info[:2]), "parts": parts}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return disk_cache.key(KIND, FORMAT, parts)
 
 
 def _op(name: str, overload: str) -> Any:
@@ -135,8 +87,7 @@ def _meta(x: Any) -> Any:
 
 def save(k: str, g: Graph, example_inputs: Any, note: str) -> None:
     """Store a capture under key ``k`` (no-op when the cache is off or not writable)."""
-    root = cache_dir()
-    if root is None:
+    if cache_dir() is None:
         return
     buf = io.BytesIO()
     spec, g.out_spec = g.out_spec, None
@@ -146,39 +97,21 @@ def save(k: str, g: Graph, example_inputs: Any, note: str) -> None:
              "example": pytree.tree_map(_meta, example_inputs), "note": note})
     finally:
         g.out_spec = spec
-    with contextlib.suppress(OSError):
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{k}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-            os.replace(tmp, root / f"{k}.pkl")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    disk_cache.write(KIND, k, buf.getvalue())
+
+
+def _decode(entry: dict[str, Any]) -> tuple[Graph, Any, str]:
+    g, example, note = entry["graph"], entry["example"], entry["note"]
+    if not isinstance(g, Graph) or not isinstance(note, str):
+        raise TypeError("not a capture")
+    g.out_spec = PickledSpec(entry["out_spec"])
+    return g, example, note
 
 
 def load(k: str) -> tuple[Graph, Any, str] | None:
     """The capture stored under ``k``: ``(graph, example inputs on meta, note)``, or None.
     The graph's ``out_spec`` is a `PickledSpec`."""
-    root = cache_dir()
-    if root is None:
-        return None
-    path = root / f"{k}.pkl"
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f)  # noqa: S301 - our own cache directory, written by save
-        g, example, note = entry["graph"], entry["example"], entry["note"]
-        g.out_spec = PickledSpec(entry["out_spec"])
-    except FileNotFoundError:
-        return None
-    except Exception:  # unreadable: a truncated file, another library version's pickle
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return None
-    if not isinstance(g, Graph) or not isinstance(note, str):
-        return None
-    return g, example, note
+    return disk_cache.read(KIND, k, _decode)
 
 
-__all__ = ["FORMAT", "PickledSpec", "cache_dir", "key", "load", "save", "source_digest"]
+__all__ = ["FORMAT", "PickledSpec", "cache_dir", "key", "load", "save"]

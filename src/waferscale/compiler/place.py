@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from waferscale.compiler import sizing_cache
 from waferscale.compiler.floorplan import (
     Block,
     BlockSramError,
@@ -56,6 +57,7 @@ from waferscale.compiler.plan import (
     size_stage,
     with_moves,
 )
+from waferscale.compiler.sizing_cache import SizingMemo, stage_key
 from waferscale.fabric.dtypes import BYTES
 from waferscale.fabric.grid import EAST, WEST, Rect
 from waferscale.fabric.timing import stream_cycles
@@ -141,11 +143,6 @@ def calibrate(spec: WaferSpec, st: Stage, moves: list[Node],
     return Calibration(max(w, 1.0), lat, sram)
 
 
-#: Sizings shared by the `stage_time_at` of one placement: stage as sized (`Stage.as_sized`),
-#: the elements its layout ops move, ``max_side`` -> {(rows, cols): (rect or None, cycles)}.
-SizingMemo = dict[tuple[Any, ...], dict[tuple[int, int], tuple[tuple[int, int] | None, float]]]
-
-
 def stage_time_at(spec: WaferSpec, st: Stage, moves: list[Node],
                   max_side: int | None = None, inbound: tuple[int, ...] = (),
                   memo: SizingMemo | None = None):  # noqa: ANN201 - a closure
@@ -158,10 +155,9 @@ def stage_time_at(spec: WaferSpec, st: Stage, moves: list[Node],
     which the slicer treats as an illegal leaf, so no kernel is placed where it cannot run.
 
     Closures given the same ``memo`` share their sizings between stages that size alike
-    (a model's repeated layers): the slicer asks for some ten thousand rectangles per
-    placement, and sizing a GEMM in each was most of the placer's time.
+    (a model's repeated layers) and with the compiles that filled it (`sizing_cache`).
     """
-    key = (st.as_sized(), tuple(n.meta.get("numel", 0) for n in moves), max_side)
+    key = stage_key(st, moves, max_side)
     sized = {} if memo is None else memo.setdefault(key, {})
 
     def kernel_at(rows: int, cols: int) -> tuple[tuple[int, int] | None, float]:
@@ -242,9 +238,11 @@ def wavelets(g: Graph, st: Stage) -> float:
 
 
 def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None = None,
-                  pin: dict[str, RectLike] | None = None, max_side: int | None = None
+                  pin: dict[str, RectLike] | None = None, max_side: int | None = None,
+                  memo: SizingMemo | None = None
                   ) -> tuple[PlacementProblem, dict[str, Calibration]]:
     """The placement problem of a plan's on-wafer stages (pipeline order) and their nets.
+    The blocks' ``time_at`` share ``memo`` (`sizing_cache`; a fresh one when None).
 
     Raises :class:`ConstraintError` for pins of unknown stages or contradicting pins and
     reserved rectangles, :class:`BlockSramError` when the stages do not fit.
@@ -263,7 +261,7 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
     feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
                            if i in by_name and i != s.name) for s in placed}
     cal = {s.name: calibrate(spec, s, moves.get(s.name, []), max_side) for s in placed}
-    memo: SizingMemo = {}
+    memo = {} if memo is None else memo
     fit_sides = {s.name: smallest_square(stage_time_at(spec, s, moves.get(s.name, []),
                                                         max_side, memo=memo), spec)
                  for s in placed}
@@ -403,8 +401,16 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
     t0 = time.perf_counter()
     if not on_wafer(p.stages):
         return nothing_to_place(spec, reserve=reserve, pin=pin)
-    problem, cal = build_problem(g, p, spec, reserve=reserve, pin=pin, max_side=max_side)
+    moves = moves_of(g)
+    entry = sizing_cache.key(spec, (stage_key(s, moves.get(s.name, []), max_side)
+                                    for s in on_wafer(p.stages)))
+    memo = sizing_cache.load(entry)
+    known = sizing_cache.entries(memo)
+    problem, cal = build_problem(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
+                                 memo=memo)
     result = place_and_route(problem, config or COMPILE_CONFIG)
+    if sizing_cache.entries(memo) > known:
+        sizing_cache.save(entry, memo)
     rects = result.rects
     offsets = routed_offsets(problem, result.routing)
     sized, times = fit_into(spec, g, p, rects, offsets, max_side)
