@@ -51,11 +51,12 @@ def ring(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
     if request.param == "double buffered":
         monkeypatch.setattr(gemm, "FORWARDING", frozenset())
-    # the sizing caches hold the other schedule's plans
-    gemm._gemm_at.cache_clear()
-    gemm._gemm_layout.cache_clear()
-    request.addfinalizer(gemm._gemm_at.cache_clear)
-    request.addfinalizer(gemm._gemm_layout.cache_clear)
+    # the sizing caches hold the other schedule's plans: the GEMM's in this process, and
+    # the placer's on disk (keyed by the source, which a monkeypatch does not change)
+    monkeypatch.setenv("WAFERSCALE_NO_CACHE", "1")
+    for cached in (gemm._grid_table, gemm._gemm_layout):
+        cached.cache_clear()
+        request.addfinalizer(cached.cache_clear)
     return str(request.param)
 
 
