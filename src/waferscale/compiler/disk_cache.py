@@ -7,7 +7,8 @@ compute again from the same inputs, so every key includes the environment that c
 it (`environment`): the waferscale version and a digest of every ``.py`` and ``.json``
 file of the installed package (any edit is a different key, so a development tree never
 reads an entry its own code would not write), the versions of torch, transformers, NumPy
-and Python, and the entry's layout version.
+and Python, and the entry's layout version. It does not cover a module constant changed
+while the program runs (a test that monkeypatches one sets ``WAFERSCALE_NO_CACHE=1``).
 
 Where: ``$WAFERSCALE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/waferscale``, else
 ``~/.cache/waferscale``. ``WAFERSCALE_NO_CACHE=1`` turns every cache off; deleting the
