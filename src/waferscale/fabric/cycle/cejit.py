@@ -44,8 +44,7 @@ _NONE = 1 << 30
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _ask(c, n, blocked, conflict, nch, pend, cnt, cap, slot_pack, link_pack, req_slot,
-         req_dst):
+def _ask(c, n, blocked, conflict, nch, pend, cnt, cap, slot_pack, link_pack, req):
     """The requests of arrived, awake channel ``c``: every owed port, credit checked, the
     lowest rotated rank per link kept; returns the new (requests, blocked, conflict)."""
     bits = pend[c]
@@ -53,12 +52,15 @@ def _ask(c, n, blocked, conflict, nch, pend, cnt, cap, slot_pack, link_pack, req
         if bits & (1 << p):
             slot = p * nch + c
             d = np.int64(slot_pack[slot, 0])
-            req_slot[n] = c * 8 + p
+            req[n, 0] = c * 8 + p
             if cnt[d] < cap[d]:
-                req_dst[n] = d
+                req[n, 1] = d
                 link = slot_pack[slot, 1]
+                rank = slot_pack[slot, 2]
+                req[n, 2] = link
+                req[n, 3] = rank
                 # (rank - rr) mod width without a division: both lie in [0, width)
-                key = slot_pack[slot, 2] - link_pack[link, 0]
+                key = rank - link_pack[link, 0]
                 if key < 0:
                     key += link_pack[link, 2]
                 b = link_pack[link, 1]
@@ -67,7 +69,7 @@ def _ask(c, n, blocked, conflict, nch, pend, cnt, cap, slot_pack, link_pack, req
                 if key < b:
                     link_pack[link, 1] = key
             else:
-                req_dst[n] = -1
+                req[n, 1] = -1
                 blocked += 1
             n += 1
     return n, blocked, conflict
@@ -78,8 +80,7 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
                 tx: np.ndarray, cnt: np.ndarray, cap: np.ndarray, head: np.ndarray,
                 val: np.ndarray, rdy: np.ndarray, lat: np.ndarray, feeders: np.ndarray,
                 shift: int, mask: int, never: int, slot_pack: np.ndarray,
-                link_pack: np.ndarray, req_slot: np.ndarray, req_dst: np.ndarray,
-                live: np.ndarray) -> tuple[int, int]:
+                link_pack: np.ndarray, req: np.ndarray, live: np.ndarray) -> tuple[int, int]:
     """One cycle of every router (`Router.step_numpy`'s semantics); returns (wavelets
     moved, change of the wavelets held in router channels).
 
@@ -87,7 +88,9 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
     out-port) slot, port-major (row ``port * nch + channel``, so that successive channels'
     slots share cache lines; a request names ``channel * 8 + port``), and ``link_pack``
     (round-robin pointer, best key so far, width) per link, one row each so that a request
-    touches one cache line of each.
+    touches one cache line of each. Each request keeps its row of ``req`` (``channel * 8 +
+    port``, destination queue or -1 when out of credit, link, rank): the passes after the
+    first read it in order instead of the slot's row again, a dependent load each.
     """
     # requests: every owed port of every arrived, awake head; credit checked before any
     # move, and the lowest rotated rank per link found in the same pass
@@ -105,39 +108,38 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
                 if hrdy[c] > t or not awake[c]:
                     continue
                 n, blocked, conflict = _ask(c, n, blocked, conflict, nch, pend, cnt, cap,
-                                            slot_pack, link_pack, req_slot, req_dst)
+                                            slot_pack, link_pack, req)
     else:
         for c in range(nch):
             if hrdy[c] > t or not awake[c]:
                 continue
             n, blocked, conflict = _ask(c, n, blocked, conflict, nch, pend, cnt, cap,
-                                        slot_pack, link_pack, req_slot, req_dst)
+                                        slot_pack, link_pack, req)
     if n == 0 or blocked == n:
         if blocked:
             for i in range(n):
-                awake[req_slot[i] >> 3] = False
+                awake[req[i, 0] >> 3] = False
         return 0, 0
     if blocked:
         # blocked on credit: sleep until a pop, unless another of its ports can go
         for i in range(n):
-            if req_dst[i] < 0:
-                awake[req_slot[i] >> 3] = False
+            if req[i, 1] < 0:
+                awake[req[i, 0] >> 3] = False
         for i in range(n):
-            if req_dst[i] >= 0:
-                awake[req_slot[i] >> 3] = True
+            if req[i, 1] >= 0:
+                awake[req[i, 0] >> 3] = True
     # the winner of every link moves a copy of its head
     moved = 0
     into_routers = 0
     for i in range(n):
-        d = req_dst[i]
+        d = req[i, 1]
         if d < 0:
             continue
-        c = req_slot[i] >> 3
-        p = req_slot[i] & 7
-        slot = p * nch + c
+        c = req[i, 0] >> 3
+        p = req[i, 0] & 7
         if conflict:
-            link = slot_pack[slot, 1]
-            key = slot_pack[slot, 2] - link_pack[link, 0]
+            link = req[i, 2]
+            key = req[i, 3] - link_pack[link, 0]
             if key < 0:
                 key += link_pack[link, 2]
             if key != link_pack[link, 1]:
@@ -152,7 +154,9 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
             if track and d < nch:
                 live[d >> 6] |= np.int64(1) << (d & 63)
         pend[c] &= ~np.uint8(1 << p)
-        req_slot[moved] = req_slot[i]   # winners, in request order, for the pass below
+        req[moved, 0] = req[i, 0]       # winners, in request order, for the pass below
+        req[moved, 2] = req[i, 2]
+        req[moved, 3] = req[i, 3]
         moved += 1
         if d < nch:
             into_routers += 1
@@ -162,12 +166,11 @@ def router_step(t: int, nch: int, hrdy: np.ndarray, awake: np.ndarray, pend: np.
     # multicast head from leaving twice
     npop = 0
     for i in range(moved):
-        c = req_slot[i] >> 3
-        slot = (req_slot[i] & 7) * nch + c
-        link = slot_pack[slot, 1]
+        c = req[i, 0] >> 3
+        link = req[i, 2]
         link_pack[link, 1] = _NONE
         if conflict:
-            nxt = slot_pack[slot, 2] + 1
+            nxt = req[i, 3] + 1
             link_pack[link, 0] = 0 if nxt >= link_pack[link, 2] else nxt
         if pend[c] == 0:
             npop += 1
@@ -339,7 +342,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
     (idle, picked, act, gcnt, gsorted, granted, gval, res, gpos, fin, tmp, qstamp, qlast,
      qpos, errsel, pe_mark) = scratch
     (qval, qrdy, head, cnt, cap, hrdy, lat, awake, pend, tx, feeders) = queues
-    (nch, shift, mask, never, slot_pack, link_pack, req_slot, req_dst, live) = router
+    (nch, shift, mask, never, slot_pack, link_pack, req, live) = router
     words, rcap, wcap, rampcap, microthreads, budget = (consts[0], consts[1], consts[2],
                                                         consts[3], consts[4], consts[5])
     lanes = consts[6]
@@ -817,7 +820,7 @@ def run_cycles(t, max_cycles, window, ctr, prog_tabs, op_tabs, pe_state, inst, s
         if ctr[OCCUPANCY] != 0:
             moved, held = router_step(t, nch, hrdy, awake, pend, tx, cnt, cap, head, qval,
                                       qrdy, lat, feeders, shift, mask, never, slot_pack,
-                                      link_pack, req_slot, req_dst, live)
+                                      link_pack, req, live)
             ctr[OCCUPANCY] += held
             ctr[MOVED] += moved
         # ---- state counters, livelock, fast-forward -----------------------------------------

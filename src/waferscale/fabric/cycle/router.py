@@ -107,7 +107,7 @@ class Router:
         # port-major rows (`cejit.router_step`): row port * nch + channel
         slot_pack = slot_pack.reshape(-1, 5, 3).transpose(1, 0, 2).reshape(-1, 3)
         return (slot_pack.astype(np.int32), link_pack.astype(np.int32),
-                np.zeros(nslot, dtype=np.int32), np.zeros(nslot, dtype=np.int32))
+                np.zeros((nslot, 4), dtype=np.int32))
 
     def step_numpy(self, t: int) -> int:
         """`step` in vectorised NumPy: the reference, and the path that records traces."""
