@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from waferscale.compiler import disk_cache, sizing_cache
+from waferscale import disk_cache
+from waferscale.compiler import sizing_cache
 from waferscale.hardware.spec import get_spec
 from waferscale.report.compile import compile_report
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from waferscale.compiler import disk_cache
+from waferscale import disk_cache
 from waferscale.ir import Graph
 
 #: Layout of a cache entry; bump it when `save` writes something `load` cannot read.

@@ -26,7 +26,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from waferscale.compiler import disk_cache
+from waferscale import disk_cache
 from waferscale.hardware.spec import WaferSpec
 from waferscale.ir import Node
 from waferscale.kernels.family import Stage

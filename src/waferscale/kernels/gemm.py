@@ -42,12 +42,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from waferscale import disk_cache
 from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric import movement as mv
@@ -1273,6 +1275,43 @@ def _row_products(outs: list[np.ndarray | None], a: torch.Tensor, b: torch.Tenso
 _ROUNDS: dict[tuple[Any, ...], tuple[float, int, float, tuple[int, ...]]] = {}
 _ROUNDS_KEPT = 4096
 
+#: Where `_ROUNDS` is kept across processes (`disk_cache`'s folder and entry layout), so a
+#: training run's first step reads the rings an earlier run simulated.
+ROUNDS_KIND, ROUNDS_FORMAT = "rounds", 1
+
+
+def _round_entry(key: tuple[Any, ...]) -> str:
+    """The disk entry of a round key (its repr: the spec, shapes and digests it holds)."""
+    return disk_cache.key(ROUNDS_KIND, ROUNDS_FORMAT, {"round": repr(key)})
+
+
+def _decode_round(got: Any) -> tuple[float, int, float, tuple[int, ...]]:
+    cycles, peak, busy, ran = got
+    if not (isinstance(cycles, float) and isinstance(peak, int) and isinstance(busy, float)
+            and isinstance(ran, tuple) and all(isinstance(j, int) for j in ran)):
+        raise TypeError("not a GEMM round's figures")
+    return cycles, peak, busy, ran
+
+
+def _round_figures(key: tuple[Any, ...]) -> tuple[float, int, float, tuple[int, ...]] | None:
+    """`_ROUNDS`' figures of ``key``, read from disk the first time a process asks."""
+    got = _ROUNDS.get(key)
+    if got is None:
+        got = disk_cache.read(ROUNDS_KIND, _round_entry(key), _decode_round)
+        if got is not None:
+            _keep_round(key, got, write=False)
+    return got
+
+
+def _keep_round(key: tuple[Any, ...], figures: tuple[float, int, float, tuple[int, ...]],
+                write: bool = True) -> None:
+    if len(_ROUNDS) >= _ROUNDS_KEPT:
+        _ROUNDS.clear()
+    _ROUNDS[key] = figures
+    if write:
+        disk_cache.write(ROUNDS_KIND, _round_entry(key),
+                         pickle.dumps(figures, protocol=pickle.HIGHEST_PROTOCOL))
+
 
 def _round_key(ctx: ExecContext, st: Stage, p: int, gc: int,
                shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
@@ -1360,7 +1399,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         pairs = [entry(r * slots + j) for j in range(min(slots, n_entries - r * slots))]
         shapes = tuple((tuple(ai.shape), tuple(bi.shape)) for ai, bi in pairs)
         round_key = _round_key(ctx, st, p, gc, shapes) if reuse else None
-        again = _ROUNDS.get(round_key) if round_key is not None else None
+        again = _round_figures(round_key) if round_key is not None else None
         if again is not None:
             if not timing_only:
                 ran = () if shapes in met else again[3]
@@ -1416,9 +1455,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         busy.append(round_busy)
         met.add(shapes)
         if round_key is not None:
-            if len(_ROUNDS) >= _ROUNDS_KEPT:
-                _ROUNDS.clear()
-            _ROUNDS[round_key] = (slowest, round_peak, round_busy, tuple(ran_here))
+            _keep_round(round_key, (slowest, round_peak, round_busy, tuple(ran_here)))
     if prm.skip and total:
         density = nnz / total
     peak += stage_extra_bytes(prm, st.dtype, p, mg)

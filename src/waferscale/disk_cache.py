@@ -1,14 +1,17 @@
-"""The compiler's on-disk cache: where it lives, what every entry is keyed on, and how
-entries are written and read so that no run ever sees a stale or half-written one.
+"""The on-disk cache: where it lives, what every entry is keyed on, and how entries are
+written and read so that no run ever sees a stale or half-written one.
 
-Two caches live here, each in its own folder: captured graphs (`capture_cache`) and the
-kernel sizings the placer measured (`sizing_cache`). Both hold only what the code would
-compute again from the same inputs, so every key includes the environment that computes
-it (`environment`): the waferscale version and a digest of every ``.py`` and ``.json``
-file of the installed package (any edit is a different key, so a development tree never
-reads an entry its own code would not write), the versions of torch, transformers, NumPy
-and Python, and the entry's layout version. It does not cover a module constant changed
-while the program runs (a test that monkeypatches one sets ``WAFERSCALE_NO_CACHE=1``).
+Three caches live here, each in its own folder: captured graphs
+(`compiler.capture_cache`), the kernel sizings the placer measured
+(`compiler.sizing_cache`) and the figures of GEMM rounds the fabric simulated
+(`kernels.gemm`: a training run's first step simulates each distinct GEMM ring). All hold
+only what the code would compute again from the same inputs, so every key includes the
+environment that computes it (`environment`): the waferscale version and a digest of every
+``.py`` and ``.json`` file of the installed package (any edit is a different key, so a
+development tree never reads an entry its own code would not write), the versions of
+torch, transformers, NumPy and Python, and the entry's layout version. It does not cover a
+module constant changed while the program runs (a test that monkeypatches one sets
+``WAFERSCALE_NO_CACHE=1``).
 
 Where: ``$WAFERSCALE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/waferscale``, else
 ``~/.cache/waferscale``. ``WAFERSCALE_NO_CACHE=1`` turns every cache off; deleting the
@@ -34,8 +37,8 @@ from typing import Any
 
 
 def cache_dir(kind: str) -> Path | None:
-    """The folder entries of ``kind`` (``captures``, ``sizings``) live in, or None when
-    ``WAFERSCALE_NO_CACHE`` is set."""
+    """The folder entries of ``kind`` (``captures``, ``sizings``, ``rounds``) live in, or
+    None when ``WAFERSCALE_NO_CACHE`` is set."""
     if os.environ.get("WAFERSCALE_NO_CACHE", "") not in ("", "0"):
         return None
     root = os.environ.get("WAFERSCALE_CACHE_DIR")
@@ -68,13 +71,19 @@ def _version(dist: str) -> str:
         return "absent"
 
 
-def environment() -> dict[str, Any]:
-    """What computes an entry, besides its own inputs (see the module docstring)."""
+@lru_cache(maxsize=1)
+def _environment() -> tuple[tuple[str, Any], ...]:
     from waferscale import __version__
 
-    return {"waferscale": __version__, "source": source_digest(),
-            "torch": _version("torch"), "transformers": _version("transformers"),
-            "numpy": _version("numpy"), "python": list(sys.version_info[:2])}
+    return (("waferscale", __version__), ("source", source_digest()),
+            ("torch", _version("torch")), ("transformers", _version("transformers")),
+            ("numpy", _version("numpy")), ("python", list(sys.version_info[:2])))
+
+
+def environment() -> dict[str, Any]:
+    """What computes an entry, besides its own inputs (see the module docstring); read
+    once per process."""
+    return dict(_environment())
 
 
 def key(kind: str, fmt: int, parts: dict[str, Any]) -> str:
