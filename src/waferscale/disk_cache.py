@@ -73,9 +73,7 @@ def _version(dist: str) -> str:
 
 @lru_cache(maxsize=1)
 def _environment() -> tuple[tuple[str, Any], ...]:
-    from waferscale import __version__
-
-    return (("waferscale", __version__), ("source", source_digest()),
+    return (("waferscale", _version("waferscale")), ("source", source_digest()),
             ("torch", _version("torch")), ("transformers", _version("transformers")),
             ("numpy", _version("numpy")), ("python", list(sys.version_info[:2])))
 
