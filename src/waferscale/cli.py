@@ -31,7 +31,16 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from waferscale.cli_contract import DEBUG, _cx, _emit, _fail, _guard, _one_line, console
+from waferscale.cli_contract import (
+    DEBUG,
+    JsonOpt,
+    _cx,
+    _emit,
+    _fail,
+    _guard,
+    _one_line,
+    console,
+)
 from waferscale.errors import WaferscaleError
 from waferscale.hardware import get_spec
 
@@ -42,7 +51,6 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="A wafer-scale AI engine in software.")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 SpecOpt = Annotated[str, typer.Option("--spec", help="Preset (wse1, wse2, wse3) or a .toml file.")]
 
 
@@ -564,6 +572,7 @@ def validate(json_out: JsonOpt = False,
 
 # ------------------------------------------------------------ gpu / compare / quote -----
 from waferscale.cli_bicgstab import register as _register_bicgstab  # noqa: E402
+from waferscale.cli_cache import register as _register_cache  # noqa: E402
 from waferscale.cli_cluster import register as _register_cluster  # noqa: E402
 from waferscale.cli_generate import register as _register_generate  # noqa: E402
 from waferscale.cli_gpu import register as _register_gpu  # noqa: E402
@@ -576,6 +585,7 @@ _register_train(app)
 _register_cluster(app)
 _register_report(app)
 _register_bicgstab(app)
+_register_cache(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from waferscale.cli_contract import JsonOpt
 from waferscale.errors import WaferscaleError
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 #: Longest functional run the command starts by itself, or at all with --simulate (s).
 SIMULATE_LIMIT_S = 60.0

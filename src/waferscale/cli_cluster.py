@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+from waferscale.cli_contract import JsonOpt
 
 
 def register(app: typer.Typer) -> None:

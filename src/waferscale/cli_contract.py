@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +29,9 @@ from waferscale import strict_json
 from waferscale.errors import WaferscaleError
 
 console = Console(stderr=False)
+
+#: Every command's ``--json`` flag.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
 class _Debug:
@@ -89,4 +92,4 @@ def _guard(fn: Callable[[], None]) -> None:
         raise typer.Exit(1) from None
 
 
-__all__ = ["DEBUG", "console", "strict_json"]
+__all__ = ["DEBUG", "JsonOpt", "console", "strict_json"]

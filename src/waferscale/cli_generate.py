@@ -26,9 +26,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from waferscale.cli_contract import JsonOpt
 from waferscale.errors import WaferscaleError
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 #: Above these a model with weights is planned, not simulated (the value run prefills the
 #: prompt on the host and runs every decode step's kernels on the fabric simulator).

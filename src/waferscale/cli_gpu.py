@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from waferscale.cli_contract import JsonOpt
 from waferscale.errors import WaferscaleError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 SeqOpt = Annotated[str, typer.Option("--seq", help="tokens per sequence")]
 GpuOpt = Annotated[str, typer.Option("--gpu", help="a100-40gb, a100-80gb, h100 or h200")]
 NodeOpt = Annotated[str | None, typer.Option(

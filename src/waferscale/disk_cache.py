@@ -36,17 +36,50 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """The folder every cache lives under (whether or not caching is on)."""
+    root = os.environ.get("WAFERSCALE_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "waferscale"
+
+
+def enabled() -> bool:
+    """False when ``WAFERSCALE_NO_CACHE`` is set (to anything but ``0``)."""
+    return os.environ.get("WAFERSCALE_NO_CACHE", "") in ("", "0")
+
+
 def cache_dir(kind: str) -> Path | None:
     """The folder entries of ``kind`` (``captures``, ``sizings``, ``rounds``) live in, or
     None when ``WAFERSCALE_NO_CACHE`` is set."""
-    if os.environ.get("WAFERSCALE_NO_CACHE", "") not in ("", "0"):
-        return None
-    root = os.environ.get("WAFERSCALE_CACHE_DIR")
-    if root:
-        return Path(root) / kind
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "waferscale" / kind
+    return cache_root() / kind if enabled() else None
+
+
+def usage() -> list[dict[str, Any]]:
+    """Each cache folder under `cache_root`: its kind, path, entries and bytes (what
+    ``waferscale cache`` prints)."""
+    root = cache_root()
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = [f for f in folder.iterdir() if f.is_file()]
+        out.append({"kind": folder.name, "path": str(folder),
+                    "entries": sum(f.suffix == ".pkl" for f in files),
+                    "bytes": sum(f.stat().st_size for f in files)})
+    return out
+
+
+def clear() -> int:
+    """Delete every entry (and any temporary file a killed writer left) under
+    `cache_root`; returns the files removed. The folders stay, empty."""
+    removed = 0
+    for kind in usage():
+        for f in Path(kind["path"]).iterdir():
+            if f.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    removed += 1
+    return removed
 
 
 @lru_cache(maxsize=1)
@@ -127,4 +160,5 @@ def read(kind: str, k: str, decode: Callable[[Any], Any] = lambda entry: entry) 
         return None
 
 
-__all__ = ["cache_dir", "environment", "key", "read", "source_digest", "write"]
+__all__ = ["cache_dir", "cache_root", "clear", "enabled", "environment", "key", "read",
+           "source_digest", "usage", "write"]
