@@ -69,3 +69,15 @@ def test_broken_entry_is_a_miss(sizings: Path) -> None:
     disk_cache.write(sizing_cache.KIND, entry.stem, b"\x80\x05N.")   # a pickled None
     assert sizing_cache.load(entry.stem) == {}
     assert not entry.exists()                           # removed as unreadable
+
+
+def test_keys_digest_the_package_and_nothing_else() -> None:
+    """The source digest reads the waferscale package's own files: not the folder above it
+    (in an installed tree that is site-packages, every library's source)."""
+    import waferscale
+
+    package = Path(waferscale.__file__).resolve().parent
+    files = disk_cache.source_files()
+    assert files and all(package in f.parents for f in files)
+    names = {f.relative_to(package).as_posix() for f in files}
+    assert {"disk_cache.py", "compiler/sizing_cache.py", "kernels/gemm.py"} <= names

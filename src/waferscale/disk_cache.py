@@ -82,14 +82,20 @@ def clear() -> int:
     return removed
 
 
+def source_files() -> list[Path]:
+    """Every ``.py`` and ``.json`` file of the waferscale package (this file's folder), in
+    a stable order: the code and the presets' configs an entry is computed with."""
+    root = Path(__file__).resolve().parent
+    return sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")
+                  and "__pycache__" not in p.parts)
+
+
 @lru_cache(maxsize=1)
 def source_digest() -> str:
-    """SHA-256 of every ``.py`` and ``.json`` file of the waferscale package (path and
-    bytes): the code and the presets' configs an entry was computed with."""
-    root = Path(__file__).resolve().parents[1]
+    """SHA-256 of `source_files` (each one's path in the package and bytes)."""
+    root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")
-                       and "__pycache__" not in p.parts):
+    for path in source_files():
         h.update(str(path.relative_to(root)).encode())
         h.update(b"\0")
         h.update(path.read_bytes())
@@ -161,4 +167,4 @@ def read(kind: str, k: str, decode: Callable[[Any], Any] = lambda entry: entry) 
 
 
 __all__ = ["cache_dir", "cache_root", "clear", "enabled", "environment", "key", "read",
-           "source_digest", "usage", "write"]
+           "source_digest", "source_files", "usage", "write"]
