@@ -160,22 +160,24 @@ def test_mm_rows_in_rounds_when_they_do_not_fit(prologue: bool) -> None:
 def test_round_figures_kept_on_disk_give_what_the_fabric_does(
         tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A dense round's figures are written to the disk cache; a process that has not run
-    the round (`_ROUNDS` empty) reads them and returns the fabric run's cycles, SRAM peak,
-    busy share and values, bit for bit; a broken entry is a miss."""
+    the round (nothing remembered in memory) reads them and returns the fabric run's
+    cycles, SRAM peak, busy share and values, bit for bit; a broken entry is a miss."""
+    from waferscale.kernels import family
+
     monkeypatch.setenv("WAFERSCALE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("WAFERSCALE_NO_CACHE", raising=False)
-    monkeypatch.setattr(gemm, "_ROUNDS", {})
+    monkeypatch.setattr(family, "_FIGURES", {})
     st = size_stage(SPEC, _bmm(6, 48, 16, 40), 3000.0, None, (40, 130))
     torch.manual_seed(0)
     a, b = torch.randn(6, 48, 16), torch.randn(6, 16, 40)
     fresh_out, fresh = run_gemm(SPEC, st, a, b, None)
-    entries = list((tmp_path / gemm.ROUNDS_KIND).glob("*.pkl"))
+    entries = list((tmp_path / family.FIGURES_KIND).glob("*.pkl"))
     assert entries
     for broken in (False, True):
         if broken:
             for e in entries:
                 e.write_bytes(b"not a pickle")
-        gemm._ROUNDS.clear()
+        family._FIGURES.clear()
         out, again = run_gemm(SPEC, st, a, b, None)
         assert torch.equal(out, fresh_out)
         assert (again.cycles, again.sram_peak, again.busy_fraction) == \

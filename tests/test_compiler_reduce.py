@@ -145,6 +145,7 @@ def test_remembered_figures_and_values_equal_a_fresh_run(monkeypatch) -> None:
     and every output bit equal those of a run that simulated them afresh."""
     from waferscale.kernels import family
     monkeypatch.setattr(family, "_FIGURES", {})
+    monkeypatch.setenv("WAFERSCALE_NO_CACHE", "1")   # the fresh run below simulates afresh
     m = SumsAndPointwise()
     x = torch.randn(3, 40, 24)
     cm = waferscale.compile(m, (x,), strict=True)

@@ -1,6 +1,6 @@
 """`waferscale cache [--clear] [--json]`: what the on-disk cache holds, and emptying it.
 
-Compiles and runs keep captured graphs, the placer's sizings and GEMM round figures on disk
+Compiles and runs keep captured graphs, the placer's sizings and stage figures on disk
 (`waferscale.disk_cache`); they only ever hold what the code would compute again, so
 clearing them costs time, never results. This command shows where they are and how big,
 so a user can see what a sweep left behind and reclaim the space.

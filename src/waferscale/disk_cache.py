@@ -3,8 +3,8 @@ written and read so that no run ever sees a stale or half-written one.
 
 Three caches live here, each in its own folder: captured graphs
 (`compiler.capture_cache`), the kernel sizings the placer measured
-(`compiler.sizing_cache`) and the figures of GEMM rounds the fabric simulated
-(`kernels.gemm`: a training run's first step simulates each distinct GEMM ring). All hold
+(`compiler.sizing_cache`) and the figures of stages the fabric simulated
+(`kernels.family.remember`: a training run's first step simulates each distinct GEMM ring). All hold
 only what the code would compute again from the same inputs, so every key includes the
 environment that computes it (`environment`): the waferscale version and a digest of every
 ``.py`` and ``.json`` file of the installed package (any edit is a different key, so a
@@ -51,7 +51,7 @@ def enabled() -> bool:
 
 
 def cache_dir(kind: str) -> Path | None:
-    """The folder entries of ``kind`` (``captures``, ``sizings``, ``rounds``) live in, or
+    """The folder entries of ``kind`` (``captures``, ``sizings``, ``figures``) live in, or
     None when ``WAFERSCALE_NO_CACHE`` is set."""
     return cache_root() / kind if enabled() else None
 

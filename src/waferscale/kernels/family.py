@@ -18,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
+from waferscale import disk_cache
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric.dtypes import BYTES
 from waferscale.hardware.spec import WaferSpec
@@ -399,13 +401,18 @@ def links_key(ctx: ExecContext, st: Stage) -> tuple[Any, ...] | None:
                                        hashlib.sha256(extra.tobytes()).hexdigest())
 
 
-#: What stages whose clocks no value can change measured, by `figures_key`. A training step
-#: runs every stage again with the same shapes (and a model's layers repeat theirs), so a
-#: family whose figures depend only on the key reads them here and computes its values
-#: alone, the same bits as its fabric run gives (each such family's test checks that).
-#: Bounded: cleared when full.
-_FIGURES: dict[tuple[Any, ...], StageRun] = {}
+#: What stages whose clocks no value can change measured, by `figures_key` (and the GEMM's
+#: rounds, by `gemm._round_key`). A training step runs every stage again with the same
+#: shapes (and a model's layers repeat theirs), so a family whose figures depend only on
+#: the key reads them here and computes its values alone, the same bits as its fabric run
+#: gives (each such family's test checks that). Bounded: cleared when full. Kept on disk
+#: too (`disk_cache`'s ``figures`` folder), so a later process reads what an earlier one
+#: simulated: a training run's first step simulates every distinct GEMM ring.
+_FIGURES: dict[tuple[Any, ...], Any] = {}
 _FIGURES_KEPT = 4096
+FIGURES_KIND, FIGURES_FORMAT = "figures", 1
+
+_Figures = TypeVar("_Figures")
 
 
 def figures_key(ctx: ExecContext, st: Stage, *extra: Any) -> tuple[Any, ...]:
@@ -417,20 +424,37 @@ def figures_key(ctx: ExecContext, st: Stage, *extra: Any) -> tuple[Any, ...]:
             links_key(ctx, st), *extra)
 
 
-def remembered(key: tuple[Any, ...]) -> StageRun | None:
-    """The figures a stage with this `figures_key` measured before, if any."""
-    return _FIGURES.get(key)
+def _entry(key: tuple[Any, ...]) -> str:
+    """The disk entry of a key (its repr: the spec, parameters, shapes and digests)."""
+    return disk_cache.key(FIGURES_KIND, FIGURES_FORMAT, {"figures": repr(key)})
 
 
-def remember(key: tuple[Any, ...], measured: StageRun) -> StageRun:
-    """Keep ``measured`` under ``key`` (for `remembered`); returns it."""
+def _keep(key: tuple[Any, ...], figures: Any) -> None:
     if len(_FIGURES) >= _FIGURES_KEPT:
         _FIGURES.clear()
-    _FIGURES[key] = measured
+    _FIGURES[key] = figures
+
+
+def remembered(key: tuple[Any, ...]) -> Any:
+    """The figures measured under ``key`` before, in this process or an earlier one (read
+    from the disk cache the first time this process asks), or None."""
+    got = _FIGURES.get(key)
+    if got is None:
+        got = disk_cache.read(FIGURES_KIND, _entry(key))
+        if got is not None:
+            _keep(key, got)
+    return got
+
+
+def remember(key: tuple[Any, ...], measured: _Figures) -> _Figures:
+    """Keep ``measured`` under ``key`` (for `remembered`), here and on disk; returns it."""
+    _keep(key, measured)
+    disk_cache.write(FIGURES_KIND, _entry(key),
+                     pickle.dumps(measured, protocol=pickle.HIGHEST_PROTOCOL))
     return measured
 
 
-__all__ = ["ExecContext", "FLOAT_DTYPES", "KernelFamily", "MOVE", "RELABEL", "RowFamily",
-           "Sizing", "Stage", "StageParams", "StageRun", "TORCH_TO_FABRIC", "done",
+__all__ = ["ExecContext", "FIGURES_KIND", "FLOAT_DTYPES", "KernelFamily", "MOVE", "RELABEL",
+           "RowFamily", "Sizing", "Stage", "StageParams", "StageRun", "TORCH_TO_FABRIC", "done",
            "fabric_dtype_of", "figures_key", "float_out", "is_layout", "links_key", "moves_data",
            "remember", "remembered", "row_rect", "rows_cols", "shape_of", "to_np", "to_torch"]

@@ -42,14 +42,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from waferscale import disk_cache
 from waferscale.errors import KernelError, KernelFitError, KernelShapeError
 from waferscale.fabric import Fabric, MeshTensor
 from waferscale.fabric import movement as mv
@@ -84,6 +82,8 @@ from waferscale.kernels.family import (
     StageRun,
     is_layout,
     links_key,
+    remember,
+    remembered,
     shape_of,
     to_np,
     to_torch,
@@ -1266,57 +1266,14 @@ def _row_products(outs: list[np.ndarray | None], a: torch.Tensor, b: torch.Tenso
     return out
 
 
-#: Dense GEMM rounds already run: `_round_key` -> (cycles, SRAM peak, busy share, the
-#: entries `run` ran rather than copied from a neighbour, `run_stage`'s ``ran_here``). A
-#: training step runs every GEMM stage again with the same shapes, and the layers of a
-#: model repeat their shapes, so without it every step re-simulated the same ring clocks
-#: (GenSLM-25M at 256 tokens: a 256 x 256 MeshGEMM whose steps never settle into the
-#: period `_Periodic` skips took most of a step's wall time). Bounded: cleared when full.
-_ROUNDS: dict[tuple[Any, ...], tuple[float, int, float, tuple[int, ...]]] = {}
-_ROUNDS_KEPT = 4096
-
-#: Where `_ROUNDS` is kept across processes (`disk_cache`'s folder and entry layout), so a
-#: training run's first step reads the rings an earlier run simulated.
-ROUNDS_KIND, ROUNDS_FORMAT = "rounds", 1
-
-
-def _round_entry(key: tuple[Any, ...]) -> str:
-    """The disk entry of a round key (its repr: the spec, shapes and digests it holds)."""
-    return disk_cache.key(ROUNDS_KIND, ROUNDS_FORMAT, {"round": repr(key)})
-
-
-def _decode_round(got: Any) -> tuple[float, int, float, tuple[int, ...]]:
-    cycles, peak, busy, ran = got
-    if not (isinstance(cycles, float) and isinstance(peak, int) and isinstance(busy, float)
-            and isinstance(ran, tuple) and all(isinstance(j, int) for j in ran)):
-        raise TypeError("not a GEMM round's figures")
-    return cycles, peak, busy, ran
-
-
-def _round_figures(key: tuple[Any, ...]) -> tuple[float, int, float, tuple[int, ...]] | None:
-    """`_ROUNDS`' figures of ``key``, read from disk the first time a process asks."""
-    got = _ROUNDS.get(key)
-    if got is None:
-        got = disk_cache.read(ROUNDS_KIND, _round_entry(key), _decode_round)
-        if got is not None:
-            _keep_round(key, got, write=False)
-    return got
-
-
-def _keep_round(key: tuple[Any, ...], figures: tuple[float, int, float, tuple[int, ...]],
-                write: bool = True) -> None:
-    if len(_ROUNDS) >= _ROUNDS_KEPT:
-        _ROUNDS.clear()
-    _ROUNDS[key] = figures
-    if write:
-        disk_cache.write(ROUNDS_KIND, _round_entry(key),
-                         pickle.dumps(figures, protocol=pickle.HIGHEST_PROTOCOL))
-
-
 def _round_key(ctx: ExecContext, st: Stage, p: int, gc: int,
                shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
                ) -> tuple[Any, ...]:
-    """Everything a dense round's figures depend on, for `_ROUNDS`.
+    """Everything a dense round's figures depend on: its key among the remembered figures
+    (`family.remembered`). A training step runs every GEMM stage again with the same
+    shapes, and the layers of a model repeat their shapes, so without it every step
+    re-simulated the same ring clocks (GenSLM-25M at 256 tokens: a 256 x 256 MeshGEMM whose
+    steps never settle into the period `_Periodic` skips took most of a step's wall time).
 
     Why it is exact: a dense round (no zero skipping, fp32 accumulate) runs `run` for each
     entry on a fresh ``ctx.fabric(st)``, which is made from the spec, the stage's
@@ -1327,8 +1284,8 @@ def _round_key(ctx: ExecContext, st: Stage, p: int, gc: int,
     `_whole_product`). So two rounds with equal keys leave equal fabrics, hence equal
     cycles, SRAM peaks and busy shares.
     """
-    return (ctx.spec, tuple(st.rect), ctx.timing_only, links_key(ctx, st), p, gc, st.dtype,
-            "meshgemm" in FORWARDING, shapes)
+    return ("gemm round", ctx.spec, tuple(st.rect), ctx.timing_only, links_key(ctx, st), p,
+            gc, st.dtype, "meshgemm" in FORWARDING, shapes)
 
 
 def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
@@ -1392,14 +1349,14 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
     # the round shapes this call has met: a row chunk of a later round with them gets its
     # values with its neighbours' (`_row_products`); the first round of a shape gives the
     # chunks it ran (rather than copied) a product of their own, as its fabric run did,
-    # so that the values keep their bits whether the round's figures came from `_ROUNDS`
+    # so that the values keep their bits whether the round's figures were remembered
     # or not (one product over more rows may round differently)
     met: set[tuple[Any, ...]] = set()
     for r in range(rounds):
         pairs = [entry(r * slots + j) for j in range(min(slots, n_entries - r * slots))]
         shapes = tuple((tuple(ai.shape), tuple(bi.shape)) for ai, bi in pairs)
         round_key = _round_key(ctx, st, p, gc, shapes) if reuse else None
-        again = _round_figures(round_key) if round_key is not None else None
+        again = remembered(round_key) if round_key is not None else None
         if again is not None:
             if not timing_only:
                 ran = () if shapes in met else again[3]
@@ -1455,7 +1412,7 @@ def run_stage(ctx: ExecContext, st: Stage, a: torch.Tensor, b: torch.Tensor,
         busy.append(round_busy)
         met.add(shapes)
         if round_key is not None:
-            _keep_round(round_key, (slowest, round_peak, round_busy, tuple(ran_here)))
+            remember(round_key, (slowest, round_peak, round_busy, tuple(ran_here)))
     if prm.skip and total:
         density = nnz / total
     peak += stage_extra_bytes(prm, st.dtype, p, mg)
