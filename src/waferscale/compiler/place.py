@@ -237,12 +237,14 @@ def wavelets(g: Graph, st: Stage) -> float:
     return out_numel(g, st) * BYTES[st.dtype] / 4.0
 
 
-def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | None = None,
+def build_problem(g: Graph, p: Plan, spec: WaferSpec, moves: dict[str, list[Node]], *,
+                  reserve: list[RectLike] | None = None,
                   pin: dict[str, RectLike] | None = None, max_side: int | None = None,
                   memo: SizingMemo | None = None
                   ) -> tuple[PlacementProblem, dict[str, Calibration]]:
     """The placement problem of a plan's on-wafer stages (pipeline order) and their nets.
-    The blocks' ``time_at`` share ``memo`` (`sizing_cache`; a fresh one when None).
+    ``moves``: each stage's data-moving layout nodes (`plan.moves_of`). The blocks'
+    ``time_at`` share ``memo`` (`sizing_cache`; a fresh one when None).
 
     Raises :class:`ConstraintError` for pins of unknown stages or contradicting pins and
     reserved rectangles, :class:`BlockSramError` when the stages do not fit.
@@ -256,7 +258,6 @@ def build_problem(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike]
                               f"stages are e.g. {', '.join(list(names)[:6])} (see the report's "
                               f"stage list)", blocks=unknown)
     reserved = [as_rect(r, f"reserve #{i}") for i, r in enumerate(reserve or [])]
-    moves = moves_of(g)
     by_name = {s.name: s for s in placed}
     feeds = {s.name: tuple(read_numel(g, s, by_name[i], p.stage_of) for i in s.inputs
                            if i in by_name and i != s.name) for s in placed}
@@ -406,8 +407,8 @@ def place_plan(g: Graph, p: Plan, spec: WaferSpec, *, reserve: list[RectLike] | 
                                     for s in on_wafer(p.stages)))
     memo = sizing_cache.load(entry)
     known = sizing_cache.entries(memo)
-    problem, cal = build_problem(g, p, spec, reserve=reserve, pin=pin, max_side=max_side,
-                                 memo=memo)
+    problem, cal = build_problem(g, p, spec, moves, reserve=reserve, pin=pin,
+                                 max_side=max_side, memo=memo)
     result = place_and_route(problem, config or COMPILE_CONFIG)
     if sizing_cache.entries(memo) > known:
         sizing_cache.save(entry, memo)
@@ -497,7 +498,7 @@ def place(program: Any, spec: WaferSpec) -> dict[str, Rect]:
     (a :class:`~waferscale.compiler.program.Program`): ``floorplan.strip`` over the
     program's calibrated blocks. Kept for callers of the first compiler's interface; the
     compiler itself places with :func:`place_plan`."""
-    problem, _ = build_problem(program.graph, program.plan, spec)
+    problem, _ = build_problem(program.graph, program.plan, spec, moves_of(program.graph))
     geom = strip_placement(problem)
     if geom is None:
         raise BlockSramError("the stages' SRAM does not fit in full-height strips",
