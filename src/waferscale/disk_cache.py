@@ -72,13 +72,13 @@ def usage() -> list[dict[str, Any]]:
 def clear() -> int:
     """Delete every entry (and any temporary file a killed writer left) under
     `cache_root`; returns the files removed. The folders stay, empty."""
+    root = cache_root()
     removed = 0
-    for kind in usage():
-        for f in Path(kind["path"]).iterdir():
-            if f.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    f.unlink()
-                    removed += 1
+    for f in root.glob("*/*") if root.is_dir() else []:
+        if f.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed += 1
     return removed
 
 
