@@ -8,22 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from report_fields import without_wall_clock
 
 from waferscale import disk_cache
 from waferscale.compiler import sizing_cache
 from waferscale.hardware.spec import get_spec
 from waferscale.report.compile import compile_report
-
-#: Wall-clock figures: the only ones the cache may change.
-WALL = {"compile_seconds", "place_seconds", "wall_s"}
-
-
-def _strip(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in WALL}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
 
 
 def _report(spec: str = "wse2") -> dict[str, Any]:
@@ -45,10 +35,10 @@ def test_hit_reports_what_sizing_every_rectangle_does(
     memo = sizing_cache.load(entry.stem)
     assert sizing_cache.entries(memo) > len(memo) > 0
     written = entry.stat().st_mtime_ns
-    assert _strip(_report()) == _strip(fresh)
+    assert without_wall_clock(_report()) == without_wall_clock(fresh)
     assert entry.stat().st_mtime_ns == written          # read, not written again
     monkeypatch.setenv("WAFERSCALE_NO_CACHE", "1")
-    assert _strip(_report()) == _strip(fresh)           # and no cache at all: the same
+    assert without_wall_clock(_report()) == without_wall_clock(fresh)   # no cache: the same
 
 
 def test_keyed_by_spec(sizings: Path) -> None:
@@ -64,7 +54,7 @@ def test_broken_entry_is_a_miss(sizings: Path) -> None:
     fresh = _report()
     (entry,) = sizings.glob("*.pkl")
     entry.write_bytes(entry.read_bytes()[:100])         # truncated
-    assert _strip(_report()) == _strip(fresh)
+    assert without_wall_clock(_report()) == without_wall_clock(fresh)
     assert entry.stat().st_size > 100                   # rewritten whole
     disk_cache.write(sizing_cache.KIND, entry.stem, b"\x80\x05N.")   # a pickled None
     assert sizing_cache.load(entry.stem) == {}
